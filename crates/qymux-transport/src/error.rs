@@ -1,0 +1,264 @@
+//! The one error type shared by every Qymux backend.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A Qymux result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a caller can act on.
+///
+/// Every backend reports failures with this type, so code that handles errors works the
+/// same over QUIC and TCP. It is cheap to clone (I/O errors are shared behind an [`Arc`]),
+/// so one failure can be reported to every waiter of a session.
+///
+/// It converts into [`io::Error`] with a fitting [`io::ErrorKind`]; the original error can
+/// be recovered from the `io::Error` with [`io::Error::get_ref`] and `downcast_ref`.
+#[non_exhaustive]
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The transport connection (TCP connect, UDP socket) could not be made.
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        /// The address that was dialed.
+        addr: String,
+        /// Why the connection failed.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The TLS or QUIC handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// An operation did not finish within its bound.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// Which bound ran out.
+        what: TimeoutKind,
+        /// The configured bound.
+        after: Duration,
+    },
+    /// A configured limit refused the operation (it is not queued).
+    #[error("limit reached: {0}")]
+    LimitReached(Limit),
+    /// The peer closed the session cleanly (yamux GoAway, QUIC CONNECTION_CLOSE, TLS close).
+    #[error("session closed by peer{}", reason_suffix(.0))]
+    ClosedByPeer(Option<String>),
+    /// This side closed the session; the operation cannot run any more.
+    #[error("session closed locally")]
+    Closed,
+    /// The peer aborted the stream (yamux RST, QUIC RESET_STREAM / STOP_SENDING).
+    #[error("stream reset by peer")]
+    StreamReset,
+    /// The peer broke the wire protocol, or sent bytes that are not Qymux at all.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// An I/O error on the underlying connection.
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// The configuration cannot work (bad option value, missing certificate, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+fn reason_suffix(reason: &Option<String>) -> String {
+    match reason {
+        Some(r) if !r.is_empty() => format!(": {r}"),
+        _ => String::new(),
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error. An `io::Error` that already carries a Qymux [`Error`] is
+    /// unwrapped instead of being nested.
+    pub fn io(err: io::Error) -> Self {
+        if err.get_ref().and_then(|e| e.downcast_ref::<Error>()).is_some() {
+            match err.into_inner().map(|b| b.downcast::<Error>()) {
+                Some(Ok(inner)) => return *inner,
+                // Unreachable in practice: checked above.
+                _ => return Error::Protocol("malformed wrapped error".into()),
+            }
+        }
+        Error::Io(Arc::new(err))
+    }
+
+    /// Whether this error means the session is finished (closed by either side, or failed
+    /// at the connection level), as opposed to one operation failing.
+    pub fn is_session_closed(&self) -> bool {
+        matches!(
+            self,
+            Error::ClosedByPeer(_) | Error::Closed | Error::Io(_) | Error::Protocol(_)
+        ) || matches!(
+            self,
+            Error::Timeout {
+                what: TimeoutKind::Idle,
+                ..
+            }
+        )
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        Error::io(err)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Connect { source, .. } => source.kind(),
+            Error::Handshake(HandshakeError::ClientCertificateRequired)
+            | Error::Handshake(HandshakeError::ClientCertificateRefused(_)) => {
+                io::ErrorKind::PermissionDenied
+            }
+            Error::Handshake(_) => io::ErrorKind::InvalidData,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::LimitReached(_) => io::ErrorKind::QuotaExceeded,
+            Error::ClosedByPeer(_) => io::ErrorKind::ConnectionAborted,
+            Error::Closed => io::ErrorKind::NotConnected,
+            Error::StreamReset => io::ErrorKind::ConnectionReset,
+            Error::Protocol(_) => io::ErrorKind::InvalidData,
+            Error::Io(e) => e.kind(),
+            Error::Config(_) => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+/// Why a TLS or QUIC handshake failed.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The server's certificate does not chain to a trusted root, or is not valid for the
+    /// name that was dialed.
+    #[error("server certificate not trusted: {0}")]
+    UntrustedCertificate(String),
+    /// The server's certificate does not have the pinned SHA-256 fingerprint.
+    #[error("server certificate fingerprint {actual} does not match the pinned {expected}")]
+    PinMismatch {
+        /// The pinned fingerprint(s), lowercase hex.
+        expected: String,
+        /// The fingerprint the server presented, lowercase hex.
+        actual: String,
+    },
+    /// The two sides share no application protocol (ALPN); the peer is not a Qymux peer.
+    #[error("no common application protocol (ALPN): the peer does not speak qymux")]
+    AlpnMismatch,
+    /// The server requires a client certificate and none was sent.
+    #[error("the server requires a client certificate and none was presented")]
+    ClientCertificateRequired,
+    /// The client certificate was rejected (unknown CA, expired, wrong usage).
+    #[error("client certificate refused: {0}")]
+    ClientCertificateRefused(String),
+    /// The peer sent something that is not a handshake of the expected protocol.
+    #[error("peer is not speaking TLS: {0}")]
+    NotTls(String),
+    /// Any other TLS failure.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Which bound of [`Options`](crate::Options) ran out.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Establishing the transport connection.
+    Connect,
+    /// The TLS / QUIC handshake.
+    Handshake,
+    /// No sign of life from the peer within the dead-peer timeout.
+    Idle,
+    /// A graceful close that the peer did not complete in time.
+    Close,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::Handshake => "handshake",
+            TimeoutKind::Idle => "dead-peer detection (no traffic from the peer)",
+            TimeoutKind::Close => "graceful close",
+        })
+    }
+}
+
+/// Which configured limit refused an operation.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// [`Options::max_streams`](crate::Options::max_streams) streams are already open on
+    /// this session.
+    Streams(usize),
+    /// The listener already holds its maximum number of sessions.
+    Sessions(usize),
+    /// The listener already has its maximum number of handshakes in progress.
+    PendingHandshakes(usize),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Streams(n) => write!(f, "at most {n} concurrent streams per session"),
+            Limit::Sessions(n) => write!(f, "at most {n} sessions per listener"),
+            Limit::PendingHandshakes(n) => write!(f, "at most {n} handshakes in progress"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_to_io_error_with_kind_and_back() {
+        let io: io::Error = Error::StreamReset.into();
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
+        assert!(matches!(Error::io(io), Error::StreamReset));
+
+        let io: io::Error = Error::LimitReached(Limit::Streams(4)).into();
+        assert_eq!(io.kind(), io::ErrorKind::QuotaExceeded);
+        assert_eq!(
+            io.to_string(),
+            "limit reached: at most 4 concurrent streams per session"
+        );
+
+        let io: io::Error = Error::Timeout {
+            what: TimeoutKind::Handshake,
+            after: Duration::from_secs(3),
+        }
+        .into();
+        assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn plain_io_errors_are_wrapped() {
+        let e = Error::io(io::Error::new(io::ErrorKind::BrokenPipe, "gone"));
+        match e {
+            Error::Io(inner) => assert_eq!(inner.kind(), io::ErrorKind::BrokenPipe),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_say_what_failed() {
+        let e = Error::Handshake(HandshakeError::PinMismatch {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "handshake failed: server certificate fingerprint bb does not match the pinned aa"
+        );
+        assert_eq!(
+            Error::ClosedByPeer(Some("bye".into())).to_string(),
+            "session closed by peer: bye"
+        );
+        assert_eq!(
+            Error::ClosedByPeer(None).to_string(),
+            "session closed by peer"
+        );
+    }
+}

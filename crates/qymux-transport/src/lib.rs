@@ -1,0 +1,48 @@
+//! The shared vocabulary of every Qymux backend.
+//!
+//! Qymux gives an agent behind NAT one encrypted, multiplexed **session** to a server,
+//! over QUIC or over TLS-on-TCP with yamux. This crate holds no backend code; it defines
+//! what every backend offers, so that code written against it runs on either:
+//!
+//! - [`Session`]: open and accept [`Stream`]s, addresses, the peer's verified identity,
+//!   graceful close and the reason a session ended;
+//! - [`Stream`]: tokio `AsyncRead + AsyncWrite`, half-close with `shutdown`, and
+//!   [`Stream::abort`], which the peer sees as an error;
+//! - [`Listener`]: accepts sessions;
+//! - [`Options`]: timeouts, keep-alive and limits shared by the backends;
+//! - [`Error`]: one error type saying what failed, convertible to [`std::io::Error`];
+//! - [`BoxSession`], [`BoxStream`], [`BoxListener`]: type-erased forms, for a transport
+//!   chosen at run time.
+//!
+//! # Writing code for any backend
+//!
+//! ```
+//! use qymux_transport::{Result, Session};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! /// Sends `request` on a new stream and returns the whole reply.
+//! async fn call<S: Session>(session: &S, request: &[u8]) -> Result<Vec<u8>> {
+//!     let mut stream = session.open().await?;
+//!     stream.write_all(request).await?;
+//!     stream.shutdown().await?; // the peer reads EOF after the request
+//!     let mut reply = Vec::new();
+//!     stream.read_to_end(&mut reply).await?; // an error, not EOF, if the peer aborts
+//!     Ok(reply)
+//! }
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod boxed;
+mod error;
+mod options;
+mod session;
+
+pub use boxed::{BoxListener, BoxSession, BoxStream};
+pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
+pub use options::Options;
+pub use rustls_pki_types::CertificateDer;
+pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
+
+/// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.
+pub const ALPN: &[u8] = b"qymux";

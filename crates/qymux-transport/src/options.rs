@@ -1,0 +1,167 @@
+//! Options shared by every backend.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Timeouts, keep-alive and limits that every backend honours.
+///
+/// Build it from [`Options::default`] and the chaining setters; [`Options::validate`] says
+/// whether a combination can work (the backends call it before they use the options).
+///
+/// ```
+/// use std::time::Duration;
+/// use qymux_transport::Options;
+///
+/// let mut options = Options::default();
+/// options
+///     .connect_timeout(Duration::from_secs(5))
+///     .idle_timeout(Duration::from_secs(20))
+///     .max_streams(256);
+/// options.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// Bound on establishing the transport connection (TCP connect).
+    pub connect_timeout: Duration,
+    /// Bound on the TLS / QUIC handshake, counted from the connection being made.
+    pub handshake_timeout: Duration,
+    /// How often to send keep-alive probes while the session is idle; `None` disables them.
+    pub keep_alive_interval: Option<Duration>,
+    /// Dead-peer timeout: a session that hears nothing from its peer for this long is
+    /// closed with [`TimeoutKind::Idle`](crate::TimeoutKind::Idle).
+    pub idle_timeout: Duration,
+    /// Maximum number of concurrently open streams on one session, counting both
+    /// directions. Opening beyond it fails with [`Limit::Streams`](crate::Limit::Streams);
+    /// streams the peer opens beyond it are reset.
+    pub max_streams: usize,
+    /// Bound on a graceful close: after it the connection is dropped.
+    pub close_timeout: Duration,
+    /// Maximum number of handshakes a listener runs at once; further connections are
+    /// refused until one finishes.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            keep_alive_interval: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(30),
+            max_streams: 1024,
+            close_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 1024,
+        }
+    }
+}
+
+impl Options {
+    /// Sets [`Options::connect_timeout`].
+    pub fn connect_timeout(&mut self, value: Duration) -> &mut Self {
+        self.connect_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::handshake_timeout`].
+    pub fn handshake_timeout(&mut self, value: Duration) -> &mut Self {
+        self.handshake_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::keep_alive_interval`].
+    pub fn keep_alive_interval(&mut self, value: Option<Duration>) -> &mut Self {
+        self.keep_alive_interval = value;
+        self
+    }
+
+    /// Sets [`Options::idle_timeout`].
+    pub fn idle_timeout(&mut self, value: Duration) -> &mut Self {
+        self.idle_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::max_streams`].
+    pub fn max_streams(&mut self, value: usize) -> &mut Self {
+        self.max_streams = value;
+        self
+    }
+
+    /// Sets [`Options::close_timeout`].
+    pub fn close_timeout(&mut self, value: Duration) -> &mut Self {
+        self.close_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::max_pending_handshakes`].
+    pub fn max_pending_handshakes(&mut self, value: usize) -> &mut Self {
+        self.max_pending_handshakes = value;
+        self
+    }
+
+    /// Checks that the options can work together.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("close_timeout", self.close_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{name} must be greater than zero")));
+            }
+        }
+        if let Some(interval) = self.keep_alive_interval {
+            if interval.is_zero() {
+                return Err(Error::Config(
+                    "keep_alive_interval must be greater than zero (use None to disable)".into(),
+                ));
+            }
+            if interval >= self.idle_timeout {
+                return Err(Error::Config(format!(
+                    "keep_alive_interval ({interval:?}) must be shorter than idle_timeout ({:?}), \
+                     or a healthy idle session would be declared dead",
+                    self.idle_timeout
+                )));
+            }
+        }
+        if self.max_streams == 0 || self.max_streams > (1 << 20) {
+            return Err(Error::Config(
+                "max_streams must be between 1 and 1048576".into(),
+            ));
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err(Error::Config(
+                "max_pending_handshakes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Options::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_unworkable_values() {
+        let mut o = Options::default();
+        o.max_streams(0);
+        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("max_streams")));
+
+        let mut o = Options::default();
+        o.keep_alive_interval(Some(Duration::from_secs(60)));
+        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("shorter than idle_timeout")));
+
+        let mut o = Options::default();
+        o.handshake_timeout(Duration::ZERO);
+        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("handshake_timeout")));
+    }
+}

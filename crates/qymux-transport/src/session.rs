@@ -1,0 +1,226 @@
+//! The traits every backend implements: [`Session`], [`Stream`] and [`Listener`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{Error, Result};
+
+/// The transport a session runs on.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// QUIC v1 over UDP; one Qymux stream is one bidirectional QUIC stream.
+    Quic,
+    /// TLS over TCP, multiplexed with yamux.
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Quic => "quic",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// Which transports a dialer may use and a listener serves.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Prefer QUIC, fall back to TCP where UDP does not get through (the default).
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Quic => "quic",
+            Mode::Tcp => "tcp",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Mode::Auto),
+            "quic" => Ok(Mode::Quic),
+            "tcp" => Ok(Mode::Tcp),
+            other => Err(Error::Config(format!(
+                "unknown mode {other:?}: expected auto, quic or tcp"
+            ))),
+        }
+    }
+}
+
+/// The verified certificate chain a peer presented (with mTLS, the client's; on the
+/// dialer, the server's).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    chain: Arc<[CertificateDer<'static>]>,
+}
+
+impl PeerIdentity {
+    /// Wraps a verified chain, end-entity certificate first. Returns `None` for an empty
+    /// chain.
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Option<Self> {
+        if chain.is_empty() {
+            None
+        } else {
+            Some(Self {
+                chain: chain.into(),
+            })
+        }
+    }
+
+    /// The peer's own (end-entity) certificate, DER encoded.
+    pub fn end_entity(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
+    /// The whole chain the peer sent, end-entity first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+}
+
+impl fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field("certificates", &self.chain.len())
+            .field("end_entity_len", &self.chain[0].len())
+            .finish()
+    }
+}
+
+/// Why a session ended.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum CloseReason {
+    /// This side called [`Session::close`].
+    Local,
+    /// The peer closed the session cleanly.
+    Peer(Option<String>),
+    /// The session failed: connection lost, dead peer, protocol violation.
+    Failed(Error),
+}
+
+impl CloseReason {
+    /// The error that operations on the closed session report.
+    pub fn to_error(&self) -> Error {
+        match self {
+            CloseReason::Local => Error::Closed,
+            CloseReason::Peer(reason) => Error::ClosedByPeer(reason.clone()),
+            CloseReason::Failed(err) => err.clone(),
+        }
+    }
+
+    /// Whether the session ended cleanly (closed by either side on purpose).
+    pub fn is_clean(&self) -> bool {
+        !matches!(self, CloseReason::Failed(_))
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::Peer(None) => f.write_str("closed by peer"),
+            CloseReason::Peer(Some(r)) => write!(f, "closed by peer: {r}"),
+            CloseReason::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// One bidirectional byte stream of a session.
+///
+/// Read and write with tokio's [`AsyncRead`] / [`AsyncWrite`]. `shutdown` (from
+/// [`tokio::io::AsyncWriteExt::shutdown`]) finishes this side: the peer reads EOF and can
+/// still write back. A read returns EOF only when the peer finished its side; a reset
+/// stream or a lost session is an error ([`Error::StreamReset`], or the session's
+/// [`CloseReason`]), never a silent EOF.
+///
+/// Dropping a stream that is not finished in both directions aborts it, as does
+/// [`Stream::abort`].
+pub trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
+    /// The stream's id on the wire (yamux stream id, QUIC stream id).
+    fn id(&self) -> u64;
+
+    /// Aborts the stream in both directions: the peer's reads and writes fail with
+    /// [`Error::StreamReset`]. Data not yet delivered may be discarded.
+    fn abort(&mut self);
+}
+
+/// A multiplexed, encrypted connection between a dialer and a listener.
+///
+/// Handles are cheap to clone and every method takes `&self`, so one session can be used
+/// from many tasks at once. Either side may open streams.
+pub trait Session: Clone + Send + Sync + 'static {
+    /// The stream type this session hands out.
+    type Stream: Stream;
+
+    /// Opens a stream. The peer's [`accept`](Session::accept) sees it as soon as this
+    /// returns, before any data is written.
+    fn open(&self) -> impl Future<Output = Result<Self::Stream>> + Send;
+
+    /// Waits for the next stream the peer opens. Fails with the session's close reason
+    /// once the session has ended.
+    fn accept(&self) -> impl Future<Output = Result<Self::Stream>> + Send;
+
+    /// The transport this session runs on.
+    fn protocol(&self) -> Protocol;
+
+    /// This side's socket address.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// The peer's socket address.
+    fn remote_addr(&self) -> SocketAddr;
+
+    /// The peer's verified certificate chain, where it presented one (always for a server;
+    /// for a client only with mTLS).
+    fn peer_identity(&self) -> Option<PeerIdentity>;
+
+    /// Closes the session gracefully: tells the peer (yamux GoAway + TLS close_notify, or
+    /// QUIC CONNECTION_CLOSE) and waits, within the close timeout, until that was sent.
+    /// Streams still open fail with [`Error::Closed`]. Closing twice is harmless.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Waits until the session has ended, and says why.
+    fn closed(&self) -> impl Future<Output = CloseReason> + Send;
+
+    /// Why the session ended, or `None` while it is alive.
+    fn close_reason(&self) -> Option<CloseReason>;
+}
+
+/// Accepts sessions from dialers.
+pub trait Listener: Send + Sync + 'static {
+    /// The session type this listener hands out.
+    type Session: Session;
+
+    /// Waits for the next session whose handshake completed. Connections that fail their
+    /// handshake are dropped (and logged) without disturbing this call. Fails with
+    /// [`Error::Closed`] after [`close`](Listener::close).
+    fn accept(&self) -> impl Future<Output = Result<Self::Session>> + Send;
+
+    /// The address the listener is bound to.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Stops accepting: new connections are refused, handshakes in progress are dropped.
+    /// Sessions already accepted keep running.
+    fn close(&self);
+}
