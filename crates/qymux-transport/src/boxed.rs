@@ -25,7 +25,9 @@ impl BoxStream {
 
 impl fmt::Debug for BoxStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BoxStream").field("id", &self.0.id()).finish()
+        f.debug_struct("BoxStream")
+            .field("id", &self.0.id())
+            .finish()
     }
 }
 

@@ -73,7 +73,11 @@ impl Error {
     /// Wraps an I/O error. An `io::Error` that already carries a Qymux [`Error`] is
     /// unwrapped instead of being nested.
     pub fn io(err: io::Error) -> Self {
-        if err.get_ref().and_then(|e| e.downcast_ref::<Error>()).is_some() {
+        if err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Error>())
+            .is_some()
+        {
             match err.into_inner().map(|b| b.downcast::<Error>()) {
                 Some(Ok(inner)) => return *inner,
                 // Unreachable in practice: checked above.

@@ -158,7 +158,9 @@ mod tests {
 
         let mut o = Options::default();
         o.keep_alive_interval(Some(Duration::from_secs(60)));
-        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("shorter than idle_timeout")));
+        assert!(
+            matches!(o.validate(), Err(Error::Config(m)) if m.contains("shorter than idle_timeout"))
+        );
 
         let mut o = Options::default();
         o.handshake_timeout(Duration::ZERO);

@@ -157,7 +157,7 @@ impl fmt::Display for CloseReason {
 ///
 /// Dropping a stream that is not finished in both directions aborts it, as does
 /// [`Stream::abort`].
-pub trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The stream's id on the wire (yamux stream id, QUIC stream id).
     fn id(&self) -> u64;
 

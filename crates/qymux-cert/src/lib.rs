@@ -1,0 +1,72 @@
+//! Certificates for Qymux: a small certificate authority, server and client
+//! certificates, PEM in and out, and SHA-256 fingerprints for pinning.
+//!
+//! Qymux verifies the server by default. A dialer can trust the server in one of two
+//! ways, and this crate makes the material for both:
+//!
+//! - **A CA.** [`CertificateAuthority::new`] makes a CA; [`issue_server`] signs a
+//!   server certificate for a list of DNS names and IP addresses; dialers trust the CA
+//!   certificate. With [`issue_client`] the same CA signs client certificates, for
+//!   mutual TLS: the server trusts the CA for clients too.
+//! - **Pinning.** [`self_signed`] makes a self-signed end-entity certificate; dialers
+//!   pin its SHA-256 [`Fingerprint`] (or trust exactly that certificate as a root).
+//!   It is deliberately not a CA: webpki refuses a CA certificate presented as an
+//!   end entity (`CaUsedAsEndEntity`), the classic mistake with home-made dev
+//!   certificates.
+//!
+//! Everything is PEM on disk: [`Identity`] and [`CertificateAuthority`] write and read
+//! it, and [`parse_certs_pem`] / [`parse_key_pem`] read certificates and keys (PKCS#8,
+//! PKCS#1 or SEC1) made by other tools. The types handed out are the
+//! [`rustls_pki_types`] ones that rustls takes ([`CertificateDer`], [`PrivateKeyDer`]).
+//!
+//! Keys are ECDSA P-256. The only crypto provider used is *ring* (see the workspace's
+//! design notes: two providers in one binary make rustls panic).
+//!
+//! # Example
+//!
+//! ```
+//! use qymux_cert::{CertificateAuthority, Fingerprint, Identity};
+//!
+//! // Once, on the operator's machine:
+//! let ca = CertificateAuthority::new("Example Tunnel CA")?;
+//! let server = ca.issue_server(&["tunnel.example.com", "127.0.0.1", "::1"])?;
+//! let agent = ca.issue_client("agent-eu-1")?;
+//!
+//! // Saved as PEM and loaded back wherever it is needed:
+//! let server = Identity::from_pem(&server.cert_pem(), &server.key_pem())?;
+//! assert_eq!(server.cert_chain().len(), 1); // just the leaf; peers trust the CA
+//!
+//! // Hand these to rustls: the server's chain and key, the CA for the trust roots.
+//! let (_chain, _key) = (server.cert_chain().to_vec(), server.private_key());
+//! let _root = ca.certificate().clone();
+//!
+//! // Or pin a certificate by its SHA-256 fingerprint, in whatever form it was pasted:
+//! let pin: Fingerprint = agent.fingerprint().to_string().to_uppercase().parse()?;
+//! assert_eq!(pin, agent.fingerprint());
+//! # Ok::<(), qymux_cert::CertError>(())
+//! ```
+//!
+//! For development, `cargo xtask cert` writes a CA, a server and a client certificate
+//! into `certs/`; `docs/certificates.md` explains the choices.
+//!
+//! [`issue_server`]: CertificateAuthority::issue_server
+//! [`issue_client`]: CertificateAuthority::issue_client
+#![deny(missing_docs)]
+
+mod ca;
+mod error;
+mod fingerprint;
+mod identity;
+mod pem;
+mod x509;
+
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::ca::{CertificateAuthority, self_signed};
+pub use crate::error::{CertError, Result};
+pub use crate::fingerprint::Fingerprint;
+pub use crate::identity::Identity;
+pub use crate::pem::{load_certs_pem, load_key_pem, parse_certs_pem, parse_key_pem};
+
+#[cfg(test)]
+mod tests;

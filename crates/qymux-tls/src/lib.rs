@@ -1,0 +1,62 @@
+//! rustls configurations for Qymux: ALPN `qymux`, TLS 1.3, CA trust, mTLS and pinning.
+//!
+//! Both backends (TLS over TCP, and QUIC) take their TLS settings from here, so a server
+//! and its agents are configured the same way whatever transport wins.
+//!
+//! - [`ServerTls`]: the server's certificate chain and key; optionally a client CA, which
+//!   makes a client certificate mandatory (mTLS).
+//! - [`ClientTls`]: how the dialer verifies the server: a CA, the webpki or the system
+//!   roots, or a pinned SHA-256 fingerprint; optionally a client certificate.
+//! - [`dangerous`]: skipping server verification, for tests and development only.
+//! - [`handshake_error`]: turns a rustls failure into a typed [`HandshakeError`].
+//!
+//! Only the `ring` crypto provider is used, and it is passed to every config explicitly,
+//! so no process-wide default provider needs to be installed.
+//!
+//! # Example
+//!
+//! ```
+//! use qymux_cert::CertificateAuthority;
+//! use qymux_tls::{ClientTls, ServerTls};
+//!
+//! let ca = CertificateAuthority::new("Example CA")?;
+//! let server = ServerTls::new(ca.issue_server(&["localhost"])?).build()?;
+//! let client = ClientTls::with_ca(vec![ca.certificate().clone()]).build()?;
+//! assert_eq!(server.alpn_protocols, vec![b"qymux".to_vec()]);
+//! assert_eq!(client.alpn_protocols, vec![b"qymux".to_vec()]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod classify;
+mod client;
+pub mod dangerous;
+mod error;
+mod pin;
+mod server;
+
+pub use classify::{Side, handshake_error};
+pub use client::{ClientTls, ServerVerification};
+pub use error::TlsError;
+pub use qymux_cert::{Fingerprint, Identity};
+pub use server::ServerTls;
+
+use std::sync::Arc;
+
+pub use rustls;
+
+/// The crypto provider behind every Qymux config: ring.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn versions(allow_tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if allow_tls12 {
+        rustls::ALL_VERSIONS
+    } else {
+        TLS13_ONLY
+    }
+}
