@@ -1,0 +1,117 @@
+//! Dialing: TCP, then TLS, then yamux as the client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use qymux_tls::Side;
+use qymux_transport::{
+    CloseReason, Error, HandshakeError, Options, PeerIdentity, Result, TimeoutKind,
+};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use crate::session::{Session, Start};
+use crate::socket;
+
+/// Dials `addr` (`host:port`; every resolved address is tried in turn) and returns a
+/// session once the server has accepted the TLS handshake.
+///
+/// `server_name` is the name the server's certificate must be valid for (ignored when
+/// the certificate is pinned). The TCP connect is bounded by
+/// [`Options::connect_timeout`], the TLS handshake by [`Options::handshake_timeout`].
+///
+/// The session is returned only after the server's first yamux frame arrived: in TLS
+/// 1.3 a server refuses a client certificate after the client's side of the handshake
+/// has finished, and this is how that refusal becomes a handshake error here rather
+/// than a session that dies at first use.
+pub async fn dial(
+    addr: &str,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+) -> Result<Session> {
+    options.validate()?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| Error::Config(format!("invalid server name {server_name:?}: {e}")))?;
+    let tcp = connect(addr, options).await?;
+    let local_addr = tcp.local_addr()?;
+    let remote_addr = tcp.peer_addr()?;
+    socket::configure(&tcp, options);
+
+    let deadline = Instant::now() + options.handshake_timeout;
+    let handshake_timeout = || Error::Timeout {
+        what: TimeoutKind::Handshake,
+        after: options.handshake_timeout,
+    };
+    let tls_stream = timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| handshake_timeout())?
+        .map_err(|e| Error::Handshake(qymux_tls::handshake_error(&e, Side::Client)))?;
+    let conn = tls_stream.get_ref().1;
+    if conn.alpn_protocol() != Some(qymux_transport::ALPN) {
+        // rustls lets a server that ignores ALPN through; it is not a Qymux peer.
+        return Err(Error::Handshake(HandshakeError::AlpnMismatch));
+    }
+    let peer_identity = conn
+        .peer_certificates()
+        .and_then(|certs| PeerIdentity::new(certs.to_vec()));
+
+    let session = Session::start(Start {
+        io: tls_stream,
+        mode: yamux::Mode::Client,
+        options: options.clone(),
+        local_addr,
+        remote_addr,
+        peer_identity,
+    });
+    let confirmed = tokio::select! {
+        () = session.wire().first_frame() => Ok(()),
+        reason = session.closed() => Err(reason),
+        () = tokio::time::sleep_until(deadline) => {
+            session.close().await;
+            return Err(handshake_timeout());
+        }
+    };
+    match confirmed {
+        Ok(()) => Ok(session),
+        Err(CloseReason::Failed(Error::Io(io))) => Err(Error::Handshake(
+            qymux_tls::handshake_error(&io, Side::Client),
+        )),
+        Err(reason) => Err(reason.to_error()),
+    }
+}
+
+async fn connect(addr: &str, options: &Options) -> Result<TcpStream> {
+    let connect_error = |source: std::io::Error| Error::Connect {
+        addr: addr.to_owned(),
+        source: Arc::new(source),
+    };
+    let attempt = async {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(connect_error)?
+            .collect();
+        let mut last = None;
+        for candidate in addrs {
+            match TcpStream::connect(candidate).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    debug!(%candidate, "TCP connect failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(connect_error(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address resolved")
+        })))
+    };
+    tokio::time::timeout(options.connect_timeout, attempt)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: TimeoutKind::Connect,
+            after: options.connect_timeout,
+        })?
+}

@@ -1,0 +1,75 @@
+//! The TCP backend of Qymux: TLS over TCP, multiplexed with yamux.
+//!
+//! Wire-compatible with the Go Qymux and with any Go `crypto/tls` + `hashicorp/yamux`
+//! peer: TCP, then TLS with ALPN `qymux`, then yamux (spec v0). The dialer is the yamux
+//! client (odd stream ids), the listener the yamux server.
+//!
+//! - [`dial`] connects and returns a [`Session`]; [`Listener`] accepts them.
+//! - A [`Session`] is a cheap, cloneable handle; one task per connection drives yamux.
+//!   Either side opens [`Stream`]s, and a stream is visible to the peer as soon as
+//!   `open` returns.
+//! - Reads return EOF only when the peer finished the stream; a reset or a lost session
+//!   is an error. Large single writes from Go peers (over the yamux crate's 1 MiB frame
+//!   limit) are split on the way in.
+//! - Every socket gets `TCP_NODELAY`, TCP keep-alive and `TCP_USER_TIMEOUT`; the session
+//!   also fails when the peer stays silent past [`Options::idle_timeout`] (at least 12 s,
+//!   since yamux pings every 10 s).
+//!
+//! # Example
+//!
+//! ```
+//! use qymux_cert::CertificateAuthority;
+//! use qymux_tcp::{Listener, dial};
+//! use qymux_tls::{ClientTls, ServerTls};
+//! use qymux_transport::Options;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = CertificateAuthority::new("Example CA")?;
+//! let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?).build()?;
+//! let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]).build()?;
+//!
+//! let listener = Listener::bind("127.0.0.1:0", server_tls, Options::default()).await?;
+//! let addr = listener.local_addr().to_string();
+//! tokio::spawn(async move {
+//!     // The server echoes every stream the agent opens.
+//!     let session = listener.accept().await?;
+//!     while let Ok(mut stream) = session.accept().await {
+//!         tokio::spawn(async move {
+//!             let mut buf = Vec::new();
+//!             stream.read_to_end(&mut buf).await?;
+//!             stream.write_all(&buf).await?;
+//!             stream.shutdown().await
+//!         });
+//!     }
+//!     Ok::<_, qymux_transport::Error>(())
+//! });
+//!
+//! let session = dial(&addr, "localhost", client_tls, &Options::default()).await?;
+//! let mut stream = session.open().await?;
+//! stream.write_all(b"hello").await?;
+//! stream.shutdown().await?;
+//! let mut reply = String::new();
+//! stream.read_to_string(&mut reply).await?;
+//! assert_eq!(reply, "hello");
+//! session.close().await;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod dial;
+mod listener;
+mod session;
+mod socket;
+mod stream;
+mod wire;
+
+pub use dial::dial;
+pub use listener::Listener;
+pub use session::Session;
+pub use stream::Stream;
+
+pub use qymux_transport::{self as transport, Options};

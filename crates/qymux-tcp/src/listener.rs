@@ -1,0 +1,187 @@
+//! Listening: accept TCP, run TLS handshakes concurrently, yamux as the server.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use qymux_tls::Side;
+use qymux_transport::{Error, HandshakeError, Options, PeerIdentity, Result, TimeoutKind};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::session::{Session, Start};
+use crate::socket;
+
+/// How many finished handshakes may wait for [`Listener::accept`] before handshakes
+/// pause (each holding its slot of `max_pending_handshakes`).
+const READY_QUEUE: usize = 64;
+
+/// Accepts TLS + yamux sessions on a TCP port.
+///
+/// Handshakes run concurrently, each bounded by [`Options::handshake_timeout`] and at most
+/// [`Options::max_pending_handshakes`] at once, so a slow or hostile client never holds up
+/// the others. Dropping the listener closes it.
+pub struct Listener {
+    local_addr: SocketAddr,
+    ready: Mutex<mpsc::Receiver<Session>>,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Listener {
+    /// Binds `addr` and starts accepting. `tls` is a server config from
+    /// [`qymux_tls::ServerTls::build`] (its ALPN must be `qymux`).
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+        options: Options,
+    ) -> Result<Listener> {
+        options.validate()?;
+        let tcp = TcpListener::bind(addr).await?;
+        Ok(Self::from_tcp(tcp, tls, options))
+    }
+
+    /// Starts accepting on a bound tokio `TcpListener`.
+    pub fn from_tcp(
+        tcp: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        options: Options,
+    ) -> Listener {
+        let local_addr = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, rx) = mpsc::channel(READY_QUEUE);
+        let task = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(tls), options, tx));
+        Listener {
+            local_addr,
+            ready: Mutex::new(rx),
+            task,
+        }
+    }
+
+    /// Waits for the next session; see [`qymux_transport::Listener::accept`].
+    pub async fn accept(&self) -> Result<Session> {
+        if self.task.is_finished() {
+            // Closed: hand out nothing more, not even finished handshakes.
+            return Err(Error::Closed);
+        }
+        self.ready.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting; sessions already handed out keep running.
+    pub fn close(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl qymux_transport::Listener for Listener {
+    type Session = Session;
+
+    fn accept(&self) -> impl Future<Output = Result<Session>> + Send {
+        Listener::accept(self)
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+    fn close(&self) {
+        Listener::close(self)
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    options: Options,
+    ready: mpsc::Sender<Session>,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    // Handshake tasks are aborted with the accept loop (listener closed or dropped).
+    let mut handshakes = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = handshakes.join_next() => continue,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, max = options.max_pending_handshakes, "too many handshakes in progress; refusing connection");
+            drop(stream);
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let options = options.clone();
+        let ready = ready.clone();
+        handshakes.spawn(async move {
+            match handshake(stream, peer, &acceptor, &options).await {
+                Ok(session) => {
+                    // Holds the slot until the application takes the session.
+                    let _ = ready.send(session).await;
+                }
+                Err(e) => debug!(%peer, "handshake failed: {e}"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    options: &Options,
+) -> Result<Session> {
+    socket::configure(&stream, options);
+    let local_addr = stream.local_addr()?;
+    let tls = tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: TimeoutKind::Handshake,
+            after: options.handshake_timeout,
+        })?
+        .map_err(|e| Error::Handshake(qymux_tls::handshake_error(&e, Side::Server)))?;
+    let conn = tls.get_ref().1;
+    if conn.alpn_protocol() != Some(qymux_transport::ALPN) {
+        // rustls only enforces ALPN when the client offers some; a client that offers
+        // none is not a Qymux peer either.
+        return Err(Error::Handshake(HandshakeError::AlpnMismatch));
+    }
+    let peer_identity = conn
+        .peer_certificates()
+        .and_then(|certs| PeerIdentity::new(certs.to_vec()));
+    Ok(Session::start(Start {
+        io: tls,
+        mode: yamux::Mode::Server,
+        options: options.clone(),
+        local_addr,
+        remote_addr: peer,
+        peer_identity,
+    }))
+}

@@ -1,0 +1,479 @@
+//! A TLS + yamux connection as a Qymux [`Session`](qymux_transport::Session), and the one
+//! task that drives it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use qymux_transport::{
+    CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result, TimeoutKind,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tracing::{debug, trace};
+
+use crate::stream::Stream;
+use crate::wire::{WireIo, WireState};
+
+/// How often the yamux crate pings on its own (fixed in the crate); a live peer answers,
+/// so silence well beyond it means the peer is gone.
+const YAMUX_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// State the driver, the handles and the streams share.
+pub(crate) struct Shared {
+    pub(crate) wire: Arc<WireState>,
+    pub(crate) streams_open: AtomicUsize,
+    pub(crate) max_streams: usize,
+    reason: watch::Sender<Option<CloseReason>>,
+    local_addr: SocketAddr,
+    remote_addr: SocketAddr,
+    peer_identity: Option<PeerIdentity>,
+}
+
+impl Shared {
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.borrow().clone()
+    }
+
+    pub(crate) async fn closed(&self) -> CloseReason {
+        let mut rx = self.reason.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or(CloseReason::Local),
+            // The sender lives in `self`, so it cannot be gone.
+            Err(_) => CloseReason::Local,
+        }
+    }
+
+    /// Records why the session ended; the first reason wins.
+    fn set_reason(&self, reason: CloseReason) {
+        self.reason.send_if_modified(|current| {
+            if current.is_none() {
+                debug!(remote = %self.remote_addr, %reason, "session ended");
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Counts a new stream against the limit.
+    fn try_reserve_stream(&self) -> bool {
+        let mut n = self.streams_open.load(Ordering::Acquire);
+        loop {
+            if n >= self.max_streams {
+                return false;
+            }
+            match self.streams_open.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => n = actual,
+            }
+        }
+    }
+}
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// What the application's session clones share. When the last one (and the last stream
+/// the application holds) is dropped, the session closes gracefully.
+pub(crate) struct Handle {
+    commands: mpsc::Sender<Command>,
+    inbound: tokio::sync::Mutex<mpsc::Receiver<Stream>>,
+    shared: Arc<Shared>,
+    close_timeout: Duration,
+}
+
+/// A TLS + yamux session; cheap to clone, usable from many tasks at once.
+///
+/// Implements [`qymux_transport::Session`]; see there for the behaviour of each method.
+#[derive(Clone)]
+pub struct Session {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("local_addr", &self.handle.shared.local_addr)
+            .field("remote_addr", &self.handle.shared.remote_addr)
+            .field(
+                "streams_open",
+                &self.handle.shared.streams_open.load(Ordering::Relaxed),
+            )
+            .field("close_reason", &self.handle.shared.close_reason())
+            .finish()
+    }
+}
+
+/// Everything needed to start a session on an established TLS connection.
+pub(crate) struct Start<T> {
+    pub(crate) io: T,
+    pub(crate) mode: yamux::Mode,
+    pub(crate) options: Options,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) remote_addr: SocketAddr,
+    pub(crate) peer_identity: Option<PeerIdentity>,
+}
+
+impl Session {
+    /// Starts the driver task for an established TLS connection and returns the session.
+    pub(crate) fn start<T>(start: Start<T>) -> Session
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let wire = Arc::new(WireState::new());
+        let io = WireIo::new(start.io, wire.clone()).compat();
+        let conn = yamux::Connection::new(io, yamux_config(&start.options), start.mode);
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (inbound_tx, inbound_rx) = mpsc::channel(start.options.max_streams);
+        let shared = Arc::new(Shared {
+            wire,
+            streams_open: AtomicUsize::new(0),
+            max_streams: start.options.max_streams,
+            reason: watch::Sender::new(None),
+            local_addr: start.local_addr,
+            remote_addr: start.remote_addr,
+            peer_identity: start.peer_identity,
+        });
+        let driver = Driver {
+            conn,
+            commands: commands_rx,
+            inbound: inbound_tx,
+            shared: shared.clone(),
+            pending_opens: VecDeque::new(),
+            idle_timeout: start
+                .options
+                .idle_timeout
+                .max(YAMUX_PING_INTERVAL + Duration::from_secs(2)),
+            close_timeout: start.options.close_timeout,
+        };
+        tokio::spawn(driver.run());
+        Session {
+            handle: Arc::new(Handle {
+                commands: commands_tx,
+                inbound: tokio::sync::Mutex::new(inbound_rx),
+                shared,
+                close_timeout: start.options.close_timeout,
+            }),
+        }
+    }
+
+    pub(crate) fn wire(&self) -> &WireState {
+        &self.handle.shared.wire
+    }
+
+    /// Opens a stream; see [`qymux_transport::Session::open`].
+    pub async fn open(&self) -> Result<Stream> {
+        let shared = &self.handle.shared;
+        if let Some(reason) = shared.close_reason() {
+            return Err(reason.to_error());
+        }
+        if !shared.try_reserve_stream() {
+            return Err(Error::LimitReached(Limit::Streams(shared.max_streams)));
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = self.handle.commands.send(Command::Open(tx)).await;
+        let opened = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(self.ended())),
+            Err(_) => Err(self.ended()),
+        };
+        let inner = match opened {
+            Ok(inner) => inner,
+            Err(e) => {
+                shared.streams_open.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        let mut stream = Stream::new(inner, shared.clone());
+        stream.attach(self.handle.clone());
+        // Announce the stream now (an empty DATA frame with SYN): the peer's accept must
+        // see it before we write, as hashicorp yamux peers expect. (`write_all(&[])`
+        // would not call the stream at all.)
+        let written = stream.write(&[]).await?;
+        debug_assert_eq!(written, 0);
+        Ok(stream)
+    }
+
+    /// Accepts a stream the peer opened; see [`qymux_transport::Session::accept`].
+    pub async fn accept(&self) -> Result<Stream> {
+        let mut inbound = self.handle.inbound.lock().await;
+        match inbound.recv().await {
+            Some(mut stream) => {
+                stream.attach(self.handle.clone());
+                Ok(stream)
+            }
+            None => Err(self.ended()),
+        }
+    }
+
+    fn ended(&self) -> Error {
+        self.handle
+            .shared
+            .close_reason()
+            .map(|r| r.to_error())
+            .unwrap_or(Error::Closed)
+    }
+
+    /// Closes the session gracefully; see [`qymux_transport::Session::close`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.handle.commands.send(Command::Close(tx)).await.is_ok() {
+            // The driver bounds the close itself; this bound only guards against a
+            // driver that cannot run.
+            let _ = tokio::time::timeout(self.handle.close_timeout * 2, rx).await;
+        }
+    }
+
+    /// Waits until the session has ended; see [`qymux_transport::Session::closed`].
+    pub async fn closed(&self) -> CloseReason {
+        self.handle.shared.closed().await
+    }
+
+    /// Why the session ended, if it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.handle.shared.close_reason()
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.shared.local_addr
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.handle.shared.remote_addr
+    }
+
+    /// The peer's verified certificate chain, where it presented one.
+    pub fn peer_identity(&self) -> Option<PeerIdentity> {
+        self.handle.shared.peer_identity.clone()
+    }
+
+    /// Streams open right now, in both directions.
+    pub fn open_streams(&self) -> usize {
+        self.handle.shared.streams_open.load(Ordering::Relaxed)
+    }
+}
+
+impl qymux_transport::Session for Session {
+    type Stream = Stream;
+
+    fn open(&self) -> impl Future<Output = Result<Stream>> + Send {
+        Session::open(self)
+    }
+    fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
+        Session::accept(self)
+    }
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+    fn local_addr(&self) -> SocketAddr {
+        Session::local_addr(self)
+    }
+    fn remote_addr(&self) -> SocketAddr {
+        Session::remote_addr(self)
+    }
+    fn peer_identity(&self) -> Option<PeerIdentity> {
+        Session::peer_identity(self)
+    }
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        Session::close(self)
+    }
+    fn closed(&self) -> impl Future<Output = CloseReason> + Send {
+        Session::closed(self)
+    }
+    fn close_reason(&self) -> Option<CloseReason> {
+        Session::close_reason(self)
+    }
+}
+
+fn yamux_config(options: &Options) -> yamux::Config {
+    // Qymux enforces `max_streams` itself (opens beyond it fail, inbound streams beyond
+    // it are reset). The yamux crate's own limit tears the whole connection down when
+    // reached, so it only serves as a generous backstop against a peer that ignores resets.
+    let backstop = options.max_streams.saturating_mul(2).saturating_add(256);
+    let window = (backstop.saturating_mul(256 * 1024)).max(1 << 30);
+    let mut config = yamux::Config::default();
+    config
+        .set_max_connection_receive_window(Some(window))
+        .set_max_num_streams(backstop)
+        .set_split_send_size(64 * 1024);
+    config
+}
+
+type Conn<T> = yamux::Connection<Compat<WireIo<T>>>;
+
+struct Driver<T> {
+    conn: Conn<T>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Stream>,
+    shared: Arc<Shared>,
+    pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream>>>,
+    idle_timeout: Duration,
+    close_timeout: Duration,
+}
+
+/// Why the driver's main loop stopped.
+enum Stop {
+    /// A handle asked to close; reply when done.
+    Close(Option<oneshot::Sender<()>>),
+    /// The connection ended.
+    Ended(CloseReason),
+}
+
+impl<T> Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn run(mut self) {
+        let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = poll_fn(|cx| {
+            if idle_check.poll_tick(cx).is_ready()
+                && self.shared.wire.silent_for() > self.idle_timeout
+            {
+                return Poll::Ready(Stop::Ended(CloseReason::Failed(Error::Timeout {
+                    what: TimeoutKind::Idle,
+                    after: self.idle_timeout,
+                })));
+            }
+            self.poll_step(cx)
+        })
+        .await;
+        match stop {
+            Stop::Ended(reason) => self.shared.set_reason(reason),
+            Stop::Close(reply) => {
+                let shared = self.shared.clone();
+                let closing = poll_fn(|cx| self.conn.poll_close(cx));
+                match tokio::time::timeout(self.close_timeout, closing).await {
+                    Ok(Ok(())) => trace!("session closed gracefully"),
+                    Ok(Err(e)) => debug!("error while closing session: {e}"),
+                    Err(_) => debug!("graceful close timed out; dropping the connection"),
+                }
+                shared.set_reason(CloseReason::Local);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        // Fail opens that are still waiting.
+        let reason = self.shared.close_reason().unwrap_or(CloseReason::Local);
+        for waiter in self.pending_opens.drain(..) {
+            let _ = waiter.send(Err(reason.to_error()));
+        }
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        // Commands from handles.
+        loop {
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(Command::Open(reply))) => self.pending_opens.push_back(reply),
+                Poll::Ready(Some(Command::Close(reply))) => {
+                    return Poll::Ready(Stop::Close(Some(reply)));
+                }
+                // Every handle is gone: nobody can use the session any more.
+                Poll::Ready(None) => return Poll::Ready(Stop::Close(None)),
+                Poll::Pending => break,
+            }
+        }
+
+        // Outbound streams.
+        while let Some(waiter) = self.pending_opens.front() {
+            if waiter.is_closed() {
+                self.pending_opens.pop_front();
+                continue;
+            }
+            match self.conn.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    if let Some(waiter) = self.pending_opens.pop_front() {
+                        // If the opener gave up, dropping the stream resets it.
+                        let _ = waiter.send(Ok(stream));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Stop::Ended(self.reason_for(e))),
+                Poll::Pending => break,
+            }
+        }
+
+        // Inbound streams and, underneath, all reading and writing of the connection.
+        loop {
+            match self.conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => self.on_inbound(stream, cx),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Stop::Ended(self.reason_for(e))),
+                Poll::Ready(None) => {
+                    let reason = match self.shared.wire.go_away() {
+                        Some(0) | None => None,
+                        Some(code) => Some(format!("yamux GoAway code {code}")),
+                    };
+                    return Poll::Ready(Stop::Ended(CloseReason::Peer(reason)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn on_inbound(&mut self, mut stream: yamux::Stream, cx: &mut Context<'_>) {
+        if !self.shared.try_reserve_stream() {
+            debug!(
+                id = stream.id().val(),
+                max = self.shared.max_streams,
+                "peer opened a stream beyond max_streams; resetting it"
+            );
+            // Dropping an unacknowledged stream sends RST.
+            drop(stream);
+            return;
+        }
+        // Acknowledge now, not at first use: a hashicorp yamux peer stops opening
+        // streams after 256 unacknowledged ones.
+        // If the stream's command queue is full (rare), the ACK goes with its first frame.
+        let _ = ack(&mut stream, cx);
+        let wrapped = Stream::new(stream, self.shared.clone());
+        if let Err(e) = self.inbound.try_send(wrapped) {
+            // Cannot happen while streams are counted against max_streams (the queue
+            // has that capacity); if it does, the stream is reset by dropping it.
+            debug!("inbound queue full: {e}");
+        }
+    }
+
+    /// The close reason for a connection error from the yamux crate.
+    fn reason_for(&self, err: yamux::ConnectionError) -> CloseReason {
+        use yamux::ConnectionError as E;
+        match err {
+            E::Closed => CloseReason::Peer(None),
+            E::Io(io) | E::Decode(yamux::FrameDecodeError::Io(io)) => {
+                CloseReason::Failed(Error::io(io))
+            }
+            E::Decode(e) => CloseReason::Failed(Error::Protocol(format!("yamux: {e}"))),
+            E::InvalidWindowUpdate => {
+                CloseReason::Failed(Error::Protocol("yamux: invalid window update".into()))
+            }
+            E::TooManyStreams => CloseReason::Failed(Error::Protocol(
+                "yamux: the peer opened far more streams than allowed".into(),
+            )),
+            other => CloseReason::Failed(Error::Protocol(format!("yamux: {other}"))),
+        }
+    }
+}
+
+/// Queues the ACK of an inbound stream (an empty DATA frame).
+fn ack(stream: &mut yamux::Stream, cx: &mut Context<'_>) -> Poll<()> {
+    use futures::io::AsyncWrite as _;
+    match std::pin::Pin::new(stream).poll_write(cx, &[]) {
+        Poll::Ready(_) => Poll::Ready(()),
+        Poll::Pending => Poll::Pending,
+    }
+}

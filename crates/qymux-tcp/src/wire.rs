@@ -1,0 +1,482 @@
+//! A read-side view of the yamux frames the peer sends, in front of the `yamux` crate.
+//!
+//! It does three things the `yamux` crate cannot:
+//!
+//! - it splits DATA frames over 1 MiB into frames of at most 1 MiB (SYN/ACK on the first
+//!   piece, FIN/RST on the last), because the crate rejects larger bodies while a Go peer
+//!   sends `min(window, len)` bytes in one frame and the crate's windows grow past 1 MiB;
+//! - it records, per stream, whether the peer finished (FIN) or reset (RST) it, because the
+//!   crate reports both, and a dead connection, as the same EOF;
+//! - it notes when the peer last sent anything, for dead-peer detection, and when its
+//!   first frame arrived, which proves the server accepted our TLS handshake.
+//!
+//! On the write side it changes one thing: when the application aborts a stream that the
+//! peer has already finished, the yamux crate closes it with FIN (it picks the frame when a
+//! stream is dropped), which the peer would read as a clean end of a truncated reply. The
+//! writer turns that FIN into RST. Everything else passes through unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Length of a yamux frame header.
+pub(crate) const HEADER_LEN: usize = 12;
+/// The largest DATA body the `yamux` crate accepts.
+pub(crate) const MAX_BODY: u32 = 1024 * 1024;
+
+pub(crate) const TYPE_DATA: u8 = 0;
+pub(crate) const TYPE_WINDOW_UPDATE: u8 = 1;
+pub(crate) const TYPE_GO_AWAY: u8 = 3;
+
+pub(crate) const FLAG_SYN: u16 = 1;
+pub(crate) const FLAG_ACK: u16 = 2;
+pub(crate) const FLAG_FIN: u16 = 4;
+pub(crate) const FLAG_RST: u16 = 8;
+
+/// What the peer said about one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PeerEnd {
+    pub(crate) fin: bool,
+    pub(crate) rst: bool,
+}
+
+/// State shared between the frame reader, the session driver and the streams.
+#[derive(Debug)]
+pub(crate) struct WireState {
+    base: Instant,
+    last_rx_ms: AtomicU64,
+    first_frame: AtomicBool,
+    first_frame_notify: Notify,
+    go_away: Mutex<Option<u32>>,
+    streams: Mutex<HashMap<u32, PeerEnd>>,
+    /// Streams the application aborted after the peer's FIN: their closing FIN must go
+    /// out as RST.
+    aborted: Mutex<HashSet<u32>>,
+}
+
+impl WireState {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+            first_frame: AtomicBool::new(false),
+            first_frame_notify: Notify::new(),
+            go_away: Mutex::new(None),
+            streams: Mutex::new(HashMap::new()),
+            aborted: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Time since the peer last sent a complete frame header (or since the start).
+    pub(crate) fn silent_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_rx_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Waits until the peer's first frame arrived.
+    pub(crate) async fn first_frame(&self) {
+        while !self.first_frame.load(Ordering::Acquire) {
+            self.first_frame_notify.notified().await;
+        }
+    }
+
+    /// The GoAway code the peer sent, if any.
+    pub(crate) fn go_away(&self) -> Option<u32> {
+        *lock(&self.go_away)
+    }
+
+    /// Starts tracking a stream (before its SYN is sent, for our own streams).
+    pub(crate) fn register(&self, id: u32) {
+        lock(&self.streams).entry(id).or_default();
+    }
+
+    /// Stops tracking a stream.
+    pub(crate) fn unregister(&self, id: u32) {
+        lock(&self.streams).remove(&id);
+    }
+
+    /// What the peer said about a stream so far.
+    pub(crate) fn peer_end(&self, id: u32) -> PeerEnd {
+        lock(&self.streams).get(&id).copied().unwrap_or_default()
+    }
+
+    /// Marks a stream the application aborts before finishing its side. The yamux crate
+    /// then closes it with RST, or with FIN if the peer had finished already; the writer
+    /// turns that FIN into RST. Either frame ends the mark.
+    pub(crate) fn mark_aborted(&self, id: u32) {
+        lock(&self.aborted).insert(id);
+    }
+
+    /// Whether `id` was aborted (and forgets it).
+    fn take_aborted(&self, id: u32) -> bool {
+        let mut aborted = lock(&self.aborted);
+        !aborted.is_empty() && aborted.remove(&id)
+    }
+
+    fn on_header(&self, kind: u8, flags: u16, stream_id: u32, length: u32) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_rx_ms.store(now, Ordering::Relaxed);
+        if !self.first_frame.swap(true, Ordering::AcqRel) {
+            self.first_frame_notify.notify_one();
+        }
+        match kind {
+            TYPE_DATA | TYPE_WINDOW_UPDATE if flags & (FLAG_SYN | FLAG_FIN | FLAG_RST) != 0 => {
+                let mut streams = lock(&self.streams);
+                let entry = if flags & FLAG_SYN != 0 {
+                    Some(streams.entry(stream_id).or_default())
+                } else {
+                    streams.get_mut(&stream_id)
+                };
+                if let Some(end) = entry {
+                    end.fin |= flags & FLAG_FIN != 0;
+                    end.rst |= flags & FLAG_RST != 0;
+                }
+            }
+            TYPE_GO_AWAY => *lock(&self.go_away) = Some(length),
+            _ => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked while holding it; the plain
+    // data inside is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+enum ReadState {
+    /// Collecting a frame header from the peer.
+    Header {
+        buf: [u8; HEADER_LEN],
+        filled: usize,
+    },
+    /// Handing a (possibly rewritten) header to the reader; then `piece` body bytes
+    /// follow, and `rest` more in later pieces of a split frame.
+    Emit {
+        header: [u8; HEADER_LEN],
+        pos: usize,
+        piece: u32,
+        rest: u32,
+    },
+    /// Passing `piece` body bytes through; `rest` more follow in later pieces.
+    Body { piece: u32, rest: u32 },
+}
+
+/// How to write the headers of the later pieces of a split DATA frame.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    version: u8,
+    stream_id: u32,
+    /// FIN / RST of the original frame: they belong on the last piece only.
+    final_flags: u16,
+}
+
+/// The connection IO handed to the `yamux` crate: reads are parsed as above, writes
+/// pass straight through.
+#[derive(Debug)]
+pub(crate) struct WireIo<T> {
+    inner: T,
+    state: Arc<WireState>,
+    read: ReadState,
+    split: Option<Split>,
+    write: WriteState,
+}
+
+/// Where the writer is in the stream of frames the yamux crate writes.
+#[derive(Debug)]
+struct WriteState {
+    /// The current header as it goes out (possibly rewritten), once all 12 bytes are known.
+    header: Option<[u8; HEADER_LEN]>,
+    /// Header bytes seen so far, when they arrive in pieces.
+    partial: [u8; HEADER_LEN],
+    /// Header bytes written so far.
+    written: usize,
+    /// Body bytes of the current frame still to pass.
+    body_left: u32,
+}
+
+const NEW_HEADER: ReadState = ReadState::Header {
+    buf: [0; HEADER_LEN],
+    filled: 0,
+};
+
+impl<T> WireIo<T> {
+    pub(crate) fn new(inner: T, state: Arc<WireState>) -> Self {
+        Self {
+            inner,
+            state,
+            read: NEW_HEADER,
+            split: None,
+            write: WriteState {
+                header: None,
+                partial: [0; HEADER_LEN],
+                written: 0,
+                body_left: 0,
+            },
+        }
+    }
+}
+
+fn header(version: u8, kind: u8, flags: u16, stream_id: u32, length: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = version;
+    h[1] = kind;
+    h[2..4].copy_from_slice(&flags.to_be_bytes());
+    h[4..8].copy_from_slice(&stream_id.to_be_bytes());
+    h[8..12].copy_from_slice(&length.to_be_bytes());
+    h
+}
+
+impl<T> WireIo<T> {
+    /// Decides what to hand on for a complete header from the peer.
+    fn on_peer_header(&mut self, h: [u8; HEADER_LEN]) -> ReadState {
+        let kind = h[1];
+        let flags = u16::from_be_bytes([h[2], h[3]]);
+        let stream_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        self.state.on_header(kind, flags, stream_id, length);
+        if kind != TYPE_DATA || length <= MAX_BODY {
+            // Only DATA frames carry a body; the length of the others is a value.
+            let piece = if kind == TYPE_DATA { length } else { 0 };
+            return ReadState::Emit {
+                header: h,
+                pos: 0,
+                piece,
+                rest: 0,
+            };
+        }
+        self.split = Some(Split {
+            version: h[0],
+            stream_id,
+            final_flags: flags & (FLAG_FIN | FLAG_RST),
+        });
+        ReadState::Emit {
+            header: header(
+                h[0],
+                kind,
+                flags & (FLAG_SYN | FLAG_ACK),
+                stream_id,
+                MAX_BODY,
+            ),
+            pos: 0,
+            piece: MAX_BODY,
+            rest: length - MAX_BODY,
+        }
+    }
+
+    /// The header of the next piece of a split frame.
+    fn next_piece(&self, rest: u32) -> ReadState {
+        let split = self.split.unwrap_or(Split {
+            version: 0,
+            stream_id: 0,
+            final_flags: 0,
+        });
+        let piece = rest.min(MAX_BODY);
+        let rest = rest - piece;
+        let flags = if rest == 0 { split.final_flags } else { 0 };
+        ReadState::Emit {
+            header: header(split.version, TYPE_DATA, flags, split.stream_id, piece),
+            pos: 0,
+            piece,
+            rest,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let start = out.filled().len();
+        loop {
+            if out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match &mut this.read {
+                ReadState::Header { buf, filled } => {
+                    let mut rb = ReadBuf::new(&mut buf[*filled..]);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            if n == 0 {
+                                // EOF from the peer. Within a header it is a truncated
+                                // frame, which the yamux crate reports on its own.
+                                return Poll::Ready(Ok(()));
+                            }
+                            *filled += n;
+                            if *filled == HEADER_LEN {
+                                let h = *buf;
+                                this.read = this.on_peer_header(h);
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            if out.filled().len() > start {
+                                // Deliver what we have; the error comes again next time.
+                                return Poll::Ready(Ok(()));
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            if out.filled().len() > start {
+                                return Poll::Ready(Ok(()));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                ReadState::Emit {
+                    header,
+                    pos,
+                    piece,
+                    rest,
+                } => {
+                    let n = (HEADER_LEN - *pos).min(out.remaining());
+                    out.put_slice(&header[*pos..*pos + n]);
+                    *pos += n;
+                    if *pos == HEADER_LEN {
+                        this.read = if *piece > 0 {
+                            ReadState::Body {
+                                piece: *piece,
+                                rest: *rest,
+                            }
+                        } else {
+                            NEW_HEADER
+                        };
+                    }
+                }
+                ReadState::Body { piece, rest } => {
+                    let want = (*piece as usize).min(out.remaining());
+                    // Buffers from the compat layer are initialised already, so this
+                    // costs nothing there.
+                    let mut limited = ReadBuf::new(out.initialize_unfilled_to(want));
+                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+                    let n = limited.filled().len();
+                    match (poll, n) {
+                        (Poll::Ready(Ok(())), 0) => {
+                            // EOF inside a body: hand on what we have; yamux reports
+                            // the truncated frame.
+                            return Poll::Ready(Ok(()));
+                        }
+                        (Poll::Ready(Ok(())), n) => {
+                            out.advance(n);
+                            *piece -= n as u32;
+                            if *piece == 0 {
+                                let rest = *rest;
+                                this.read = if rest > 0 {
+                                    this.next_piece(rest)
+                                } else {
+                                    NEW_HEADER
+                                };
+                            }
+                        }
+                        (Poll::Ready(Err(e)), _) => {
+                            if out.filled().len() > start {
+                                return Poll::Ready(Ok(()));
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                        (Poll::Pending, _) => {
+                            if out.filled().len() > start {
+                                return Poll::Ready(Ok(()));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> WireIo<T> {
+    /// The header to send for `h`: FIN becomes RST on a stream the application aborted
+    /// after the peer's FIN.
+    fn outgoing_header(&self, mut h: [u8; HEADER_LEN]) -> [u8; HEADER_LEN] {
+        let kind = h[1];
+        let flags = u16::from_be_bytes([h[2], h[3]]);
+        if (kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE) && flags & (FLAG_FIN | FLAG_RST) != 0 {
+            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            if self.state.take_aborted(id) && flags & FLAG_FIN != 0 {
+                h[2..4].copy_from_slice(&((flags & !FLAG_FIN) | FLAG_RST).to_be_bytes());
+            }
+        }
+        h
+    }
+
+    /// Notes that `n` bytes of `sent` (the header or body bytes just written) went out.
+    fn wrote(&mut self, n: usize, sent: &[u8]) {
+        let w = &mut self.write;
+        if w.written < HEADER_LEN {
+            if w.header.is_none() {
+                w.partial[w.written..w.written + n].copy_from_slice(&sent[..n]);
+            }
+            w.written += n;
+            if w.written == HEADER_LEN {
+                let h = w.header.unwrap_or(w.partial);
+                let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                w.body_left = if h[1] == TYPE_DATA { length } else { 0 };
+            }
+        } else {
+            w.body_left -= n as u32;
+        }
+        if w.written == HEADER_LEN && w.body_left == 0 {
+            w.header = None;
+            w.written = 0;
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.write.written == 0 && this.write.header.is_none() && buf.len() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&buf[..HEADER_LEN]);
+            this.write.header = Some(this.outgoing_header(h));
+        }
+        // Never mix a header with what follows it in one write, so that a rewritten
+        // header is written from our copy and the body from the caller's buffer.
+        let (chunk, n) = if this.write.written < HEADER_LEN {
+            let at = this.write.written;
+            let len = (HEADER_LEN - at).min(buf.len());
+            let header = this.write.header;
+            let chunk: &[u8] = match &header {
+                Some(h) => &h[at..at + len],
+                None => &buf[..len],
+            };
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, chunk))?;
+            let mut copy = [0u8; HEADER_LEN];
+            copy[..n].copy_from_slice(&chunk[..n]);
+            (copy, n)
+        } else {
+            let len = (this.write.body_left as usize).min(buf.len());
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..len]))?;
+            ([0u8; HEADER_LEN], n)
+        };
+        this.wrote(n, &chunk);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

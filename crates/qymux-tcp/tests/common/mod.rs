@@ -1,0 +1,122 @@
+//! Shared set-up for the TCP backend's tests: a CA, TLS configs, a listener.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qymux_cert::{CertificateAuthority, Identity};
+use qymux_tcp::{Listener, Session, dial};
+use qymux_tls::{ClientTls, ServerTls};
+use qymux_transport::Options;
+
+#[derive(Debug)]
+pub struct Pki {
+    pub ca: CertificateAuthority,
+    pub server: Identity,
+    pub client: Identity,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca = CertificateAuthority::new("Qymux Test CA").unwrap();
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        let client = ca.issue_client("test-agent").unwrap();
+        Pki { ca, server, client }
+    }
+
+    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        ServerTls::new(self.server.clone()).build().unwrap()
+    }
+
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        ClientTls::with_ca(vec![self.ca.certificate().clone()])
+            .build()
+            .unwrap()
+    }
+}
+
+pub fn options() -> Options {
+    let mut o = Options::default();
+    o.handshake_timeout(Duration::from_secs(5));
+    o
+}
+
+/// A listener with the default PKI, and a dialed session plus the accepted one.
+pub async fn pair_with(options: Options) -> (Listener, Session, Session) {
+    pair_with_each(options.clone(), options).await
+}
+
+/// Like [`pair_with`], with different options for the dialer and the listener.
+pub async fn pair_with_each(client: Options, server: Options) -> (Listener, Session, Session) {
+    let pki = Pki::new();
+    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), server)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().to_string();
+    let (client, server) = tokio::join!(
+        dial(&addr, "localhost", pki.client_tls(), &client),
+        listener.accept()
+    );
+    (listener, client.unwrap(), server.unwrap())
+}
+
+/// A TCP forwarder in front of `target` whose connections can be cut with a reset.
+#[derive(Debug)]
+pub struct Cutter {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cutter {
+    pub async fn start(target: std::net::SocketAddr) -> Cutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {
+                            // SO_LINGER 0: close with RST, as a crashed host's kernel would.
+                            let _ = socket2::SockRef::from(&inbound).set_linger(Some(Duration::ZERO));
+                            let _ = socket2::SockRef::from(&outbound).set_linger(Some(Duration::ZERO));
+                        }
+                    }
+                });
+            }
+        });
+        Cutter { addr, cut }
+    }
+
+    /// Resets every forwarded connection.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+pub async fn pair() -> (Listener, Session, Session) {
+    pair_with(options()).await
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}

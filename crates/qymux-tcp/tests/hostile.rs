@@ -1,0 +1,162 @@
+//! Senders of garbage are disconnected while the listener keeps serving good clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Pki, payload, sha256};
+use qymux_tcp::{Listener, Session, dial};
+use qymux_transport::Options;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Upper bound for "the server hung up": far above the 1 s handshake timeout, so it only
+/// catches a hang, never a slow machine.
+const HANG: Duration = Duration::from_secs(20);
+
+fn hostile_options() -> Options {
+    let mut o = Options::default();
+    o.handshake_timeout(Duration::from_secs(1));
+    o
+}
+
+/// Reads until the server closes the connection (EOF or reset); panics on a hang.
+async fn server_hangs_up(stream: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 4096];
+    let waited = tokio::time::timeout(HANG, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // an alert, perhaps; keep reading
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the server kept the {what} connection open");
+}
+
+/// A ClientHello as a real rustls client writes it.
+fn client_hello(pki: &Pki) -> Vec<u8> {
+    let mut conn =
+        rustls::ClientConnection::new(pki.client_tls(), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    assert!(out.len() > 100, "a ClientHello is a few hundred bytes");
+    out
+}
+
+async fn good_traffic(session: &Session, seed: u64) {
+    let data = payload(seed, 256 * 1024);
+    let mut s = session.open().await.unwrap();
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let (_, got) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_senders_are_disconnected_and_good_clients_keep_working() {
+    let pki = Pki::new();
+    let listener = Arc::new(
+        Listener::bind("127.0.0.1:0", pki.server_tls(), hostile_options())
+            .await
+            .unwrap(),
+    );
+    let addr = listener.local_addr();
+
+    // The server side: echo every stream of every session.
+    let acceptor = listener.clone();
+    tokio::spawn(async move {
+        while let Ok(session) = acceptor.accept().await {
+            tokio::spawn(async move {
+                while let Ok(mut stream) = session.accept().await {
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = tokio::io::split(&mut stream);
+                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                            let _ = w.shutdown().await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+
+    // A good client with a session before the garbage arrives.
+    let good = dial(
+        &addr.to_string(),
+        "localhost",
+        pki.client_tls(),
+        &hostile_options(),
+    )
+    .await
+    .unwrap();
+    good_traffic(&good, 1).await;
+
+    // 1. Random bytes.
+    let mut random = TcpStream::connect(addr).await.unwrap();
+    random.write_all(&payload(77, 4096)).await.unwrap();
+    // 2. Plaintext HTTP.
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // 3. Half a ClientHello, then silence.
+    let hello = client_hello(&pki);
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    // 4. A connection that sends nothing at all.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // 5. A valid TLS handshake with ALPN qymux, then garbage instead of yamux.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(pki.client_tls())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(&payload(5, 1000)).await.unwrap();
+    tls.flush().await.unwrap();
+
+    // Meanwhile the good session, and a new one, work.
+    let during = async {
+        good_traffic(&good, 2).await;
+        let fresh = dial(
+            &addr.to_string(),
+            "localhost",
+            pki.client_tls(),
+            &hostile_options(),
+        )
+        .await
+        .unwrap();
+        good_traffic(&fresh, 3).await;
+        fresh
+    };
+    let hangups = async {
+        server_hangs_up(&mut random, "random bytes").await;
+        server_hangs_up(&mut http, "plaintext HTTP").await;
+        server_hangs_up(&mut half, "half ClientHello").await;
+        server_hangs_up(&mut silent, "silent").await;
+        let mut sink = Vec::new();
+        let ended = tokio::time::timeout(HANG, tls.read_to_end(&mut sink)).await;
+        assert!(
+            ended.is_ok(),
+            "the server kept the TLS-then-garbage session open"
+        );
+    };
+    let (fresh, ()) = tokio::join!(during, hangups);
+
+    // And afterwards.
+    good_traffic(&good, 4).await;
+    good_traffic(&fresh, 5).await;
+    assert!(good.close_reason().is_none());
+}
