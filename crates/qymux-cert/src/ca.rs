@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::CertificateDer;
@@ -22,7 +23,7 @@ use crate::{CertError, Fingerprint, Identity, Result};
 /// ten years. Write it with [`write_pem_files`](Self::write_pem_files) and reload it
 /// with [`from_pem`](Self::from_pem) to issue more certificates later.
 ///
-/// `Debug` shows the fingerprint, never the key.
+/// Cloning is cheap (the key is shared). `Debug` shows the fingerprint, never the key.
 ///
 /// ```
 /// use qymux_cert::CertificateAuthority;
@@ -39,9 +40,10 @@ use crate::{CertError, Fingerprint, Identity, Result};
 /// # let _ = another;
 /// # Ok::<(), qymux_cert::CertError>(())
 /// ```
+#[derive(Clone)]
 pub struct CertificateAuthority {
     cert: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Arc<Issuer<'static, KeyPair>>,
     not_after: OffsetDateTime,
 }
 
@@ -62,7 +64,7 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key_pair)?.der().clone();
         Ok(Self {
             cert,
-            issuer: Issuer::new(params, key_pair),
+            issuer: Arc::new(Issuer::new(params, key_pair)),
             not_after,
         })
     }
@@ -131,7 +133,7 @@ impl CertificateAuthority {
         })?;
         Ok(Self {
             cert,
-            issuer,
+            issuer: Arc::new(issuer),
             not_after,
         })
     }

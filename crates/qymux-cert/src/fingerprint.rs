@@ -18,8 +18,9 @@ use crate::{CertError, Result};
 /// ```
 ///
 /// Parsing is lenient about the form people paste: upper- or lowercase hex, with or
-/// without `:` between the bytes (as `openssl x509 -fingerprint -sha256` prints them),
-/// with an optional `sha256:` prefix (any case) and surrounding whitespace.
+/// without `:` between the bytes, with an optional `sha256:` prefix (any case) and
+/// surrounding whitespace. The whole line that `openssl x509 -noout -fingerprint
+/// -sha256` prints (`sha256 Fingerprint=AB:CD:…`) is accepted too.
 ///
 /// ```
 /// # use qymux_cert::Fingerprint;
@@ -85,7 +86,13 @@ impl FromStr for Fingerprint {
     type Err = CertError;
 
     fn from_str(input: &str) -> Result<Self> {
-        let text = input.trim();
+        let mut text = input.trim();
+        // `openssl x509 -fingerprint -sha256` prints `sha256 Fingerprint=AB:CD:…`.
+        if let Some((label, value)) = text.split_once('=')
+            && label.trim().eq_ignore_ascii_case("sha256 fingerprint")
+        {
+            text = value.trim();
+        }
         let text = match text.get(..7) {
             Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &text[7..],
             _ => text,
@@ -192,6 +199,8 @@ mod tests {
             format!("SHA256:{colons}"),
             format!("Sha256:{upper}"),
             format!("  {plain}\n"),
+            format!("sha256 Fingerprint={colons}"),
+            format!("SHA256 Fingerprint={colons}\n"),
         ] {
             assert_eq!(text.parse::<Fingerprint>().unwrap(), fp, "{text}");
         }
@@ -232,6 +241,8 @@ mod tests {
             colons.join("::"),
             format!("{}:0", colons[..31].join(":")),
             format!("md5:{plain}"),
+            format!("md5 Fingerprint={colons}", colons = colons.join(":")),
+            format!("={plain}"),
         ];
         for text in bad {
             match text.parse::<Fingerprint>() {

@@ -546,6 +546,10 @@ fn ca_survives_pem_and_issues_again() {
     verify_server(ca.certificate(), &server, "127.0.0.1").unwrap();
     verify_client(ca.certificate(), &client).unwrap();
 
+    // A clone signs with the same key.
+    let clone = reloaded.clone();
+    verify_client(ca.certificate(), &clone.issue_client("clone").unwrap()).unwrap();
+
     // And reloading the reloaded one works too.
     let twice = CertificateAuthority::from_pem(&reloaded.cert_pem(), &reloaded.key_pem()).unwrap();
     verify_client(ca.certificate(), &twice.issue_client("second").unwrap()).unwrap();
@@ -678,4 +682,37 @@ fn mutual_tls_handshake_succeeds() {
         .issue_client("qymux-agent")
         .unwrap();
     assert!(handshake(&ca, &server, &stranger, "localhost").is_err());
+}
+
+#[test]
+fn damaged_input_is_an_error_never_a_panic() {
+    let ca = CertificateAuthority::new("Test CA").unwrap();
+    let (cert, key) = (ca.cert_pem(), ca.key_pem());
+    // Every truncation, and every single-character change in the base64 bodies.
+    let mut inputs = Vec::new();
+    for text in [&cert, &key] {
+        for end in 0..text.len() {
+            inputs.push((text == &cert, text[..end].to_owned()));
+        }
+        for (index, c) in text.char_indices() {
+            if c.is_ascii_alphanumeric() {
+                let mut damaged = text.clone();
+                let replacement = if c == 'A' { "B" } else { "A" };
+                damaged.replace_range(index..index + 1, replacement);
+                inputs.push((text == &cert, damaged));
+            }
+        }
+    }
+    for (is_cert, input) in inputs {
+        let (cert_pem, key_pem) = if is_cert {
+            (input.as_str(), key.as_str())
+        } else {
+            (cert.as_str(), input.as_str())
+        };
+        let _ = CertificateAuthority::from_pem(cert_pem, key_pem);
+        let _ = Identity::from_pem(cert_pem, key_pem);
+        let _ = parse_certs_pem(&input, "x");
+        let _ = parse_key_pem(&input, "x");
+        let _ = input.parse::<Fingerprint>();
+    }
 }

@@ -1,0 +1,195 @@
+//! `cargo xtask cert`: development certificates.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use qymux_cert::{CertificateAuthority, Fingerprint, Identity};
+
+use crate::cli::CertArgs;
+
+/// The files `cert` writes, in the order they are written.
+pub(crate) const FILES: [&str; 6] = [
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "client.pem",
+    "client.key",
+];
+
+/// Resolves `path` against the workspace root unless it is absolute.
+pub(crate) fn resolve(root: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        root.join(path)
+    }
+}
+
+/// The target files that exist already (a dangling symlink counts).
+pub(crate) fn existing(dir: &Path) -> Vec<PathBuf> {
+    FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|path| path.symlink_metadata().is_ok())
+        .collect()
+}
+
+pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
+    let dir = resolve(root, &args.out);
+    if !args.force {
+        let existing = existing(&dir);
+        if !existing.is_empty() {
+            let list = existing
+                .iter()
+                .map(|path| format!("  {}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!(
+                "refusing to overwrite existing file(s); nothing was written:\n{list}\n\
+                 Pass --force to replace them, or --out DIR to write elsewhere."
+            );
+        }
+    }
+
+    // Make everything first, so that a bad name leaves no files behind.
+    let server_names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
+    let ca = CertificateAuthority::new(&args.ca_name).context("making the CA")?;
+    let server = ca
+        .issue_server(&server_names)
+        .context("making the server certificate")?;
+    let client = ca
+        .issue_client(&args.client_name)
+        .context("making the client certificate")?;
+
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = |name: &str| dir.join(name);
+    ca.write_pem_files(path("ca.pem"), path("ca.key"), args.force)?;
+    server.write_pem_files(path("server.pem"), path("server.key"), args.force)?;
+    client.write_pem_files(path("client.pem"), path("client.key"), args.force)?;
+
+    let server_desc = format!("server certificate for {}", args.server_names.join(", "));
+    let client_desc = format!("client certificate CN={}", args.client_name);
+    let ca_desc = format!("CA certificate CN={}", args.ca_name);
+    println!("Wrote {}:", dir.display());
+    print_pair("ca", &ca_desc, "CA private key", ca.fingerprint());
+    print_pair(
+        "server",
+        &server_desc,
+        "server private key",
+        server.fingerprint(),
+    );
+    print_pair(
+        "client",
+        &client_desc,
+        "client private key",
+        client.fingerprint(),
+    );
+    println!();
+    println!("Trust ca.pem on both sides (roots for the dialer, client roots for mTLS),");
+    println!("or pin the server instead: sha256:{}", server.fingerprint());
+    check_round_trip(&dir, &server)?;
+    Ok(())
+}
+
+fn print_pair(stem: &str, cert_desc: &str, key_desc: &str, fingerprint: Fingerprint) {
+    println!("  {:<11} {cert_desc}", format!("{stem}.pem"));
+    println!("  {:<11} SHA-256 {fingerprint}", "");
+    let mode = if cfg!(unix) { " (mode 0600)" } else { "" };
+    println!("  {:<11} {key_desc}{mode}", format!("{stem}.key"));
+}
+
+/// Reads the server files back, so that a broken write does not go unnoticed.
+fn check_round_trip(dir: &Path, server: &Identity) -> Result<()> {
+    let again = Identity::load_pem_files(dir.join("server.pem"), dir.join("server.key"))?;
+    if again.fingerprint() != server.fingerprint() {
+        bail!(
+            "{} does not hold what was written",
+            dir.join("server.pem").display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("qymux-xtask-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_under_the_root() {
+        let root = Path::new("/work/repo");
+        assert_eq!(
+            resolve(root, Path::new("certs")),
+            PathBuf::from("/work/repo/certs")
+        );
+        assert_eq!(resolve(root, Path::new("/tmp/c")), PathBuf::from("/tmp/c"));
+    }
+
+    #[test]
+    fn writes_six_files_then_refuses_then_forces() {
+        let dir = TempDir::new("cert");
+        let mut args = CertArgs {
+            out: dir.0.clone(),
+            ..CertArgs::default()
+        };
+        run(&args, Path::new("/nonexistent-root")).unwrap();
+        assert_eq!(existing(&dir.0).len(), 6);
+        let ca_pem = std::fs::read_to_string(dir.0.join("ca.pem")).unwrap();
+        let ca_key = std::fs::read_to_string(dir.0.join("ca.key")).unwrap();
+        let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key).unwrap();
+
+        let error = run(&args, Path::new("/")).unwrap_err().to_string();
+        assert!(
+            error.contains("ca.pem") && error.contains("--force"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("ca.pem")).unwrap(),
+            ca_pem
+        );
+
+        // One file is enough to refuse, and nothing else is written.
+        std::fs::remove_dir_all(&dir.0).unwrap();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("client.key"), "mine").unwrap();
+        let error = run(&args, Path::new("/")).unwrap_err().to_string();
+        assert!(error.contains("client.key"), "{error}");
+        assert_eq!(existing(&dir.0), [dir.0.join("client.key")]);
+
+        args.force = true;
+        run(&args, Path::new("/")).unwrap();
+        assert_eq!(existing(&dir.0).len(), 6);
+        let new_ca = std::fs::read_to_string(dir.0.join("ca.pem")).unwrap();
+        assert_ne!(new_ca, ca.cert_pem());
+    }
+
+    #[test]
+    fn a_bad_name_writes_nothing() {
+        let dir = TempDir::new("badname");
+        let args = CertArgs {
+            out: dir.0.clone(),
+            server_names: vec!["not a name".to_owned()],
+            ..CertArgs::default()
+        };
+        let error = format!("{:#}", run(&args, Path::new("/")).unwrap_err());
+        assert!(error.contains("not a name"), "{error}");
+        assert!(!dir.0.exists());
+    }
+}

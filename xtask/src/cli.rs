@@ -1,0 +1,319 @@
+//! Command-line parsing, by hand: a handful of flags does not need a parser crate.
+
+use std::path::PathBuf;
+
+/// The usage text of `cargo xtask`.
+pub(crate) const USAGE: &str = "\
+Qymux project tasks
+
+USAGE:
+    cargo xtask <TASK> [OPTIONS]
+
+TASKS:
+    cert        Make development certificates: a CA, a server and a client certificate
+    coverage    Run the workspace tests instrumented and report line coverage
+    help        Show this text
+
+cargo xtask cert [OPTIONS]
+    Writes ca.pem ca.key server.pem server.key client.pem client.key into DIR and prints
+    each certificate's SHA-256 fingerprint. Refuses to touch anything if one of the six
+    files exists, unless --force is given.
+
+    --out DIR              Directory to write to, relative to the workspace root unless
+                           absolute [default: certs]
+    --ca-name NAME         Common name of the CA [default: Qymux Development CA]
+    --server-name NAME     DNS name or IP address of the server; repeat for several
+                           [default: localhost, 127.0.0.1, ::1]
+    --client-name NAME     Common name of the client (agent) certificate
+                           [default: qymux-agent]
+    --force                Overwrite existing files
+
+cargo xtask coverage [OPTIONS] [-- ARGS...]
+    Installs what is missing (cargo-llvm-cov; Debian's llvm-22), runs
+    `cargo llvm-cov --workspace --no-report`, writes an HTML report to
+    target/coverage/html and an lcov file to target/coverage/lcov.info, and prints
+    lines covered per crate. If tests fail, the report of what ran is still written,
+    and the task exits non-zero.
+
+    --open                 Open the HTML report in a browser when done
+    --include-ignored      Also run tests marked #[ignore]
+    -- ARGS...             Passed on to `cargo llvm-cov --workspace --no-report` as they
+                           are, e.g. `-- --exclude qymux-quic` or, for the test
+                           binaries, `-- -- --test-threads=1`
+";
+
+/// A parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    Help,
+    Cert(CertArgs),
+    Coverage(CoverageArgs),
+}
+
+/// Options of `cargo xtask cert`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CertArgs {
+    pub(crate) out: PathBuf,
+    pub(crate) ca_name: String,
+    pub(crate) server_names: Vec<String>,
+    pub(crate) client_name: String,
+    pub(crate) force: bool,
+}
+
+impl Default for CertArgs {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("certs"),
+            ca_name: "Qymux Development CA".to_owned(),
+            server_names: ["localhost", "127.0.0.1", "::1"]
+                .map(str::to_owned)
+                .to_vec(),
+            client_name: "qymux-agent".to_owned(),
+            force: false,
+        }
+    }
+}
+
+/// Options of `cargo xtask coverage`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct CoverageArgs {
+    pub(crate) open: bool,
+    pub(crate) include_ignored: bool,
+    /// Everything after `--`, for `cargo llvm-cov --workspace --no-report`.
+    pub(crate) passthrough: Vec<String>,
+}
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut args = args.into_iter();
+    let Some(task) = args.next() else {
+        return Ok(Command::Help);
+    };
+    match task.as_str() {
+        "help" | "-h" | "--help" => Ok(Command::Help),
+        "cert" => parse_cert(args),
+        "coverage" => parse_coverage(args),
+        other => Err(format!("unknown task {other:?}")),
+    }
+}
+
+fn parse_cert(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = CertArgs::default();
+    let (mut out, mut ca_name, mut client_name) = (None, None, None);
+    let mut server_names = Vec::new();
+    let mut args = Args::new(args);
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--out" => set_once(&mut out, &flag, args.value(&flag)?)?,
+            "--ca-name" => set_once(&mut ca_name, &flag, args.value(&flag)?)?,
+            "--client-name" => set_once(&mut client_name, &flag, args.value(&flag)?)?,
+            "--server-name" => server_names.push(args.value(&flag)?),
+            "--force" => {
+                args.no_value(&flag)?;
+                parsed.force = true;
+            }
+            _ => return Err(format!("unknown option {flag:?} for `cert`")),
+        }
+    }
+    if let Some(out) = out {
+        parsed.out = PathBuf::from(out);
+    }
+    if let Some(ca_name) = ca_name {
+        parsed.ca_name = ca_name;
+    }
+    if let Some(client_name) = client_name {
+        parsed.client_name = client_name;
+    }
+    if !server_names.is_empty() {
+        parsed.server_names = server_names;
+    }
+    Ok(Command::Cert(parsed))
+}
+
+fn parse_coverage(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = CoverageArgs::default();
+    let mut args = Args::new(args);
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--open" => {
+                args.no_value(&flag)?;
+                parsed.open = true;
+            }
+            "--include-ignored" => {
+                args.no_value(&flag)?;
+                parsed.include_ignored = true;
+            }
+            _ => return Err(format!("unknown option {flag:?} for `coverage`")),
+        }
+    }
+    parsed.passthrough = args.rest;
+    Ok(Command::Coverage(parsed))
+}
+
+fn set_once(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), String> {
+    if slot.replace(value).is_some() {
+        return Err(format!("{flag} given more than once"));
+    }
+    Ok(())
+}
+
+/// Walks `--flag`, `--flag value` and `--flag=value` arguments up to a `--`.
+struct Args<I> {
+    inner: I,
+    /// The `=value` part of the current flag, if it had one.
+    inline_value: Option<String>,
+    /// What followed `--`.
+    rest: Vec<String>,
+}
+
+impl<I: Iterator<Item = String>> Args<I> {
+    fn new(inner: I) -> Self {
+        Self {
+            inner,
+            inline_value: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn next_flag(&mut self) -> Result<Option<String>, String> {
+        let Some(arg) = self.inner.next() else {
+            return Ok(None);
+        };
+        if arg == "--" {
+            self.rest = self.inner.by_ref().collect();
+            return Ok(None);
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+        match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                self.inline_value = Some(value.to_owned());
+                Ok(Some(flag.to_owned()))
+            }
+            _ => {
+                self.inline_value = None;
+                Ok(Some(arg))
+            }
+        }
+    }
+
+    fn value(&mut self, flag: &str) -> Result<String, String> {
+        if let Some(value) = self.inline_value.take() {
+            return Ok(value);
+        }
+        match self.inner.next() {
+            Some(value) if value != "--" => Ok(value),
+            _ => Err(format!("{flag} needs a value")),
+        }
+    }
+
+    fn no_value(&mut self, flag: &str) -> Result<(), String> {
+        match self.inline_value.take() {
+            Some(_) => Err(format!("{flag} takes no value")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Command, String> {
+        parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    fn cert(line: &str) -> CertArgs {
+        match parse_str(line) {
+            Ok(Command::Cert(args)) => args,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn coverage(line: &str) -> CoverageArgs {
+        match parse_str(line) {
+            Ok(Command::Coverage(args)) => args,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_task_or_help_shows_usage() {
+        for line in ["", "help", "--help", "-h", "cert --help", "coverage -h"] {
+            assert_eq!(parse_str(line), Ok(Command::Help), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn cert_defaults() {
+        let args = cert("cert");
+        assert_eq!(args, CertArgs::default());
+        assert_eq!(args.out, PathBuf::from("certs"));
+        assert_eq!(args.ca_name, "Qymux Development CA");
+        assert_eq!(args.server_names, ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(args.client_name, "qymux-agent");
+        assert!(!args.force);
+    }
+
+    #[test]
+    fn cert_options_in_both_forms() {
+        let args = cert(
+            "cert --out /tmp/x --ca-name=MyCA --server-name a.example --server-name=10.0.0.1 \
+             --client-name agent-7 --force",
+        );
+        assert_eq!(args.out, PathBuf::from("/tmp/x"));
+        assert_eq!(args.ca_name, "MyCA");
+        assert_eq!(args.server_names, ["a.example", "10.0.0.1"]);
+        assert_eq!(args.client_name, "agent-7");
+        assert!(args.force);
+    }
+
+    #[test]
+    fn cert_values_may_contain_spaces_and_equals() {
+        let args =
+            parse(["cert", "--ca-name", "My Dev CA", "--client-name=a=b"].map(str::to_owned));
+        let Ok(Command::Cert(args)) = args else {
+            panic!("{args:?}")
+        };
+        assert_eq!(args.ca_name, "My Dev CA");
+        assert_eq!(args.client_name, "a=b");
+    }
+
+    #[test]
+    fn cert_errors() {
+        for (line, needle) in [
+            ("cert --out", "--out needs a value"),
+            ("cert --out --", "--out needs a value"),
+            ("cert --bogus", "unknown option"),
+            ("cert stray", "unexpected argument"),
+            ("cert --force=yes", "takes no value"),
+            ("cert --out a --out b", "more than once"),
+            ("cert --ca-name a --ca-name=b", "more than once"),
+            ("frobnicate", "unknown task"),
+        ] {
+            match parse_str(line) {
+                Err(message) => assert!(message.contains(needle), "{line}: {message}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn coverage_flags_and_passthrough() {
+        assert_eq!(coverage("coverage"), CoverageArgs::default());
+        let args =
+            coverage("coverage --open --include-ignored -- --exclude xtask -- --test-threads=1");
+        assert!(args.open && args.include_ignored);
+        assert_eq!(
+            args.passthrough,
+            ["--exclude", "xtask", "--", "--test-threads=1"]
+        );
+        assert_eq!(coverage("coverage -- --open").passthrough, ["--open"]);
+        assert!(!coverage("coverage -- --open").open);
+        assert!(parse_str("coverage --html").is_err());
+        assert!(parse_str("coverage extra").is_err());
+    }
+}
