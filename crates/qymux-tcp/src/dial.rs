@@ -77,9 +77,16 @@ pub async fn dial(
     };
     match confirmed {
         Ok(()) => Ok(session),
-        Err(CloseReason::Failed(Error::Io(io))) => Err(Error::Handshake(
-            qymux_tls::handshake_error(&io, Side::Client),
-        )),
+        // A TLS alert from the server (it refused our certificate) is a handshake failure;
+        // anything else (the server closed, the connection broke) is reported as it is.
+        Err(CloseReason::Failed(Error::Io(io)))
+            if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) =>
+        {
+            Err(Error::Handshake(qymux_tls::handshake_error(
+                &io,
+                Side::Client,
+            )))
+        }
         Err(reason) => Err(reason.to_error()),
     }
 }
