@@ -180,6 +180,64 @@ mod tests {
         assert_ne!(new_ca, ca.cert_pem());
     }
 
+    /// What `cargo xtask cert` writes loads into qymux-tls and carries a real mTLS session.
+    #[tokio::test]
+    async fn written_files_carry_an_mtls_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = TempDir::new("session");
+        let args = CertArgs {
+            out: dir.0.clone(),
+            ..CertArgs::default()
+        };
+        run(&args, Path::new("/")).unwrap();
+        let file = |name: &str| dir.0.join(name);
+
+        let server = qymux_tls::ServerTls::from_pem_files(file("server.pem"), file("server.key"))
+            .unwrap()
+            .client_ca_file(file("ca.pem"))
+            .unwrap()
+            .build()
+            .unwrap();
+        let client = qymux_tls::ClientTls::with_ca_file(file("ca.pem"))
+            .unwrap()
+            .client_identity_files(file("client.pem"), file("client.key"))
+            .unwrap()
+            .build()
+            .unwrap();
+        let options = qymux_tcp::Options::default();
+        let listener = qymux_tcp::Listener::bind("127.0.0.1:0", server, options.clone())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().to_string();
+        // The default server names include localhost and 127.0.0.1.
+        for name in ["localhost", "127.0.0.1"] {
+            let (session, accepted) = tokio::join!(
+                qymux_tcp::dial(&addr, name, client.clone(), &options),
+                listener.accept()
+            );
+            let (session, accepted) = (session.unwrap(), accepted.unwrap());
+            let identity = accepted.peer_identity().expect("client certificate");
+            let client_pem = std::fs::read_to_string(file("client.pem")).unwrap();
+            assert_eq!(
+                identity.end_entity(),
+                &qymux_cert::parse_certs_pem(&client_pem, "client.pem").unwrap()[0]
+            );
+            let mut stream = session.open().await.unwrap();
+            stream.write_all(b"over xtask certificates").await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut got = String::new();
+            accepted
+                .accept()
+                .await
+                .unwrap()
+                .read_to_string(&mut got)
+                .await
+                .unwrap();
+            assert_eq!(got, "over xtask certificates");
+        }
+    }
+
     #[test]
     fn a_bad_name_writes_nothing() {
         let dir = TempDir::new("badname");
