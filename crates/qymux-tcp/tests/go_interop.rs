@@ -247,11 +247,14 @@ async fn mtls_with_go_in_both_roles() {
         .expect("the Go client's certificate");
     assert_eq!(peer.end_entity(), pki.client.end_entity());
 
-    // Go client without a certificate: refused in the handshake.
+    // Go client without a certificate: refused. In TLS 1.3 the client's handshake is done
+    // before the server checks, so Go may see the alert in the handshake or at first use.
     let out = GoPeer::client(&bin, ["--connect", &addr, "--ca", &f.ca, "--streams", "1"])
         .await
         .unwrap();
-    assert!(out.handshake_failed(), "{out}");
+    // (Go then reports the alert, or just a broken pipe if it wrote first.)
+    assert!(!out.status.success(), "{out}");
+    assert!(out.result().is_none_or(|r| r.ok == 0), "{out}");
 
     // Qymux dialer without a certificate → Go server that requires one: a typed error.
     let (go, go_addr) = GoPeer::server(

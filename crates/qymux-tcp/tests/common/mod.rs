@@ -1,45 +1,14 @@
-//! Shared set-up for the TCP backend's tests: a CA, TLS configs, a listener.
+//! Shared set-up for the TCP backend's tests (PKI and payloads come from the
+//! conformance crate).
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use qymux_cert::{CertificateAuthority, Identity};
 use qymux_tcp::{Listener, Session, dial};
-use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::Options;
 
-#[derive(Debug)]
-pub struct Pki {
-    pub ca: CertificateAuthority,
-    pub server: Identity,
-    pub client: Identity,
-}
-
-impl Pki {
-    pub fn new() -> Pki {
-        let ca = CertificateAuthority::new("Qymux Test CA").unwrap();
-        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-        let client = ca.issue_client("test-agent").unwrap();
-        Pki { ca, server, client }
-    }
-
-    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
-        ServerTls::new(self.server.clone()).build().unwrap()
-    }
-
-    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        ClientTls::with_ca(vec![self.ca.certificate().clone()])
-            .build()
-            .unwrap()
-    }
-}
-
-pub fn options() -> Options {
-    let mut o = Options::default();
-    o.handshake_timeout(Duration::from_secs(5));
-    o
-}
+#[allow(unused_imports)] // not every test file uses all of them
+pub use qymux_conformance::{Pki, options, payload, sha256};
 
 /// A listener with the default PKI, and a dialed session plus the accepted one.
 pub async fn pair_with(options: Options) -> (Listener, Session, Session) {
@@ -99,24 +68,4 @@ impl Cutter {
 
 pub async fn pair() -> (Listener, Session, Session) {
     pair_with(options()).await
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
-pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-pub fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
 }

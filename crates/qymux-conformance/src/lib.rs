@@ -1,0 +1,490 @@
+//! The behaviour every Qymux backend must show, as one suite that each backend runs.
+//!
+//! A backend implements [`Backend`] (how to listen and dial) in its own test file and
+//! calls [`conformance_suite!`]; every check below becomes a `#[tokio::test]` there. TCP,
+//! QUIC and Auto sessions thus pass exactly the same tests:
+//!
+//! - [`round_trips_both_directions`], [`stream_visible_before_any_write`],
+//!   [`many_concurrent_streams`] (100 × 2 MiB, checksummed), [`half_close`];
+//! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop);
+//! - [`close_is_clean_and_fails_pending_operations`], [`acknowledged_data_survives_close`];
+//! - [`max_streams_is_enforced`];
+//! - [`refuses_untrusted_server`], [`refuses_wrong_pin`], [`mtls_refuses_missing_client_certificate`].
+//!
+//! ```ignore
+//! struct Tcp;
+//! impl qymux_conformance::Backend for Tcp { /* listen, dial */ }
+//! qymux_conformance::conformance_suite!(Tcp);
+//! ```
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qymux_cert::{CertificateAuthority, Identity, self_signed};
+use qymux_tls::{ClientTls, ServerTls};
+use qymux_transport::{
+    CloseReason, Error, HandshakeError, Limit, Listener, Options, Result, Session, Stream,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a backend listens and dials; implemented in each backend's test file.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's listener.
+    type Listener: Listener;
+
+    /// Binds `127.0.0.1:0` with `tls` and `options`.
+    fn listen(
+        tls: Arc<rustls::ServerConfig>,
+        options: Options,
+    ) -> impl Future<Output = Result<Self::Listener>> + Send;
+
+    /// Dials `addr`, verifying the server as `server_name`.
+    fn dial(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        options: Options,
+    ) -> impl Future<Output = Result<<Self::Listener as Listener>::Session>> + Send;
+}
+
+type SessionOf<B> = <<B as Backend>::Listener as Listener>::Session;
+
+/// A CA with a server certificate for `localhost`/`127.0.0.1` and a client certificate.
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA.
+    pub ca: CertificateAuthority,
+    /// The server's identity.
+    pub server: Identity,
+    /// A client identity for mTLS.
+    pub client: Identity,
+}
+
+impl Pki {
+    /// Makes a fresh CA and its two certificates.
+    pub fn new() -> Pki {
+        let ca = CertificateAuthority::new("Qymux Conformance CA").expect("CA");
+        let server = ca
+            .issue_server(&["localhost", "127.0.0.1"])
+            .expect("server certificate");
+        let client = ca
+            .issue_client("conformance-agent")
+            .expect("client certificate");
+        Pki { ca, server, client }
+    }
+
+    /// A client config trusting the CA.
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        ClientTls::with_ca(vec![self.ca.certificate().clone()])
+            .build()
+            .expect("client config")
+    }
+
+    /// A server config presenting the server certificate.
+    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        ServerTls::new(self.server.clone())
+            .build()
+            .expect("server config")
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Options for the suite: defaults with a shorter handshake timeout.
+pub fn options() -> Options {
+    let mut o = Options::default();
+    o.handshake_timeout(Duration::from_secs(5));
+    o
+}
+
+/// A connected pair: the listener (kept alive), the dialer's session, the accepted one.
+#[allow(missing_debug_implementations)]
+pub struct Pair<B: Backend> {
+    /// The listener.
+    pub listener: B::Listener,
+    /// The dialer's session.
+    pub client: SessionOf<B>,
+    /// The listener's session.
+    pub server: SessionOf<B>,
+}
+
+/// Listens and dials with the given options on each side.
+pub async fn pair_with<B: Backend>(client: Options, server: Options) -> Pair<B> {
+    let pki = Pki::new();
+    let listener = B::listen(pki.server_tls(), server).await.expect("listen");
+    let addr = listener.local_addr();
+    let (c, s) = tokio::join!(
+        B::dial(addr, "localhost", pki.client_tls(), client),
+        listener.accept()
+    );
+    Pair {
+        listener,
+        client: c.expect("dial"),
+        server: s.expect("accept"),
+    }
+}
+
+/// Listens and dials with [`options`] on both sides.
+pub async fn pair<B: Backend>() -> Pair<B> {
+    pair_with::<B>(options(), options()).await
+}
+
+/// Deterministic pseudo-random bytes, different per seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Echoes every stream `session` accepts until EOF, then finishes its side.
+pub fn echo_all<S: Session>(session: S) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(mut stream) = session.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut stream);
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    })
+}
+
+/// Sends `data` on a new stream, finishes, and returns everything read back.
+pub async fn round_trip<S: Session>(session: &S, data: &[u8]) -> Vec<u8> {
+    let mut stream = session.open().await.expect("open");
+    let (mut r, mut w) = tokio::io::split(&mut stream);
+    let writer = async {
+        w.write_all(data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    tokio::join!(writer, reader).1
+}
+
+fn qymux_error(err: &io::Error) -> Option<&Error> {
+    err.get_ref().and_then(|e| e.downcast_ref::<Error>())
+}
+
+fn assert_reset(err: io::Error) {
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        matches!(qymux_error(&err), Some(Error::StreamReset)),
+        "{err:?}"
+    );
+}
+
+/// Streams opened from either end carry data both ways.
+pub async fn round_trips_both_directions<B: Backend>() {
+    let p = pair::<B>().await;
+    let _a = echo_all(p.server.clone());
+    let _b = echo_all(p.client.clone());
+    let data = payload(1, 300_000);
+    assert_eq!(
+        round_trip(&p.client, &data).await,
+        data,
+        "dialer-opened stream"
+    );
+    let data = payload(2, 300_000);
+    assert_eq!(
+        round_trip(&p.server, &data).await,
+        data,
+        "listener-opened stream"
+    );
+}
+
+/// The peer's accept sees a stream before anything is written on it.
+pub async fn stream_visible_before_any_write<B: Backend>() {
+    let p = pair::<B>().await;
+    for (opener, acceptor) in [(&p.client, &p.server), (&p.server, &p.client)] {
+        let mut opened = opener.open().await.expect("open");
+        let mut accepted = tokio::time::timeout(Duration::from_secs(10), acceptor.accept())
+            .await
+            .expect("accept must not wait for data")
+            .expect("accept");
+        accepted.write_all(b"greeting").await.expect("write");
+        let mut buf = [0u8; 8];
+        opened.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"greeting");
+    }
+}
+
+/// 100 streams at once, 2 MiB each, SHA-256 checked.
+pub async fn many_concurrent_streams<B: Backend>() {
+    let p = pair::<B>().await;
+    let _echo = echo_all(p.server.clone());
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let client = p.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = payload(i, 2 * 1024 * 1024 + i as usize);
+            let got = round_trip(&client, &data).await;
+            assert_eq!(sha256(&got), sha256(&data), "stream {i}");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("stream task");
+    }
+}
+
+/// After `shutdown` the peer reads EOF and can still reply.
+pub async fn half_close<B: Backend>() {
+    let p = pair::<B>().await;
+    let mut stream = p.client.open().await.expect("open");
+    stream.write_all(b"question").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    let mut accepted = p.server.accept().await.expect("accept");
+    let mut request = Vec::new();
+    accepted
+        .read_to_end(&mut request)
+        .await
+        .expect("read request");
+    assert_eq!(request, b"question");
+    accepted.write_all(b"answer").await.expect("write reply");
+    accepted.shutdown().await.expect("shutdown reply");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.expect("read reply");
+    assert_eq!(reply, b"answer");
+}
+
+/// An aborted or dropped stream is an error for the peer, also after the peer finished.
+pub async fn abort_is_an_error_for_the_peer<B: Backend>() {
+    let p = pair::<B>().await;
+    // While open both ways: the reader sees a reset.
+    let mut stream = p.client.open().await.expect("open");
+    let mut accepted = p.server.accept().await.expect("accept");
+    accepted
+        .write_all(&payload(3, 10_000))
+        .await
+        .expect("write");
+    accepted.abort();
+    let mut got = Vec::new();
+    assert_reset(stream.read_to_end(&mut got).await.unwrap_err());
+
+    // After the peer finished its side: a truncated reply is still an error, not EOF.
+    for explicit in [true, false] {
+        let mut stream = p.client.open().await.expect("open");
+        stream.write_all(b"request").await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+        let mut accepted = p.server.accept().await.expect("accept");
+        let mut request = Vec::new();
+        accepted.read_to_end(&mut request).await.expect("read");
+        accepted.write_all(b"half a rep").await.expect("write");
+        if explicit {
+            accepted.abort();
+        } else {
+            drop(accepted);
+        }
+        let mut reply = Vec::new();
+        assert_reset(stream.read_to_end(&mut reply).await.unwrap_err());
+    }
+}
+
+/// A graceful close is clean for the peer; operations afterwards fail with typed errors.
+pub async fn close_is_clean_and_fails_pending_operations<B: Backend>() {
+    let p = pair::<B>().await;
+    let mut stream = p.server.open().await.expect("open");
+    let _accepted = p.client.accept().await.expect("accept");
+    p.client.close().await;
+    assert!(matches!(p.client.close_reason(), Some(CloseReason::Local)));
+    match p.server.closed().await {
+        CloseReason::Peer(_) => {}
+        other => panic!("the peer must see a clean close, got {other:?}"),
+    }
+    let mut buf = Vec::new();
+    let err = stream.read_to_end(&mut buf).await.unwrap_err();
+    assert!(
+        matches!(qymux_error(&err), Some(Error::ClosedByPeer(_))),
+        "{err:?}"
+    );
+    assert!(matches!(p.server.open().await, Err(Error::ClosedByPeer(_))));
+    assert!(matches!(p.client.open().await, Err(Error::Closed)));
+    assert!(matches!(
+        p.server.accept().await,
+        Err(Error::ClosedByPeer(_))
+    ));
+    p.client.close().await; // twice is harmless
+}
+
+/// Data the peer acknowledged (it read it and said so) is never lost to a close.
+pub async fn acknowledged_data_survives_close<B: Backend>() {
+    let p = pair::<B>().await;
+    let data = payload(5, 4 * 1024 * 1024);
+    let server = p.server.clone();
+    let receiver = tokio::spawn(async move {
+        let mut s = server.accept().await.expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        s.write_all(b"ack").await.expect("ack");
+        s.shutdown().await.expect("shutdown");
+        got
+    });
+    let mut s = p.client.open().await.expect("open");
+    s.write_all(&data).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut ack = Vec::new();
+    s.read_to_end(&mut ack).await.expect("read ack");
+    assert_eq!(ack, b"ack");
+    p.client.close().await;
+    let got = receiver.await.expect("receiver");
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+/// Opens beyond `max_streams` fail at once; streams beyond the peer's limit are reset.
+pub async fn max_streams_is_enforced<B: Backend>() {
+    let mut limited = options();
+    limited.max_streams(4);
+    let p = pair_with::<B>(limited.clone(), options()).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(p.client.open().await.expect("open within the limit"));
+    }
+    match p.client.open().await {
+        Err(Error::LimitReached(Limit::Streams(4))) => {}
+        Err(e) => panic!("expected LimitReached(Streams(4)), got {e:?}"),
+        Ok(_) => panic!("expected LimitReached(Streams(4)), got a stream"),
+    }
+    held.pop();
+    let _again = p.client.open().await.expect("a slot was freed");
+    drop(held);
+
+    // The listener allows 2; the dialer opens 3 and writes on each: the third fails.
+    let mut server_limited = options();
+    server_limited.max_streams(2);
+    let p = pair_with::<B>(options(), server_limited).await;
+    let _echo = echo_all(p.server.clone());
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        streams.push(p.client.open().await.expect("open"));
+    }
+    // Let the first two reach the server before the third.
+    for s in &mut streams {
+        s.write_all(b"ok").await.expect("write");
+        s.flush().await.expect("flush");
+    }
+    let third = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut third = p.client.open().await?;
+        let _ = third.write_all(b"x").await;
+        let mut buf = Vec::new();
+        third.read_to_end(&mut buf).await.map_err(Error::io)
+    })
+    .await
+    .expect("the excess stream must not hang");
+    match third {
+        // Refused by the peer: reset, or (QUIC) not granted so the open itself failed.
+        Err(Error::StreamReset | Error::LimitReached(_)) => {}
+        other => panic!("a stream beyond the peer's limit must fail, got {other:?}"),
+    }
+    for (i, mut s) in streams.into_iter().enumerate() {
+        s.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"ok", "stream {i} within the limit is unharmed");
+    }
+}
+
+async fn refused<B: Backend>(
+    listener_tls: Arc<rustls::ServerConfig>,
+    client_tls: Arc<rustls::ClientConfig>,
+) -> HandshakeError {
+    let listener = B::listen(listener_tls, options()).await.expect("listen");
+    match B::dial(listener.local_addr(), "localhost", client_tls, options()).await {
+        Err(Error::Handshake(e)) => e,
+        Err(e) => panic!("expected a handshake error, got {e:?}"),
+        Ok(_) => panic!("expected a handshake error, got a session"),
+    }
+}
+
+/// A server certificate from a CA the dialer does not trust is refused.
+pub async fn refuses_untrusted_server<B: Backend>() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let e = refused::<B>(pki.server_tls(), stranger.client_tls()).await;
+    assert!(
+        matches!(e, HandshakeError::UntrustedCertificate(_)),
+        "{e:?}"
+    );
+}
+
+/// A server certificate with another fingerprint than the pinned one is refused.
+pub async fn refuses_wrong_pin<B: Backend>() {
+    let server = self_signed(&["localhost"]).expect("self-signed");
+    let other = self_signed(&["localhost"]).expect("self-signed");
+    let tls = ServerTls::new(server).build().expect("server config");
+    let pinned = ClientTls::with_pinned(other.fingerprint())
+        .build()
+        .expect("client config");
+    let e = refused::<B>(tls, pinned).await;
+    assert!(matches!(e, HandshakeError::PinMismatch { .. }), "{e:?}");
+}
+
+/// With mTLS, a dialer without a client certificate is refused at dial time.
+pub async fn mtls_refuses_missing_client_certificate<B: Backend>() {
+    let pki = Pki::new();
+    let tls = ServerTls::new(pki.server.clone())
+        .client_ca(vec![pki.ca.certificate().clone()])
+        .build()
+        .expect("server config");
+    let e = refused::<B>(tls, pki.client_tls()).await;
+    assert!(
+        matches!(
+            e,
+            HandshakeError::ClientCertificateRequired | HandshakeError::ClientCertificateRefused(_)
+        ),
+        "{e:?}"
+    );
+}
+
+/// Stamps out every check of this crate as a `#[tokio::test]` for `$backend`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ty) => {
+        $crate::conformance_suite!(@tests $backend;
+            round_trips_both_directions,
+            stream_visible_before_any_write,
+            many_concurrent_streams,
+            half_close,
+            abort_is_an_error_for_the_peer,
+            close_is_clean_and_fails_pending_operations,
+            acknowledged_data_survives_close,
+            max_streams_is_enforced,
+            refuses_untrusted_server,
+            refuses_wrong_pin,
+            mtls_refuses_missing_client_certificate,
+        );
+    };
+    (@tests $backend:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::$name::<$backend>().await;
+            }
+        )*
+    };
+}
