@@ -1,0 +1,94 @@
+//! From Qymux [`Options`] and rustls configs to quinn's configuration.
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use qymux_transport::{Error, Options, Result};
+
+/// Per-stream receive window: how much one stream may have in flight before the reader
+/// consumes it. One stream reaches full loopback speed at 8 MiB (see the crate docs).
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Connection-wide receive window: caps what all streams of one session together may
+/// buffer on this side (quinn's default is unlimited).
+pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// How much unacknowledged data this side may have in flight over all streams.
+pub(crate) const SEND_WINDOW: u64 = 32 * 1024 * 1024;
+
+/// quinn's transport settings for `options`.
+///
+/// - [`Options::max_streams`] is the peer's limit of concurrent bidirectional streams
+///   (QUIC `MAX_STREAMS`); Qymux also counts the streams this side opens against it.
+/// - [`Options::keep_alive_interval`] sends PINGs while idle.
+/// - [`Options::idle_timeout`] is the QUIC idle timeout (the smaller of both sides' values
+///   applies).
+/// - No unidirectional streams and no datagrams: Qymux uses neither.
+pub(crate) fn transport_config(options: &Options) -> Result<TransportConfig> {
+    let idle = IdleTimeout::try_from(options.idle_timeout).map_err(|_| {
+        Error::Config(format!(
+            "idle_timeout {:?} is too large for QUIC",
+            options.idle_timeout
+        ))
+    })?;
+    let max_streams = u32::try_from(options.max_streams)
+        .map_err(|_| Error::Config("max_streams is too large".into()))?;
+    let mut config = TransportConfig::default();
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(options.keep_alive_interval)
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(None);
+    Ok(config)
+}
+
+/// A quinn client configuration from a rustls one (it must allow TLS 1.3).
+pub(crate) fn client_config(
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+) -> Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| {
+        Error::Config(format!(
+            "the TLS client config cannot be used for QUIC: {e}"
+        ))
+    })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(options)?));
+    Ok(config)
+}
+
+/// A quinn server configuration from a rustls one (it must allow TLS 1.3).
+pub(crate) fn server_config(
+    tls: Arc<rustls::ServerConfig>,
+    options: &Options,
+) -> Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| {
+        Error::Config(format!(
+            "the TLS server config cannot be used for QUIC: {e}"
+        ))
+    })?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config
+        .transport_config(Arc::new(transport_config(options)?))
+        // Clients behind NAT change address; QUIC follows them (path validation).
+        .migration(true);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_map_to_a_transport_config() {
+        transport_config(&Options::default()).unwrap();
+        let mut o = Options::default();
+        o.max_streams(1 << 20);
+        transport_config(&o).unwrap();
+    }
+}

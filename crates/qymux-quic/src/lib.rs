@@ -1,0 +1,90 @@
+//! The QUIC backend of Qymux, on quinn.
+//!
+//! Wire-compatible with the Go Qymux and with any QUIC v1 stack: QUIC with ALPN `qymux`
+//! (TLS 1.3), and one Qymux stream is one bidirectional QUIC stream carrying exactly the
+//! application's bytes. Either side opens streams; unidirectional streams and datagrams
+//! are not used.
+//!
+//! - [`dial`] connects and returns a [`Session`]; [`Listener`] accepts them.
+//!   [`dial_with_endpoint`] dials from a [`quinn::Endpoint`] the caller keeps.
+//! - A [`Session`] is a cheap, cloneable handle. [`Stream`]s are visible to the peer as
+//!   soon as `open` returns: quinn announces a stream only with its first frame, so
+//!   `open` sends an empty `STREAM` frame (no byte is added to the stream).
+//! - Reads return EOF only when the peer finished the stream; a reset or a lost session
+//!   is an error. Dropping a stream that was not shut down resets it.
+//! - Bounds: the server must answer within [`Options::connect_timeout`] and complete
+//!   the handshake within [`Options::handshake_timeout`] (quinn alone would wait for its
+//!   idle timeout); keep-alive PINGs every [`Options::keep_alive_interval`], and a
+//!   session that hears nothing for [`Options::idle_timeout`] fails with
+//!   [`TimeoutKind::Idle`](qymux_transport::TimeoutKind::Idle).
+//! - [`Options::max_streams`] caps the streams open on a session in both directions; it
+//!   is also the limit the peer is given for the streams it opens.
+//! - Sessions survive a change of the client's address (NAT rebinding, QUIC connection
+//!   migration).
+//! - Flow control windows: 8 MiB per stream, 32 MiB per connection (receive) and 32 MiB
+//!   in flight (send), for throughput on fast links while bounding the memory a session
+//!   may hold. UDP sockets ask the kernel for 4 MiB buffers (capped by
+//!   `net.core.rmem_max`), which keeps a fast stream from losing packets in bursts.
+//!
+//! Only the `ring` crypto provider is compiled in (quinn's `rustls-ring` feature).
+//!
+//! # Example
+//!
+//! ```
+//! use qymux_cert::CertificateAuthority;
+//! use qymux_quic::{Listener, dial};
+//! use qymux_tls::{ClientTls, ServerTls};
+//! use qymux_transport::Options;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = CertificateAuthority::new("Example CA")?;
+//! let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?).build()?;
+//! let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]).build()?;
+//!
+//! let listener = Listener::bind("127.0.0.1:0", server_tls, Options::default()).await?;
+//! let addr = listener.local_addr().to_string();
+//! tokio::spawn(async move {
+//!     // The server echoes every stream the agent opens.
+//!     let session = listener.accept().await?;
+//!     while let Ok(mut stream) = session.accept().await {
+//!         tokio::spawn(async move {
+//!             let mut buf = Vec::new();
+//!             stream.read_to_end(&mut buf).await?;
+//!             stream.write_all(&buf).await?;
+//!             stream.shutdown().await
+//!         });
+//!     }
+//!     Ok::<_, qymux_transport::Error>(())
+//! });
+//!
+//! let session = dial(&addr, "localhost", client_tls, &Options::default()).await?;
+//! let mut stream = session.open().await?;
+//! stream.write_all(b"hello").await?;
+//! stream.shutdown().await?;
+//! let mut reply = String::new();
+//! stream.read_to_string(&mut reply).await?;
+//! assert_eq!(reply, "hello");
+//! session.close().await;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod config;
+mod dial;
+mod error;
+mod listener;
+mod session;
+mod socket;
+mod stream;
+
+pub use dial::{dial, dial_with_endpoint};
+pub use listener::Listener;
+pub use session::Session;
+pub use stream::Stream;
+
+pub use quinn;
+pub use qymux_transport::{self as transport, Options};

@@ -1,0 +1,236 @@
+//! QUIC-specific stream behaviour. What every backend must do (round trips, many
+//! streams, half-close, abort, close, limits) is in the shared conformance suite
+//! (`tests/conformance.rs`).
+
+mod common;
+
+use std::io;
+use std::time::Duration;
+
+use common::{options, pair, pair_with_each, payload, sha256};
+use qymux_transport::{CloseReason, Error, Limit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Upper bound for things that should happen at once: only catches a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Echoes every stream `session` accepts until EOF, then finishes its side.
+fn echo_all(session: qymux_quic::Session) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(mut stream) = session.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut stream);
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    })
+}
+
+fn qymux_error(err: &io::Error) -> Option<&Error> {
+    err.get_ref().and_then(|e| e.downcast_ref::<Error>())
+}
+
+fn assert_reset(err: io::Error) {
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        matches!(qymux_error(&err), Some(Error::StreamReset)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_and_identities() {
+    let (listener, client, server) = pair().await;
+    assert_eq!(client.remote_addr(), listener.local_addr());
+    assert_eq!(server.local_addr(), listener.local_addr());
+    assert_eq!(server.remote_addr().port(), client.local_addr().port());
+    assert!(server.remote_addr().ip().is_loopback());
+    // The dialer always knows the server's certificate; without mTLS the server knows
+    // no client identity.
+    assert!(client.peer_identity().is_some());
+    assert!(server.peer_identity().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_is_visible_to_the_peer_before_any_write() {
+    let (_l, client, server) = pair().await;
+    let mut opened = client.open().await.unwrap();
+    // Server speaks first: it must see the stream although the client wrote nothing.
+    let mut accepted = tokio::time::timeout(Duration::from_secs(5), server.accept())
+        .await
+        .expect("accept must not wait for data")
+        .unwrap();
+    assert_eq!(opened.stream_id(), accepted.stream_id());
+    accepted.write_all(b"220 hello\r\n").await.unwrap();
+    let mut greeting = [0u8; 11];
+    opened.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"220 hello\r\n");
+
+    // The announcement added no byte: the stream carries exactly what was written.
+    opened.write_all(b"QUIT\r\n").await.unwrap();
+    opened.shutdown().await.unwrap();
+    let mut request = Vec::new();
+    accepted.read_to_end(&mut request).await.unwrap();
+    assert_eq!(request, b"QUIT\r\n");
+    accepted.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    opened.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "nothing after the greeting: {rest:?}");
+
+    // QUIC ids: bit 0 is 0 for the client's streams, 1 for the server's; all are
+    // bidirectional (bit 1 clear).
+    assert_eq!(opened.stream_id() % 4, 0);
+    let from_server = server.open().await.unwrap();
+    assert_eq!(from_server.stream_id() % 4, 1);
+    let seen = tokio::time::timeout(Duration::from_secs(5), client.accept())
+        .await
+        .expect("the listener's stream is visible too")
+        .unwrap();
+    assert_eq!(seen.stream_id(), from_server.stream_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_silent_streams_are_all_visible() {
+    let (_l, client, server) = pair().await;
+    let mut opened = Vec::new();
+    for _ in 0..50 {
+        opened.push(client.open().await.unwrap());
+    }
+    for i in 0..50 {
+        tokio::time::timeout(Duration::from_secs(5), server.accept())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} not visible"))
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_stream_fails_the_peers_writes() {
+    let (_l, client, server) = pair().await;
+    let mut stream = client.open().await.unwrap();
+    let mut accepted = server.accept().await.unwrap();
+    qymux_transport::Stream::abort(&mut stream);
+
+    // STOP_SENDING reaches the writer: its writes fail instead of filling a dead stream.
+    let chunk = payload(4, 64 * 1024);
+    let err = tokio::time::timeout(HANG, async {
+        loop {
+            if let Err(e) = accepted.write_all(&chunk).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the writer must learn of the abort");
+    assert_reset(err);
+    // Its reads fail as well (RESET_STREAM).
+    let mut buf = Vec::new();
+    assert_reset(accepted.read_to_end(&mut buf).await.unwrap_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_of_a_finished_stream_is_delivered_after_drop() {
+    let (_l, client, server) = pair().await;
+    let data = payload(5, 4 * 1024 * 1024);
+    let mut stream = client.open().await.unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    let mut accepted = server.accept().await.unwrap();
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.unwrap();
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_limit_is_enforced() {
+    let mut server_opts = options();
+    server_opts.max_streams(2);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+    let _echo = echo_all(server.clone());
+
+    let mut first = client.open().await.unwrap();
+    let _second = client.open().await.unwrap();
+    // The server allows two streams from the client (QUIC MAX_STREAMS): a third open is
+    // refused instead of waiting forever.
+    match tokio::time::timeout(HANG, client.open()).await.unwrap() {
+        Err(Error::LimitReached(Limit::Streams(2))) => {}
+        other => panic!("expected LimitReached(Streams(2)), got {other:?}"),
+    }
+    // Once a stream is done, the server grants another.
+    first.write_all(b"done").await.unwrap();
+    first.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    first.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"done");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + HANG;
+    let mut third = loop {
+        match client.open().await {
+            Ok(s) => break s,
+            Err(Error::LimitReached(_)) if tokio::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("the server must grant a new stream: {e:?}"),
+        }
+    };
+    third.write_all(b"ok").await.unwrap();
+    third.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    third.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_limit_counting_both_directions_are_reset() {
+    let mut server_opts = options();
+    server_opts.max_streams(2);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+
+    // The server holds one stream it opened, so it has room for one of the client's.
+    let _own = server.open().await.unwrap();
+    let _echo = echo_all(server.clone());
+    let mut inside = client.open().await.unwrap();
+    let mut beyond = client.open().await.unwrap();
+    beyond.write_all(b"x").await.ok();
+    let mut buf = Vec::new();
+    assert_reset(beyond.read_to_end(&mut buf).await.unwrap_err());
+    // The stream within the limit, and the session, are unharmed.
+    inside.write_all(b"ok").await.unwrap();
+    inside.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    inside.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"ok");
+    assert!(client.close_reason().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delivers_finished_streams_first() {
+    let (_l, client, server) = pair().await;
+    let data = payload(6, 8 * 1024 * 1024);
+    let mut stream = client.open().await.unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    client.close().await;
+
+    let mut accepted = server.accept().await.unwrap();
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.unwrap();
+    assert_eq!(sha256(&got), sha256(&data));
+    assert!(matches!(server.closed().await, CloseReason::Peer(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_session() {
+    let (_l, client, server) = pair().await;
+    let stream = client.open().await.unwrap();
+    drop(client);
+    // A stream keeps the session alive.
+    let _accepted = server.accept().await.unwrap();
+    assert!(server.close_reason().is_none());
+    drop(stream);
+    let reason = tokio::time::timeout(HANG, server.closed()).await.unwrap();
+    assert!(matches!(reason, CloseReason::Peer(_)), "{reason:?}");
+}
