@@ -1,0 +1,222 @@
+//! Dialing in any [`Mode`]; in Auto, QUIC raced against TCP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qymux_transport::{BoxSession, Error, HandshakeError, Mode, Options, Result};
+use tokio::time::sleep;
+use tracing::debug;
+
+use crate::memory::TransportMemory;
+
+/// How long QUIC gets on its own before TCP starts too (RFC 8305's connection attempt
+/// delay), when no QUIC round-trip time to the target is known yet.
+pub const DEFAULT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Dials one server in a [`Mode`], returning a type-erased session.
+///
+/// In [`Mode::Auto`] QUIC starts first. If it has not connected after the attempt delay
+/// (250 ms, or 1.5 × the QUIC round-trip time measured to this target before), TCP
+/// starts as well; the first to complete wins and the other attempt is dropped (its
+/// socket closed, no task left behind). When QUIC fails or loses while TCP works, the
+/// dialer remembers it for this target ([`TransportMemory`]): the next dials start with
+/// TCP at once, until the penalty expires.
+///
+/// Cheap to clone; clones share the memory.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    addr: String,
+    server_name: String,
+    tls: Arc<rustls::ClientConfig>,
+    options: Options,
+    mode: Mode,
+    attempt_delay: Duration,
+    memory: Arc<TransportMemory>,
+}
+
+impl Dialer {
+    /// A dialer for `addr` (`host:port`, the same port for UDP and TCP) whose certificate
+    /// must be valid for `server_name`. `tls` is a client config from
+    /// `qymux_tls::ClientTls::build` (ALPN `qymux`, TLS 1.3).
+    pub fn new(
+        addr: impl Into<String>,
+        server_name: impl Into<String>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            addr: addr.into(),
+            server_name: server_name.into(),
+            tls,
+            options: Options::default(),
+            mode: Mode::Auto,
+            attempt_delay: DEFAULT_ATTEMPT_DELAY,
+            memory: Arc::new(TransportMemory::default()),
+        }
+    }
+
+    /// Which transports to use (default [`Mode::Auto`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Timeouts, keep-alive and limits (default [`Options::default`]).
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// How long QUIC runs alone before TCP starts too, while no QUIC round-trip time to
+    /// the target is known (default [`DEFAULT_ATTEMPT_DELAY`]).
+    pub fn attempt_delay(mut self, delay: Duration) -> Self {
+        self.attempt_delay = delay;
+        self
+    }
+
+    /// Shares a memory of QUIC failures with other dialers (to the same targets).
+    pub fn memory(mut self, memory: Arc<TransportMemory>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The memory of QUIC failures this dialer uses.
+    pub fn transport_memory(&self) -> &Arc<TransportMemory> {
+        &self.memory
+    }
+
+    /// The target address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Dials and returns a session over whichever transport won.
+    pub async fn dial(&self) -> Result<BoxSession> {
+        self.options.validate()?;
+        match self.mode {
+            Mode::Tcp => self.tcp().await,
+            Mode::Quic => self.quic().await.map(BoxSession::new),
+            _ => self.auto().await,
+        }
+    }
+
+    async fn tcp(&self) -> Result<BoxSession> {
+        qymux_tcp::dial(
+            &self.addr,
+            &self.server_name,
+            self.tls.clone(),
+            &self.options,
+        )
+        .await
+        .map(BoxSession::new)
+    }
+
+    async fn quic(&self) -> Result<qymux_quic::Session> {
+        qymux_quic::dial(
+            &self.addr,
+            &self.server_name,
+            self.tls.clone(),
+            &self.options,
+        )
+        .await
+    }
+
+    fn quic_won(&self, session: qymux_quic::Session) -> BoxSession {
+        self.memory
+            .quic_worked(&self.addr, session.connection().rtt());
+        BoxSession::new(session)
+    }
+
+    fn tcp_won(&self, session: BoxSession, quic: &str) -> BoxSession {
+        let penalty = self.memory.quic_failed(&self.addr);
+        debug!(target = %self.addr, %quic, ?penalty, "TCP won; QUIC skipped for this target for a while");
+        session
+    }
+
+    async fn auto(&self) -> Result<BoxSession> {
+        if self.memory.quic_broken_until(&self.addr).is_some() {
+            debug!(target = %self.addr, "QUIC failed here recently; dialing TCP at once");
+            return match self.tcp().await {
+                Ok(session) => Ok(session),
+                // TCP fails too: the network may have changed; QUIC after all.
+                Err(tcp_err) => self
+                    .quic()
+                    .await
+                    .map(|s| self.quic_won(s))
+                    .map_err(|quic_err| {
+                        debug!(%quic_err, "QUIC failed too");
+                        tcp_err
+                    }),
+            };
+        }
+
+        let delay = match self.memory.quic_rtt(&self.addr) {
+            Some(rtt) => (rtt * 3 / 2).clamp(Duration::from_millis(10), Duration::from_secs(2)),
+            None => self.attempt_delay,
+        };
+        let quic = self.quic();
+        tokio::pin!(quic);
+        let early = tokio::select! {
+            result = &mut quic => Some(result),
+            () = sleep(delay) => None,
+        };
+        match early {
+            Some(Ok(session)) => return Ok(self.quic_won(session)),
+            Some(Err(quic_err)) => {
+                if refuses_us(&quic_err) {
+                    // The server answered and refused the certificate: TCP would hear the same.
+                    return Err(quic_err);
+                }
+                debug!(%quic_err, "QUIC failed early; dialing TCP");
+                return match self.tcp().await {
+                    Ok(session) => Ok(self.tcp_won(session, &quic_err.to_string())),
+                    Err(tcp_err) => Err(pick(quic_err, tcp_err)),
+                };
+            }
+            None => debug!(?delay, "QUIC not connected yet; starting TCP as well"),
+        }
+
+        let tcp = self.tcp();
+        tokio::pin!(tcp);
+        let (mut quic_err, mut tcp_err) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_err.is_none() => match result {
+                    Ok(session) => return Ok(self.quic_won(session)),
+                    Err(e) => quic_err = Some(e),
+                },
+                result = &mut tcp, if tcp_err.is_none() => match result {
+                    Ok(session) => {
+                        let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
+                        return Ok(self.tcp_won(session, &why));
+                    }
+                    Err(e) => tcp_err = Some(e),
+                },
+            }
+            if let (Some(q), Some(t)) = (&quic_err, &tcp_err) {
+                return Err(pick(q.clone(), t.clone()));
+            }
+        }
+    }
+}
+
+/// Whether the server refused us in a way that does not depend on the transport.
+fn refuses_us(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Handshake(
+            HandshakeError::UntrustedCertificate(_)
+                | HandshakeError::PinMismatch { .. }
+                | HandshakeError::ClientCertificateRequired
+                | HandshakeError::ClientCertificateRefused(_)
+        )
+    )
+}
+
+/// The more useful of two failures: a handshake refusal says more than a timeout.
+fn pick(quic: Error, tcp: Error) -> Error {
+    debug!(%quic, %tcp, "both transports failed");
+    match (&quic, &tcp) {
+        (Error::Handshake(_), e) if !matches!(e, Error::Handshake(_)) => quic,
+        _ => tcp,
+    }
+}

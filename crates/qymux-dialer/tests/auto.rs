@@ -1,0 +1,261 @@
+//! Auto mode: QUIC where it gets through, TCP promptly where UDP is blackholed, the
+//! failure remembered, and one listener for both.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use qymux_cert::CertificateAuthority;
+use qymux_dialer::{Dialer, Listener, TransportMemory};
+use qymux_tls::{ClientTls, ServerTls};
+use qymux_transport::{BoxSession, Mode, Options, Protocol, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Pki {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+fn pki() -> Pki {
+    let ca = CertificateAuthority::new("Auto CA").unwrap();
+    Pki {
+        server: ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+            .build()
+            .unwrap(),
+        client: ClientTls::with_ca(vec![ca.certificate().clone()])
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Long enough that a dial which waited for QUIC to time out would be obvious: the
+/// assertions below only check that the dial did not take that long.
+fn patient_options() -> Options {
+    let mut o = Options::default();
+    o.connect_timeout(Duration::from_secs(30))
+        .handshake_timeout(Duration::from_secs(30));
+    o
+}
+
+async fn exchange(a: &BoxSession, b: &BoxSession) {
+    let mut s = a.open().await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut t = b.accept().await.unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"ping");
+}
+
+/// A UDP socket bound at `port` that never answers, counting what it receives.
+struct Blackhole {
+    received: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    fn bind(port: u16) -> Blackhole {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = received.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while socket.recv_from(&mut buf).await.is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Blackhole { received, task }
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP-only Qymux server whose UDP port is blackholed.
+async fn tcp_server_with_blackholed_udp(pki: &Pki) -> (Listener, Blackhole) {
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        patient_options(),
+        Mode::Tcp,
+    )
+    .await
+    .unwrap();
+    let blackhole = Blackhole::bind(listener.local_addr().port());
+    (listener, blackhole)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_uses_quic_where_it_gets_through() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    assert_eq!(listener.protocols(), vec![Protocol::Quic, Protocol::Tcp]);
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    );
+    let (client, server) = tokio::join!(dialer.dial(), listener.accept());
+    let (client, server) = (client.unwrap(), server.unwrap());
+    assert_eq!(client.protocol(), Protocol::Quic);
+    assert_eq!(server.protocol(), Protocol::Quic);
+    exchange(&client, &server).await;
+    exchange(&server, &client).await;
+    assert!(dialer.transport_memory().quic_rtt(dialer.addr()).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_tcp_promptly_and_remembers() {
+    let pki = pki();
+    let (listener, blackhole) = tcp_server_with_blackholed_udp(&pki).await;
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    )
+    .options(patient_options());
+
+    let started = Instant::now();
+    let (client, server) = tokio::join!(dialer.dial(), listener.accept());
+    let took = started.elapsed();
+    let (client, server) = (client.unwrap(), server.unwrap());
+    assert_eq!(client.protocol(), Protocol::Tcp);
+    exchange(&client, &server).await;
+    // Only a hang guard: waiting for the QUIC attempt to time out would take 30 s.
+    assert!(took < Duration::from_secs(10), "fallback took {took:?}");
+    assert!(blackhole.received() > 0, "QUIC was tried first");
+    assert!(
+        dialer
+            .transport_memory()
+            .quic_broken_until(dialer.addr())
+            .is_some()
+    );
+
+    // Remembered: the next dial goes straight to TCP, not a single datagram to the port.
+    let before = blackhole.received();
+    let (client2, server2) = tokio::join!(dialer.dial(), listener.accept());
+    let (client2, server2) = (client2.unwrap(), server2.unwrap());
+    assert_eq!(client2.protocol(), Protocol::Tcp);
+    exchange(&client2, &server2).await;
+    assert_eq!(
+        blackhole.received(),
+        before,
+        "QUIC skipped while remembered as failing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_is_tried_again_after_the_penalty_which_doubles() {
+    let pki = pki();
+    let (listener, blackhole) = tcp_server_with_blackholed_udp(&pki).await;
+    let memory = Arc::new(TransportMemory::new(
+        Duration::from_millis(300),
+        Duration::from_secs(60),
+    ));
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    )
+    .options(patient_options())
+    .attempt_delay(Duration::from_millis(50))
+    .memory(memory.clone());
+
+    let (c, _s) = tokio::join!(dialer.dial(), listener.accept());
+    assert_eq!(c.unwrap().protocol(), Protocol::Tcp);
+    let first = memory.quic_broken_until(dialer.addr()).unwrap();
+    // Wait out the penalty (the expiry itself, not a guess at how long things take).
+    tokio::time::sleep_until(first).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(memory.quic_broken_until(dialer.addr()).is_none());
+
+    let before = blackhole.received();
+    let dialed_at = tokio::time::Instant::now();
+    let (c, _s) = tokio::join!(dialer.dial(), listener.accept());
+    assert_eq!(c.unwrap().protocol(), Protocol::Tcp);
+    assert!(
+        blackhole.received() > before,
+        "QUIC tried again after the penalty"
+    );
+    let second = memory.quic_broken_until(dialer.addr()).unwrap();
+    assert!(
+        second - dialed_at >= Duration::from_millis(600),
+        "the penalty doubled: {:?}",
+        second - dialed_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_accepts_quic_and_tcp_at_the_same_time() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let quic = Dialer::new(addr.clone(), "localhost", pki.client.clone()).mode(Mode::Quic);
+    let tcp = Dialer::new(addr, "localhost", pki.client.clone()).mode(Mode::Tcp);
+    let accept_two = async {
+        let a = listener.accept().await.unwrap();
+        let b = listener.accept().await.unwrap();
+        (a, b)
+    };
+    let (q, t, (a, b)) = tokio::join!(quic.dial(), tcp.dial(), accept_two);
+    let (q, t) = (q.unwrap(), t.unwrap());
+    assert_eq!(q.protocol(), Protocol::Quic);
+    assert_eq!(t.protocol(), Protocol::Tcp);
+    let mut accepted = [a.protocol(), b.protocol()];
+    accepted.sort_by_key(|p| p.to_string());
+    assert_eq!(accepted, [Protocol::Quic, Protocol::Tcp]);
+    for (client, server) in [(&q, &a), (&q, &b), (&t, &a), (&t, &b)] {
+        if client.protocol() == server.protocol() {
+            exchange(client, server).await;
+            exchange(server, client).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn auto_listener_reports_a_port_it_cannot_bind() {
+    let pki = pki();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = Listener::bind(
+        &format!("127.0.0.1:{port}"),
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("UDP (QUIC)"), "{err}");
+    // TCP alone is fine there.
+    Listener::bind(
+        &format!("127.0.0.1:{port}"),
+        pki.server.clone(),
+        Options::default(),
+        Mode::Tcp,
+    )
+    .await
+    .unwrap();
+}
