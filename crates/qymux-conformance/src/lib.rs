@@ -9,7 +9,9 @@
 //! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop);
 //! - [`close_is_clean_and_fails_pending_operations`], [`acknowledged_data_survives_close`];
 //! - [`max_streams_is_enforced`];
-//! - [`refuses_untrusted_server`], [`refuses_wrong_pin`], [`mtls_refuses_missing_client_certificate`].
+//! - [`refuses_untrusted_server`], [`refuses_wrong_server_name`],
+//!   [`pinning_accepts_exactly_the_pinned_certificate`],
+//!   [`mtls_refuses_missing_client_certificate`], [`mtls_checks_the_client_certificate`].
 //!
 //! ```ignore
 //! struct Tcp;
@@ -432,16 +434,99 @@ pub async fn refuses_untrusted_server<B: Backend>() {
     );
 }
 
-/// A server certificate with another fingerprint than the pinned one is refused.
-pub async fn refuses_wrong_pin<B: Backend>() {
+/// A server certificate valid for another name than the one dialed is refused.
+pub async fn refuses_wrong_server_name<B: Backend>() {
+    let pki = Pki::new();
+    let listener = B::listen(pki.server_tls(), options())
+        .await
+        .expect("listen");
+    match B::dial(
+        listener.local_addr(),
+        "not-the-server.example",
+        pki.client_tls(),
+        options(),
+    )
+    .await
+    {
+        Err(Error::Handshake(HandshakeError::UntrustedCertificate(_))) => {}
+        Err(e) => panic!("expected UntrustedCertificate, got {e:?}"),
+        Ok(_) => panic!("expected UntrustedCertificate, got a session"),
+    }
+}
+
+/// A pinned self-signed certificate is accepted whatever the name; another is refused,
+/// and the error names both fingerprints.
+pub async fn pinning_accepts_exactly_the_pinned_certificate<B: Backend>() {
     let server = self_signed(&["localhost"]).expect("self-signed");
-    let other = self_signed(&["localhost"]).expect("self-signed");
-    let tls = ServerTls::new(server).build().expect("server config");
-    let pinned = ClientTls::with_pinned(other.fingerprint())
+    let tls = ServerTls::new(server.clone())
         .build()
-        .expect("client config");
-    let e = refused::<B>(tls, pinned).await;
-    assert!(matches!(e, HandshakeError::PinMismatch { .. }), "{e:?}");
+        .expect("server config");
+    let listener = B::listen(tls, options()).await.expect("listen");
+    let addr = listener.local_addr();
+
+    let good = ClientTls::with_pinned(server.fingerprint())
+        .build()
+        .expect("config");
+    let (session, accepted) = tokio::join!(
+        B::dial(addr, "any-name-when-pinned", good, options()),
+        listener.accept()
+    );
+    let (session, _accepted) = (session.expect("pinned dial"), accepted.expect("accept"));
+    let peer = session.peer_identity().expect("the server's certificate");
+    assert_eq!(
+        qymux_cert::Fingerprint::of(peer.end_entity()),
+        server.fingerprint()
+    );
+
+    let other = self_signed(&["localhost"])
+        .expect("self-signed")
+        .fingerprint();
+    let wrong = ClientTls::with_pinned(other).build().expect("config");
+    match B::dial(addr, "localhost", wrong, options()).await {
+        Err(Error::Handshake(HandshakeError::PinMismatch { expected, actual })) => {
+            assert_eq!(expected, other.to_string());
+            assert_eq!(actual, server.fingerprint().to_string());
+        }
+        Err(e) => panic!("expected PinMismatch, got {e:?}"),
+        Ok(_) => panic!("expected PinMismatch, got a session"),
+    }
+}
+
+/// With mTLS, a client certificate from an unknown CA is refused at dial time; the right
+/// one gives a session whose server side knows the client's identity.
+pub async fn mtls_checks_the_client_certificate<B: Backend>() {
+    let pki = Pki::new();
+    let tls = ServerTls::new(pki.server.clone())
+        .client_ca(vec![pki.ca.certificate().clone()])
+        .build()
+        .expect("server config");
+    let listener = B::listen(tls, options()).await.expect("listen");
+    let addr = listener.local_addr();
+    let trust = || ClientTls::with_ca(vec![pki.ca.certificate().clone()]);
+
+    let stranger = CertificateAuthority::new("Stranger CA")
+        .expect("CA")
+        .issue_client("intruder")
+        .expect("client certificate");
+    let tls = trust().client_identity(stranger).build().expect("config");
+    match B::dial(addr, "localhost", tls, options()).await {
+        Err(Error::Handshake(HandshakeError::ClientCertificateRefused(_))) => {}
+        Err(e) => panic!("expected ClientCertificateRefused, got {e:?}"),
+        Ok(_) => panic!("expected ClientCertificateRefused, got a session"),
+    }
+
+    let tls = trust()
+        .client_identity(pki.client.clone())
+        .build()
+        .expect("config");
+    let (session, accepted) = tokio::join!(
+        B::dial(addr, "localhost", tls, options()),
+        listener.accept()
+    );
+    session.expect("dial with the right certificate");
+    let accepted = accepted.expect("only the good client becomes a session");
+    let peer = accepted.peer_identity().expect("mTLS identity");
+    assert_eq!(peer.end_entity(), pki.client.end_entity());
 }
 
 /// With mTLS, a dialer without a client certificate is refused at dial time.
@@ -475,8 +560,10 @@ macro_rules! conformance_suite {
             acknowledged_data_survives_close,
             max_streams_is_enforced,
             refuses_untrusted_server,
-            refuses_wrong_pin,
+            refuses_wrong_server_name,
+            pinning_accepts_exactly_the_pinned_certificate,
             mtls_refuses_missing_client_certificate,
+            mtls_checks_the_client_certificate,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {

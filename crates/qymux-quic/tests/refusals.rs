@@ -1,4 +1,6 @@
-//! Handshakes that must fail, with an error that says why, and dials that must not hang.
+//! QUIC-specific handshakes that must fail, with an error that says why, and dials that
+//! must not hang. The refusals every backend shares (untrusted CA, wrong name, pinning,
+//! mTLS) are in the conformance suite.
 
 mod common;
 
@@ -7,12 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Pki, Relay, UdpRelay, options};
-use qymux_cert::{CertificateAuthority, Fingerprint, self_signed};
 use qymux_quic::quinn;
 use qymux_quic::{Listener, dial};
-use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::{Error, HandshakeError, TimeoutKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Upper bound for "it gave up": far above the configured bounds, so it only catches a
 /// hang, never a slow machine.
@@ -47,94 +46,6 @@ async fn still_serves(listener: &Listener, addr: &str, tls: Arc<rustls::ClientCo
         session.local_addr().port(),
         "the accepted session is the good client's, not a refused one"
     );
-}
-
-#[tokio::test]
-async fn server_certificate_for_another_name() {
-    let pki = Pki::new();
-    let (_l, addr) = listen(pki.server_tls()).await;
-    let e = refused(&addr, "not-the-server.example", pki.client_tls()).await;
-    assert!(
-        matches!(e, HandshakeError::UntrustedCertificate(_)),
-        "{e:?}"
-    );
-}
-
-#[tokio::test]
-async fn pinned_fingerprint_accepts_the_right_certificate_and_refuses_another() {
-    let identity = self_signed(&["localhost"]).unwrap();
-    let (listener, addr) = listen(ServerTls::new(identity.clone()).build().unwrap()).await;
-
-    let good = ClientTls::with_pinned(identity.fingerprint())
-        .build()
-        .unwrap();
-    let opts = options();
-    let (session, accepted) = tokio::join!(
-        dial(&addr, "any-name-works-when-pinned", good, &opts),
-        listener.accept()
-    );
-    let (session, accepted) = (session.unwrap(), accepted.unwrap());
-    let peer = session.peer_identity().expect("the server's certificate");
-    assert_eq!(Fingerprint::of(peer.end_entity()), identity.fingerprint());
-    let mut s = session.open().await.unwrap();
-    s.write_all(b"pinned").await.unwrap();
-    let mut a = accepted.accept().await.unwrap();
-    let mut buf = [0u8; 6];
-    a.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"pinned");
-
-    let other = self_signed(&["localhost"]).unwrap().fingerprint();
-    let wrong = ClientTls::with_pinned(other).build().unwrap();
-    match refused(&addr, "localhost", wrong).await {
-        HandshakeError::PinMismatch { expected, actual } => {
-            assert_eq!(expected, other.to_string());
-            assert_eq!(actual, identity.fingerprint().to_string());
-        }
-        e => panic!("expected PinMismatch, got {e:?}"),
-    }
-}
-
-#[tokio::test]
-async fn mtls_requires_a_client_certificate_from_the_right_ca() {
-    let pki = Pki::new();
-    let server_tls = ServerTls::new(pki.server.clone())
-        .client_ca(vec![pki.ca.certificate().clone()])
-        .build()
-        .unwrap();
-    let (listener, addr) = listen(server_tls).await;
-
-    // No client certificate.
-    let e = refused(&addr, "localhost", pki.client_tls()).await;
-    assert_eq!(e, HandshakeError::ClientCertificateRequired);
-
-    // A client certificate from a CA the server does not trust.
-    let stranger = CertificateAuthority::new("Stranger CA")
-        .unwrap()
-        .issue_client("intruder")
-        .unwrap();
-    let tls = ClientTls::with_ca(vec![pki.ca.certificate().clone()])
-        .client_identity(stranger)
-        .build()
-        .unwrap();
-    let e = refused(&addr, "localhost", tls).await;
-    assert!(
-        matches!(e, HandshakeError::ClientCertificateRefused(_)),
-        "{e:?}"
-    );
-
-    // The right one: the server sees who it is.
-    let tls = ClientTls::with_ca(vec![pki.ca.certificate().clone()])
-        .client_identity(pki.client.clone())
-        .build()
-        .unwrap();
-    let opts = options();
-    let (session, accepted) = tokio::join!(dial(&addr, "localhost", tls, &opts), listener.accept());
-    let session = session.unwrap();
-    let accepted = accepted.expect("only the good client becomes a session");
-    let peer = accepted.peer_identity().expect("mTLS identity");
-    assert_eq!(peer.end_entity(), pki.client.end_entity());
-    let server_seen = session.peer_identity().expect("the server's identity");
-    assert_eq!(server_seen.end_entity(), pki.server.end_entity());
 }
 
 /// A raw quinn client offering another ALPN.

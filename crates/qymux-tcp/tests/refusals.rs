@@ -1,17 +1,16 @@
-//! Handshakes that must fail, with an error that says why (beyond the shared
-//! conformance suite's untrusted CA, wrong pin and missing client certificate).
+//! TCP-specific handshakes that must fail, with an error that says why. The refusals
+//! every backend shares (untrusted CA, wrong name, pinning, mTLS) are in the conformance
+//! suite.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{Pki, options};
-use qymux_cert::{CertificateAuthority, Fingerprint, self_signed};
 use qymux_tcp::{Listener, dial};
-use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::{Error, HandshakeError};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 async fn listen(tls: Arc<rustls::ServerConfig>) -> (Listener, String) {
     let listener = Listener::bind("127.0.0.1:0", tls, options()).await.unwrap();
@@ -26,92 +25,6 @@ async fn refused(addr: &str, name: &str, tls: Arc<rustls::ClientConfig>) -> Hand
         Ok(_) => panic!("the dial must be refused"),
         Err(other) => panic!("expected a handshake error, got {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn server_certificate_for_another_name() {
-    let pki = Pki::new();
-    let (_l, addr) = listen(pki.server_tls()).await;
-    let e = refused(&addr, "not-the-server.example", pki.client_tls()).await;
-    assert!(
-        matches!(e, HandshakeError::UntrustedCertificate(_)),
-        "{e:?}"
-    );
-}
-
-#[tokio::test]
-async fn pinned_fingerprint_accepts_the_right_certificate_and_refuses_another() {
-    let identity = self_signed(&["localhost"]).unwrap();
-    let (listener, addr) = listen(ServerTls::new(identity.clone()).build().unwrap()).await;
-
-    let good = ClientTls::with_pinned(identity.fingerprint())
-        .build()
-        .unwrap();
-    let opts = options();
-    let (session, accepted) = tokio::join!(
-        dial(&addr, "any-name-works-when-pinned", good, &opts),
-        listener.accept()
-    );
-    let (session, accepted) = (session.unwrap(), accepted.unwrap());
-    let peer = session.peer_identity().expect("the server's certificate");
-    assert_eq!(Fingerprint::of(peer.end_entity()), identity.fingerprint());
-    let mut s = session.open().await.unwrap();
-    s.write_all(b"pinned").await.unwrap();
-    let mut a = accepted.accept().await.unwrap();
-    let mut buf = [0u8; 6];
-    a.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"pinned");
-
-    let other = self_signed(&["localhost"]).unwrap().fingerprint();
-    let wrong = ClientTls::with_pinned(other).build().unwrap();
-    match refused(&addr, "localhost", wrong).await {
-        HandshakeError::PinMismatch { expected, actual } => {
-            assert_eq!(expected, other.to_string());
-            assert_eq!(actual, identity.fingerprint().to_string());
-        }
-        e => panic!("expected PinMismatch, got {e:?}"),
-    }
-}
-
-#[tokio::test]
-async fn mtls_requires_a_client_certificate_from_the_right_ca() {
-    let pki = Pki::new();
-    let server_tls = ServerTls::new(pki.server.clone())
-        .client_ca(vec![pki.ca.certificate().clone()])
-        .build()
-        .unwrap();
-    let (listener, addr) = listen(server_tls).await;
-
-    // No client certificate.
-    let e = refused(&addr, "localhost", pki.client_tls()).await;
-    assert_eq!(e, HandshakeError::ClientCertificateRequired);
-
-    // A client certificate from a CA the server does not trust.
-    let stranger = CertificateAuthority::new("Stranger CA")
-        .unwrap()
-        .issue_client("intruder")
-        .unwrap();
-    let tls = ClientTls::with_ca(vec![pki.ca.certificate().clone()])
-        .client_identity(stranger)
-        .build()
-        .unwrap();
-    let e = refused(&addr, "localhost", tls).await;
-    assert!(
-        matches!(e, HandshakeError::ClientCertificateRefused(_)),
-        "{e:?}"
-    );
-
-    // The right one: the server sees who it is.
-    let tls = ClientTls::with_ca(vec![pki.ca.certificate().clone()])
-        .client_identity(pki.client.clone())
-        .build()
-        .unwrap();
-    let opts = options();
-    let (session, accepted) = tokio::join!(dial(&addr, "localhost", tls, &opts), listener.accept());
-    session.unwrap();
-    let accepted = accepted.expect("only the good client becomes a session");
-    let peer = accepted.peer_identity().expect("mTLS identity");
-    assert_eq!(peer.end_entity(), pki.client.end_entity());
 }
 
 #[tokio::test]
@@ -180,4 +93,17 @@ async fn nothing_listening_is_a_connect_error() {
         }
         other => panic!("expected a connect error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn dangerous_skip_connects_to_a_server_nobody_vouches_for() {
+    let pki = Pki::new();
+    let (listener, addr) = listen(pki.server_tls()).await;
+    let tls = qymux_tls::dangerous::skip_server_verification()
+        .build()
+        .unwrap();
+    let opts = options();
+    let (session, accepted) = tokio::join!(dial(&addr, "whatever", tls, &opts), listener.accept());
+    session.expect("no verification at all");
+    accepted.unwrap();
 }

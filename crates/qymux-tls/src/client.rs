@@ -5,9 +5,8 @@ use qymux_cert::{Fingerprint, Identity};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 
-use crate::dangerous::NoVerification;
 use crate::error::TlsError;
-use crate::pin::PinnedVerifier;
+use crate::pin::{Accept, FingerprintVerifier};
 use crate::{provider, versions};
 
 /// How the dialer decides that it reached the right server.
@@ -143,14 +142,17 @@ impl ClientTls {
                 }
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinnedVerifier::new(
-                        pins.clone(),
+                    .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
+                        Accept::Pinned(pins.clone()),
                         provider.clone(),
                     )))
             }
             ServerVerification::DangerousSkip => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider.clone()))),
+                .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
+                    Accept::Anything,
+                    provider.clone(),
+                ))),
         };
         let mut config = match &self.identity {
             None => builder.with_no_client_auth(),

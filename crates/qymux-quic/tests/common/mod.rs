@@ -1,44 +1,14 @@
 //! Shared set-up for the QUIC backend's tests: a CA, TLS configs, a listener.
 #![allow(dead_code, unreachable_pub, missing_debug_implementations)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use qymux_cert::{CertificateAuthority, Identity};
-use qymux_quic::{Listener, Session, dial};
-use qymux_tls::{ClientTls, ServerTls};
-use qymux_transport::Options;
+use qymux_quic::{Listener, Session};
+use qymux_transport::{Options, Result};
 
-pub struct Pki {
-    pub ca: CertificateAuthority,
-    pub server: Identity,
-    pub client: Identity,
-}
-
-impl Pki {
-    pub fn new() -> Pki {
-        let ca = CertificateAuthority::new("Qymux Test CA").unwrap();
-        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-        let client = ca.issue_client("test-agent").unwrap();
-        Pki { ca, server, client }
-    }
-
-    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
-        ServerTls::new(self.server.clone()).build().unwrap()
-    }
-
-    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        ClientTls::with_ca(vec![self.ca.certificate().clone()])
-            .build()
-            .unwrap()
-    }
-}
-
-pub fn options() -> Options {
-    let mut o = Options::default();
-    o.handshake_timeout(Duration::from_secs(5));
-    o
-}
+#[allow(unused_imports)] // not every test file uses all of them
+pub use qymux_conformance::{Pki, options, payload, sha256};
 
 /// A listener with the default PKI, and a dialed session plus the accepted one.
 pub async fn pair_with(options: Options) -> (Listener, Session, Session) {
@@ -47,40 +17,32 @@ pub async fn pair_with(options: Options) -> (Listener, Session, Session) {
 
 /// Like [`pair_with`], with different options for the dialer and the listener.
 pub async fn pair_with_each(client: Options, server: Options) -> (Listener, Session, Session) {
-    let pki = Pki::new();
-    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), server)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().to_string();
-    let (client, server) = tokio::join!(
-        dial(&addr, "localhost", pki.client_tls(), &client),
-        listener.accept()
-    );
-    (listener, client.unwrap(), server.unwrap())
+    let p = qymux_conformance::pair_with::<Quic>(client, server).await;
+    (p.listener, p.client, p.server)
+}
+
+/// How the shared conformance suite listens and dials with this backend.
+pub struct Quic;
+
+impl qymux_conformance::Backend for Quic {
+    type Listener = Listener;
+
+    async fn listen(tls: Arc<rustls::ServerConfig>, options: Options) -> Result<Listener> {
+        Listener::bind("127.0.0.1:0", tls, options).await
+    }
+
+    async fn dial(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        options: Options,
+    ) -> Result<Session> {
+        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
+    }
 }
 
 pub async fn pair() -> (Listener, Session, Session) {
     pair_with(options()).await
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
-pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-pub fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

@@ -2,10 +2,12 @@
 //! conformance crate).
 #![allow(dead_code, unreachable_pub)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use qymux_tcp::{Listener, Session, dial};
-use qymux_transport::Options;
+use qymux_tcp::{Listener, Session};
+use qymux_transport::{Options, Result};
 
 #[allow(unused_imports)] // not every test file uses all of them
 pub use qymux_conformance::{Pki, options, payload, sha256};
@@ -17,16 +19,28 @@ pub async fn pair_with(options: Options) -> (Listener, Session, Session) {
 
 /// Like [`pair_with`], with different options for the dialer and the listener.
 pub async fn pair_with_each(client: Options, server: Options) -> (Listener, Session, Session) {
-    let pki = Pki::new();
-    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), server)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().to_string();
-    let (client, server) = tokio::join!(
-        dial(&addr, "localhost", pki.client_tls(), &client),
-        listener.accept()
-    );
-    (listener, client.unwrap(), server.unwrap())
+    let p = qymux_conformance::pair_with::<Tcp>(client, server).await;
+    (p.listener, p.client, p.server)
+}
+
+/// How the shared conformance suite listens and dials with this backend.
+pub struct Tcp;
+
+impl qymux_conformance::Backend for Tcp {
+    type Listener = Listener;
+
+    async fn listen(tls: Arc<rustls::ServerConfig>, options: Options) -> Result<Listener> {
+        Listener::bind("127.0.0.1:0", tls, options).await
+    }
+
+    async fn dial(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        options: Options,
+    ) -> Result<Session> {
+        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
+    }
 }
 
 /// A TCP forwarder in front of `target` whose connections can be cut with a reset.
