@@ -20,7 +20,8 @@ pub const DEFAULT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// starts as well; the first to complete wins and the other attempt is dropped (its
 /// socket closed, no task left behind). When QUIC fails or loses while TCP works, the
 /// dialer remembers it for this target ([`TransportMemory`]): the next dials start with
-/// TCP at once, until the penalty expires.
+/// TCP at once, until the penalty expires. If TCP fails, QUIC gets one more attempt
+/// delay before the dial fails with TCP's error (not its whole connect timeout).
 ///
 /// Cheap to clone; clones share the memory.
 #[derive(Debug, Clone)]
@@ -177,6 +178,10 @@ impl Dialer {
 
         let tcp = self.tcp();
         tokio::pin!(tcp);
+        // Once TCP has failed, QUIC gets one more attempt delay, not its whole timeout:
+        // a host where TCP is refused almost never has a Qymux server on UDP alone.
+        let grace = sleep(Duration::MAX);
+        tokio::pin!(grace);
         let (mut quic_err, mut tcp_err) = (None, None);
         loop {
             tokio::select! {
@@ -189,8 +194,15 @@ impl Dialer {
                         let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
                         return Ok(self.tcp_won(session, &why));
                     }
-                    Err(e) => tcp_err = Some(e),
+                    Err(e) => {
+                        debug!(%e, ?delay, "TCP failed; QUIC gets one more attempt delay");
+                        grace.as_mut().reset(tokio::time::Instant::now() + delay);
+                        tcp_err = Some(e);
+                    }
                 },
+                () = &mut grace, if tcp_err.is_some() => {
+                    return Err(tcp_err.take().unwrap_or(Error::Closed));
+                }
             }
             if let (Some(q), Some(t)) = (&quic_err, &tcp_err) {
                 return Err(pick(q.clone(), t.clone()));

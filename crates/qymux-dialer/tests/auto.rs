@@ -259,3 +259,27 @@ async fn auto_listener_reports_a_port_it_cannot_bind() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_fails_with_tcps_error_without_waiting_for_quic() {
+    let pki = pki();
+    // A port where TCP is refused and UDP is silent (a blackhole, so QUIC never fails).
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _blackhole = Blackhole::bind(port);
+    let dialer = Dialer::new(format!("127.0.0.1:{port}"), "localhost", pki.client.clone())
+        .options(patient_options());
+    let started = Instant::now();
+    let err = dialer.dial().await.unwrap_err();
+    let took = started.elapsed();
+    match err {
+        qymux_transport::Error::Connect { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected TCP's connect error, got {other:?}"),
+    }
+    // Hang guard only: waiting for QUIC's connect timeout would take 30 s.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

@@ -1,0 +1,118 @@
+//! Reverse tunnels: an agent dials once, and both sides open streams on one encrypted,
+//! multiplexed session.
+//!
+//! An agent behind NAT or a firewall cannot be reached from outside, but it can dial out.
+//! Qymux turns that one outgoing connection into a **session** on which *either* side
+//! opens **streams** and runs gRPC, HTTP or raw bytes; typically the server calls a
+//! service that the agent serves through the tunnel.
+//!
+//! A session runs over QUIC (UDP) or, where UDP is blocked, over TLS-on-TCP with yamux.
+//! Both are wire-compatible with the Go Qymux. In [`Mode::Auto`] (the default) the
+//! dialer races QUIC against TCP and remembers where QUIC does not get through, so it
+//! connects on any network about as fast as a plain TCP dial; [`Session::protocol`]
+//! says which transport won.
+//!
+//! # Getting started
+//!
+//! ```
+//! use qymux::{Config, Qymux, Session};
+//! use qymux::cert::CertificateAuthority;
+//! use qymux::tls::{ClientTls, ServerTls};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Certificates: a CA that signs the server's certificate; agents trust the CA.
+//! let ca = CertificateAuthority::new("Example CA")?;
+//! let server = Qymux::new(
+//!     Config::new().server_tls(ServerTls::new(ca.issue_server(&["localhost"])?)),
+//! );
+//! let listener = server.listen("127.0.0.1:0").await?; // UDP and TCP, same port
+//!
+//! let agent = Qymux::new(
+//!     Config::new()
+//!         .server_addr(listener.local_addr().to_string())
+//!         .server_name("localhost")
+//!         .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
+//! );
+//! let (session, accepted) = tokio::join!(agent.dial(), listener.accept());
+//! let (session, accepted) = (session?, accepted?);
+//! println!("connected over {}", session.protocol());
+//!
+//! // The server opens a stream to the agent: the reverse direction tunnels are for.
+//! let mut to_agent = accepted.open().await?;
+//! to_agent.write_all(b"hello, agent").await?;
+//! to_agent.shutdown().await?;
+//! let mut from_server = session.accept().await?;
+//! let mut message = String::new();
+//! from_server.read_to_string(&mut message).await?;
+//! assert_eq!(message, "hello, agent");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What you get
+//!
+//! - **Secure by default.** The dialer verifies the server: a CA, the system roots, or a
+//!   pinned SHA-256 fingerprint ([`tls::ClientTls`]). Skipping verification exists only
+//!   in [`tls::dangerous`]. Optional mTLS puts the agent's verified certificate on the
+//!   server's session ([`Session::peer_identity`]).
+//! - **Streams behave.** A stream is visible to the peer as soon as `open` returns; a
+//!   read ends with EOF only when the peer finished its side; a reset or a lost session
+//!   is an error, never a silent EOF.
+//! - **Every wait has a bound** and every resource a cap ([`Options`]): connect and
+//!   handshake timeouts, keep-alive and dead-peer timeout, graceful close, streams per
+//!   session, handshakes in progress.
+//! - **One error type** ([`Error`]) that says what failed, convertible to `io::Error`.
+//!
+//! # Features
+//!
+//! | feature | default | gives |
+//! |---|---|---|
+//! | `auto` | yes | [`Qymux`], [`Config`]; enables `tcp` and `quic` |
+//! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
+//! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
+//!
+//! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
+//! dependency (plus `qymux-tls` for the configs) gives a working session.
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+#[cfg(feature = "auto")]
+mod config;
+#[cfg(feature = "auto")]
+mod qymux;
+
+#[cfg(feature = "auto")]
+pub use config::Config;
+#[cfg(feature = "auto")]
+pub use qymux::{Listener, Qymux};
+
+#[doc(inline)]
+pub use qymux_transport::{
+    ALPN, BoxListener, BoxSession, BoxStream, CloseReason, Error, HandshakeError, Limit, Mode,
+    Options, PeerIdentity, Protocol, Result, Session, Stream, TimeoutKind,
+};
+
+/// Certificates: a CA, server and client certificates, PEM, fingerprints.
+#[doc(inline)]
+pub use qymux_cert as cert;
+/// TLS configurations: CA, roots, pinning, mTLS.
+#[doc(inline)]
+pub use qymux_tls as tls;
+/// The shared traits and types every backend implements.
+#[doc(inline)]
+pub use qymux_transport as transport;
+
+/// Auto mode: the QUIC/TCP race, the memory of failures, the dual listener.
+#[cfg(feature = "auto")]
+#[doc(inline)]
+pub use qymux_dialer as dialer;
+/// The QUIC backend.
+#[cfg(feature = "quic")]
+#[doc(inline)]
+pub use qymux_quic as quic;
+/// The TLS-over-TCP + yamux backend.
+#[cfg(feature = "tcp")]
+#[doc(inline)]
+pub use qymux_tcp as tcp;

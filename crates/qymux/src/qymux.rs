@@ -1,0 +1,89 @@
+//! The entry point: `Qymux::new(config)`, then `listen` or `dial`.
+
+use std::sync::{Arc, OnceLock};
+
+use qymux_dialer::Dialer;
+use qymux_tls::ClientTls;
+use qymux_transport::{BoxSession, Error, Result};
+
+use crate::config::Config;
+
+/// The listener [`Qymux::listen`] returns: sessions over QUIC and TCP on one port (or one
+/// of them, by [`Mode`](crate::Mode)).
+pub type Listener = qymux_dialer::Listener;
+
+/// Dials and listens as its [`Config`] says. Cheap to clone; clones share the memory of
+/// where QUIC failed.
+#[derive(Debug, Clone)]
+pub struct Qymux {
+    config: Arc<Config>,
+    dialer: Arc<OnceLock<Dialer>>,
+}
+
+impl Qymux {
+    /// Wraps a configuration. Nothing is checked until `listen` or `dial`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: Arc::new(config),
+            dialer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Listens on `addr` (`host:port`; port 0 picks one) for the transports of the
+    /// configured mode: in Auto, UDP and TCP on the same port. Needs
+    /// [`Config::server_tls`].
+    pub async fn listen(&self, addr: &str) -> Result<Listener> {
+        let tls = self
+            .config
+            .server_tls
+            .as_ref()
+            .ok_or_else(|| {
+                Error::Config(
+                    "listening needs Config::server_tls (a certificate and its key)".into(),
+                )
+            })?
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Listener::bind(addr, tls, self.config.options.clone(), self.config.mode).await
+    }
+
+    /// Dials [`Config::server_addr`] and returns a session over whichever transport
+    /// won; see [`Session::protocol`](crate::Session::protocol).
+    pub async fn dial(&self) -> Result<BoxSession> {
+        let dialer = match self.dialer.get() {
+            Some(d) => d,
+            None => {
+                let d = self.make_dialer()?;
+                self.dialer.get_or_init(|| d)
+            }
+        };
+        dialer.dial().await
+    }
+
+    fn make_dialer(&self) -> Result<Dialer> {
+        let config = &self.config;
+        let addr = config
+            .server_addr
+            .clone()
+            .ok_or_else(|| Error::Config("dialing needs Config::server_addr".into()))?;
+        let name = config
+            .server_name_or_host()
+            .ok_or_else(|| Error::Config("no server name to verify".into()))?
+            .to_owned();
+        let client_tls = config
+            .client_tls
+            .clone()
+            .unwrap_or_else(ClientTls::with_system_roots);
+        let tls = client_tls
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Dialer::new(addr, name, tls)
+            .mode(config.mode)
+            .options(config.options.clone()))
+    }
+}
