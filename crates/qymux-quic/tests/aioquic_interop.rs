@@ -335,37 +335,3 @@ async fn alpn_other_than_qymux_is_refused() {
         server.stop().await.unwrap();
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_many() {
-    let Some(script) = aioquic_peer() else { return };
-    let pki = Pki::new();
-    let f = write_pem(&pki);
-    // aioquic opens 300 streams at once towards a Qymux listener with max_streams 64.
-    let mut o = options();
-    o.max_streams(64);
-    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), o)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().to_string();
-    let accept = async {
-        let session = listener.accept().await.unwrap();
-        let _echo = echo_all(session.clone());
-        session.closed().await
-    };
-    let (reason, out) = tokio::join!(accept, AioquicPeer::client(&script, ["--connect", &addr, "--ca", &f.ca, "--streams", "300", "--bytes", "10000", "--timeout", "60s"]));
-    eprintln!("MANY CLIENT: {} reason {reason:?}", out.unwrap());
-    // Qymux opens 300 streams at once towards aioquic (128 stream credit by default).
-    let mut server = aioquic_server(&script, &f, &[]).await;
-    let session = dial(&server.addr().to_string(), "localhost", pki.client_tls(), &options()).await.unwrap();
-    let tasks: Vec<_> = (0..300u64).map(|i| { let s = session.clone(); tokio::spawn(async move {
-        match s.open().await { Ok(mut st) => { check_echo(&mut st, i, 10000).await; Ok(()) } Err(e) => Err(e.to_string()) }
-    })}).collect();
-    let mut errs = Vec::new();
-    for t in tasks { if let Err(e) = t.await.unwrap() { errs.push(e); } }
-    eprintln!("MANY QYMUX: {} errors: {:?}", errs.len(), errs.first());
-    session.close().await;
-    eprintln!("END {:?}", server.line_starting_with("SESSION-END", WAIT).await);
-    eprintln!("stderr {}", server.stderr());
-    panic!("show");
-}

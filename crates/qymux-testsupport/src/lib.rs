@@ -57,10 +57,12 @@
 
 #![deny(missing_docs)]
 
+mod aioquic;
 mod gobuild;
 mod process;
 mod tempdir;
 
+pub use aioquic::{AioquicPeer, PYTHON_VAR, aioquic_peer};
 pub use gobuild::go_peer;
 pub use process::{GoClientOutput, GoCounts, GoPeer};
 pub use tempdir::TempDir;

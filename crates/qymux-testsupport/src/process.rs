@@ -1,6 +1,7 @@
-//! Running go-peer as a child process.
+//! Running go-peer (or another peer with the same command-line contract) as a child
+//! process.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +25,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// closes, so a test harness that dies does not leak it), and dropping it kills the
 /// process. Its stderr is collected in the background ([`GoPeer::stderr`]) and printed
 /// when the value is dropped during a panic, so a failing test shows what Go said.
+///
+/// Other peers that follow go-peer's contract (the same modes, `LISTENING`, `REVERSE`
+/// and `RESULT` lines, exit statuses and stdin rule) run through the same type:
+/// [`GoPeer::spawn_server`] and [`GoPeer::run_client`] take the whole command line, as
+/// [`AioquicPeer`](crate::AioquicPeer) does for the aioquic peer.
 pub struct GoPeer {
+    /// What the messages call this peer (`go-peer`, `aioquic-peer`).
+    label: String,
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -36,6 +44,7 @@ pub struct GoPeer {
 impl fmt::Debug for GoPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GoPeer")
+            .field("label", &self.label)
             .field("pid", &self.child.id())
             .field("addr", &self.addr)
             .finish_non_exhaustive()
@@ -53,8 +62,34 @@ impl GoPeer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(bin.as_ref())
-            .arg("server")
+        let args = args.into_iter().map(|arg| arg.as_ref().to_owned());
+        Self::spawn_server(
+            "go-peer",
+            bin.as_ref(),
+            std::iter::once(OsString::from("server")).chain(args),
+        )
+        .await
+    }
+
+    /// Starts `program <args>` (the whole command line: for a script, the interpreter
+    /// first, then the script, the mode and the flags) and waits for its `LISTENING <addr>`
+    /// line, like [`GoPeer::server`]; `label` names the peer in messages.
+    ///
+    /// For peers other than go-peer that follow its contract: a `LISTENING <host:port>`
+    /// line on stdout once listening, exit when stdin closes, and the other lines
+    /// ([`next_reverse`](GoPeer::next_reverse), [`line_starting_with`](GoPeer::line_starting_with))
+    /// as they apply. Stdin, stdout and stderr are set up here; the process is killed when
+    /// the returned value is dropped.
+    pub async fn spawn_server<I, S>(
+        label: &str,
+        program: impl AsRef<OsStr>,
+        args: I,
+    ) -> io::Result<(GoPeer, SocketAddr)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -74,6 +109,7 @@ impl GoPeer {
             }
         });
         let mut peer = GoPeer {
+            label: label.to_owned(),
             child,
             stdin: Some(stdin),
             stdout,
@@ -90,7 +126,10 @@ impl GoPeer {
         peer.addr = addr.parse().map_err(|err| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("go-peer server printed a bad address in {line:?}: {err}"),
+                format!(
+                    "{} server printed a bad address in {line:?}: {err}",
+                    peer.label
+                ),
             )
         })?;
         let addr = peer.addr;
@@ -108,7 +147,8 @@ impl GoPeer {
         io::Error::new(
             err.kind(),
             format!(
-                "go-peer server did not start ({err}; {status}); its stderr:\n{}",
+                "{} server did not start ({err}; {status}); its stderr:\n{}",
+                self.label,
                 self.stderr()
             ),
         )
@@ -146,13 +186,17 @@ impl GoPeer {
             Ok(Ok(Some(line))) => Ok(line),
             Ok(Ok(None)) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("go-peer exited before a {prefix:?} line (stdout before: {skipped:?})"),
+                format!(
+                    "{} exited before a {prefix:?} line (stdout before: {skipped:?})",
+                    self.label
+                ),
             )),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "no {prefix:?} line from go-peer within {timeout:?} (stdout before: {skipped:?})"
+                    "no {prefix:?} line from {} within {timeout:?} (stdout before: {skipped:?})",
+                    self.label
                 ),
             )),
         }
@@ -165,7 +209,7 @@ impl GoPeer {
         GoCounts::parse(&line).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("bad go-peer line {line:?}"),
+                format!("bad {} line {line:?}", self.label),
             )
         })
     }
@@ -202,8 +246,26 @@ impl GoPeer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let output = Command::new(bin.as_ref())
-            .arg("client")
+        let args = args.into_iter().map(|arg| arg.as_ref().to_owned());
+        Self::run_client(
+            bin.as_ref(),
+            std::iter::once(OsString::from("client")).chain(args),
+        )
+        .await
+    }
+
+    /// Runs `program <args>` (the whole command line, as for [`GoPeer::spawn_server`]) to
+    /// completion, like [`GoPeer::client`], for peers other than go-peer that follow its
+    /// contract (`RESULT` line, exit statuses).
+    ///
+    /// Its stdin is empty and its output is captured; if the returned future is dropped,
+    /// the process is killed. Nothing else bounds the run: pass the peer its own timeout.
+    pub async fn run_client<I, S>(program: impl AsRef<OsStr>, args: I) -> io::Result<GoClientOutput>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let output = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -221,10 +283,11 @@ impl Drop for GoPeer {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "--- go-peer server (pid {:?}, {}) stderr:\n{}--- end of go-peer stderr",
+                "--- {label} server (pid {:?}, {}) stderr:\n{}--- end of {label} stderr",
                 self.child.id(),
                 self.addr,
-                self.stderr()
+                self.stderr(),
+                label = self.label,
             );
         }
     }
@@ -271,7 +334,7 @@ impl GoClientOutput {
 
 impl fmt::Display for GoClientOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "go-peer client: {}", self.status)?;
+        writeln!(f, "peer client: {}", self.status)?;
         writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
         write!(f, "--- stderr\n{}", self.stderr.trim_end())
     }
