@@ -175,9 +175,9 @@ impl Session {
     /// returns, so the peer's `accept` sees it before any data is written.
     ///
     /// Fails with [`Limit::Streams`] when [`Options::max_streams`] streams are open on this
-    /// session, and also when the peer's own stream limit stays exhausted for a few round
-    /// trips (the peer grants new streams as it finishes old ones); `n` is then the number
-    /// of streams this side has open towards the peer.
+    /// session, and with [`Limit::PeerStreams`] when the peer's own stream limit stays
+    /// exhausted for a few round trips (the peer grants new streams as it finishes old
+    /// ones); `n` is then the number of streams this side has open towards the peer.
     pub async fn open(&self) -> Result<Stream> {
         let shared = &self.shared;
         if let Some(reason) = shared.close_reason() {
@@ -197,7 +197,7 @@ impl Session {
             Err(_) => {
                 let n = shared.outbound_open.load(Ordering::Acquire);
                 debug!(open = n, "the peer's stream limit is reached");
-                return Err(Error::LimitReached(Limit::Streams(n)));
+                return Err(Error::LimitReached(Limit::PeerStreams(n)));
             }
         };
         // From here on the stream owns the reservation.

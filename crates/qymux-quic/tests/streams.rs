@@ -157,8 +157,8 @@ async fn the_peers_limit_is_enforced() {
     // The server allows two streams from the client (QUIC MAX_STREAMS): a third open is
     // refused instead of waiting forever.
     match tokio::time::timeout(HANG, client.open()).await.unwrap() {
-        Err(Error::LimitReached(Limit::Streams(2))) => {}
-        other => panic!("expected LimitReached(Streams(2)), got {other:?}"),
+        Err(Error::LimitReached(Limit::PeerStreams(2))) => {}
+        other => panic!("expected LimitReached(PeerStreams(2)), got {other:?}"),
     }
     // Once a stream is done, the server grants another.
     first.write_all(b"done").await.unwrap();

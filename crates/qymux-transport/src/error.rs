@@ -196,6 +196,8 @@ pub enum Limit {
     /// [`Options::max_streams`](crate::Options::max_streams) streams are already open on
     /// this session.
     Streams(usize),
+    /// The peer grants no more streams right now; this many are open toward it.
+    PeerStreams(usize),
     /// The listener already holds its maximum number of sessions.
     Sessions(usize),
     /// The listener already has its maximum number of handshakes in progress.
@@ -206,6 +208,12 @@ impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Limit::Streams(n) => write!(f, "at most {n} concurrent streams per session"),
+            Limit::PeerStreams(n) => {
+                write!(
+                    f,
+                    "the peer allows no more streams now ({n} open toward it)"
+                )
+            }
             Limit::Sessions(n) => write!(f, "at most {n} sessions per listener"),
             Limit::PendingHandshakes(n) => write!(f, "at most {n} handshakes in progress"),
         }
