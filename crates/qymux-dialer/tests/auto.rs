@@ -283,3 +283,30 @@ async fn nothing_listening_fails_with_tcps_error_without_waiting_for_quic() {
     // Hang guard only: waiting for QUIC's connect timeout would take 30 s.
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_losing_quic_attempt_is_dropped_with_its_socket() {
+    let pki = pki();
+    let (listener, blackhole) = tcp_server_with_blackholed_udp(&pki).await;
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    )
+    .options(patient_options());
+    let (client, _server) = tokio::join!(dialer.dial(), listener.accept());
+    assert_eq!(client.unwrap().protocol(), Protocol::Tcp);
+    assert!(blackhole.received() > 0, "QUIC was tried");
+    // Dropping the attempt may send one last datagram (quinn closes a handshaking
+    // connection with CONNECTION_CLOSE). After that: silence, where a live attempt would
+    // retransmit its Initial (PTO ~1 s, then ~2 s). This checks for the absence of an
+    // event, so fixed waits are unavoidable here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = blackhole.received();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        blackhole.received(),
+        settled,
+        "the abandoned QUIC attempt kept sending: its endpoint was not dropped"
+    );
+}
