@@ -72,6 +72,7 @@
 //! | `auto` | yes | [`Qymux`], [`Config`]; enables `tcp` and `quic` |
 //! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
 //! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
+//! | `http` | no | `http`: hyper client over a session, reverse proxy on a session |
 //!
 //! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
 //! dependency (plus `qymux-tls` for the configs) gives a working session.
@@ -108,6 +109,10 @@ pub use qymux_transport as transport;
 #[cfg(feature = "auto")]
 #[doc(inline)]
 pub use qymux_dialer as dialer;
+/// HTTP over sessions: a hyper client whose connections are streams, a reverse proxy.
+#[cfg(feature = "http")]
+#[doc(inline)]
+pub use qymux_http as http;
 /// The QUIC backend.
 #[cfg(feature = "quic")]
 #[doc(inline)]
