@@ -8,7 +8,8 @@
 //! - [`ClientTls`]: how the dialer verifies the server: a CA, the webpki or the system
 //!   roots, or a pinned SHA-256 fingerprint; optionally a client certificate.
 //! - [`dangerous`]: skipping server verification, for tests and development only.
-//! - [`handshake_error`]: turns a rustls failure into a typed [`HandshakeError`].
+//! - [`handshake_error`]: turns a rustls failure into a typed
+//!   [`HandshakeError`](qymux_transport::HandshakeError).
 //!
 //! Only the `ring` crypto provider is used, and it is passed to every config explicitly,
 //! so no process-wide default provider needs to be installed.
