@@ -7,7 +7,8 @@
 //! - [`round_trips_both_directions`], [`stream_visible_before_any_write`],
 //!   [`many_concurrent_streams`] (100 × 2 MiB, checksummed), [`half_close`];
 //! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop);
-//! - [`close_is_clean_and_fails_pending_operations`], [`acknowledged_data_survives_close`];
+//! - [`close_is_clean_and_fails_pending_operations`], [`local_close_fails_waiting_operations`],
+//!   [`acknowledged_data_survives_close`];
 //! - [`max_streams_is_enforced`];
 //! - [`refuses_untrusted_server`], [`refuses_wrong_server_name`],
 //!   [`pinning_accepts_exactly_the_pinned_certificate`],
@@ -334,6 +335,42 @@ pub async fn close_is_clean_and_fails_pending_operations<B: Backend>() {
     p.client.close().await; // twice is harmless
 }
 
+/// Reads and writes already waiting on a stream fail when this side closes the session.
+pub async fn local_close_fails_waiting_operations<B: Backend>() {
+    let p = pair::<B>().await;
+    let mut reading = p.client.open().await.expect("open");
+    let _peer_side = p.server.accept().await.expect("accept");
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        reading.read_to_end(&mut buf).await
+    });
+    // Fill the flow-control window so this writer waits for credit that never comes.
+    let mut writing = p.client.open().await.expect("open");
+    let _unread = p.server.accept().await.expect("accept");
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            writing.write_all(&chunk).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), io::Error>(())
+    });
+    // Both are waiting (or about to); closing must end them, not leave them hanging.
+    tokio::task::yield_now().await;
+    p.client.close().await;
+    let read = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("a waiting read must fail when the session closes, not hang")
+        .expect("reader task");
+    let err = read.expect_err("no EOF: the peer never finished the stream");
+    assert!(matches!(qymux_error(&err), Some(Error::Closed)), "{err:?}");
+    let write = tokio::time::timeout(Duration::from_secs(20), writer)
+        .await
+        .expect("a waiting write must fail when the session closes, not hang")
+        .expect("writer task");
+    assert!(write.is_err());
+}
+
 /// Data the peer acknowledged (it read it and said so) is never lost to a close.
 pub async fn acknowledged_data_survives_close<B: Backend>() {
     let p = pair::<B>().await;
@@ -557,6 +594,7 @@ macro_rules! conformance_suite {
             half_close,
             abort_is_an_error_for_the_peer,
             close_is_clean_and_fails_pending_operations,
+            local_close_fails_waiting_operations,
             acknowledged_data_survives_close,
             max_streams_is_enforced,
             refuses_untrusted_server,

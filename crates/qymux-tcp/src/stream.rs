@@ -88,6 +88,23 @@ impl Stream {
         Poll::Ready(Some(reason.to_error()))
     }
 
+    /// For an operation the yamux crate left pending: fails it once the session has ended.
+    /// The crate wakes waiting readers and writers when the peer ends the connection, but
+    /// not when this side closes it.
+    fn poll_session_end<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if let Some(reason) = self.shared.close_reason() {
+            return Poll::Ready(Err(reason.to_error().into()));
+        }
+        let shared = self.shared.clone();
+        let fut = self
+            .reason
+            .get_or_insert_with(|| Box::pin(async move { shared.closed().await }));
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(reason) => Poll::Ready(Err(reason.to_error().into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     fn aborted() -> io::Error {
         io::Error::new(io::ErrorKind::NotConnected, "stream was aborted locally")
     }
@@ -104,7 +121,11 @@ impl AsyncRead for Stream {
             return Poll::Ready(Err(Stream::aborted()));
         };
         let before = buf.filled().len();
-        ready!(Pin::new(inner).poll_read(cx, buf))?;
+        match Pin::new(inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(this.explain_error(cx, e))),
+            Poll::Pending => return this.poll_session_end(cx),
+        }
         if buf.filled().len() > before || buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -125,9 +146,10 @@ impl AsyncWrite for Stream {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Err(Stream::aborted()));
         };
-        match ready!(Pin::new(inner).poll_write(cx, buf)) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(this.explain_write_error(cx, e))),
+        match Pin::new(inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.explain_error(cx, e))),
+            Poll::Pending => this.poll_session_end(cx),
         }
     }
 
@@ -138,7 +160,7 @@ impl AsyncWrite for Stream {
         };
         match ready!(Pin::new(inner).poll_flush(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(this.explain_write_error(cx, e))),
+            Err(e) => Poll::Ready(Err(this.explain_error(cx, e))),
         }
     }
 
@@ -152,7 +174,7 @@ impl AsyncWrite for Stream {
                 this.finished = true;
                 Poll::Ready(Ok(()))
             }
-            Err(e) => Poll::Ready(Err(this.explain_write_error(cx, e))),
+            Err(e) => Poll::Ready(Err(this.explain_error(cx, e))),
         }
     }
 }
@@ -160,7 +182,7 @@ impl AsyncWrite for Stream {
 impl Stream {
     /// The yamux crate fails writes with a bare "connection closed"; say whether the peer
     /// reset the stream or the session ended, and why.
-    fn explain_write_error(&mut self, cx: &mut Context<'_>, err: io::Error) -> io::Error {
+    fn explain_error(&mut self, cx: &mut Context<'_>, err: io::Error) -> io::Error {
         let end = self.shared.wire.peer_end(self.id);
         if end.rst {
             return Error::StreamReset.into();
