@@ -123,7 +123,7 @@ impl AsyncRead for Stream {
         let before = buf.filled().len();
         match Pin::new(inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(this.explain_error(cx, e))),
+            Poll::Ready(Err(e)) => return this.explain_error(cx, e).map(Err),
             Poll::Pending => return this.poll_session_end(cx),
         }
         if buf.filled().len() > before || buf.remaining() == 0 {
@@ -148,7 +148,7 @@ impl AsyncWrite for Stream {
         };
         match Pin::new(inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.explain_error(cx, e))),
+            Poll::Ready(Err(e)) => this.explain_error(cx, e).map(Err),
             Poll::Pending => this.poll_session_end(cx),
         }
     }
@@ -160,7 +160,7 @@ impl AsyncWrite for Stream {
         };
         match ready!(Pin::new(inner).poll_flush(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(this.explain_error(cx, e))),
+            Err(e) => this.explain_error(cx, e).map(Err),
         }
     }
 
@@ -174,26 +174,32 @@ impl AsyncWrite for Stream {
                 this.finished = true;
                 Poll::Ready(Ok(()))
             }
-            Err(e) => Poll::Ready(Err(this.explain_error(cx, e))),
+            Err(e) => this.explain_error(cx, e).map(Err),
         }
     }
 }
 
 impl Stream {
-    /// The yamux crate fails writes with a bare "connection closed"; say whether the peer
-    /// reset the stream or the session ended, and why.
-    fn explain_error(&mut self, cx: &mut Context<'_>, err: io::Error) -> io::Error {
-        let end = self.shared.wire.peer_end(self.id);
-        if end.rst {
-            return Error::StreamReset.into();
+    /// The yamux crate fails reads and writes with a bare "connection is closed"; say
+    /// whether the peer reset the stream or the session ended, and why.
+    ///
+    /// When neither we finished our side nor the peer reset the stream, that error means
+    /// the connection is going down, and the driver records why right after: wait for it
+    /// (`Pending`, woken when the reason is set) rather than pass on an unexplained error.
+    fn explain_error(&mut self, cx: &mut Context<'_>, err: io::Error) -> Poll<io::Error> {
+        if self.shared.wire.peer_end(self.id).rst {
+            return Poll::Ready(Error::StreamReset.into());
         }
-        match self.shared.close_reason() {
-            Some(reason) => reason.to_error().into(),
-            None => {
-                // Register interest so the caller is woken if it retries; report as is.
-                let _ = self.poll_failure(cx);
-                err
-            }
+        if let Some(reason) = self.shared.close_reason() {
+            return Poll::Ready(reason.to_error().into());
+        }
+        if self.finished {
+            // Writing after our own shutdown: the caller's mistake, reported as it is.
+            return Poll::Ready(err);
+        }
+        match self.poll_session_end::<()>(cx) {
+            Poll::Ready(Err(explained)) => Poll::Ready(explained),
+            _ => Poll::Pending,
         }
     }
 }
