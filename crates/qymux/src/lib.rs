@@ -72,7 +72,9 @@
 //! | `auto` | yes | [`Qymux`], [`Config`]; enables `tcp` and `quic` |
 //! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
 //! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
+//! | `grpc` | no | `grpc`: tonic channel over a session, tonic server on a session |
 //! | `http` | no | `http`: hyper client over a session, reverse proxy on a session |
+//! | `forward` | no | `forward`: TCP port forwarding both ways, a reconnecting tunnel |
 //!
 //! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
 //! dependency (plus `qymux-tls` for the configs) gives a working session.
@@ -109,6 +111,14 @@ pub use qymux_transport as transport;
 #[cfg(feature = "auto")]
 #[doc(inline)]
 pub use qymux_dialer as dialer;
+/// Port forwarding: TCP connections through sessions, both ways, and a reconnecting tunnel.
+#[cfg(feature = "forward")]
+#[doc(inline)]
+pub use qymux_forward as forward;
+/// gRPC over sessions: a tonic channel whose connections are streams, serving on a session.
+#[cfg(feature = "grpc")]
+#[doc(inline)]
+pub use qymux_grpc as grpc;
 /// HTTP over sessions: a hyper client whose connections are streams, a reverse proxy.
 #[cfg(feature = "http")]
 #[doc(inline)]
