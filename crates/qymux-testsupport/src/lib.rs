@@ -1,4 +1,6 @@
-//! Test support for Qymux: independent peers from outside the project, for interop tests.
+//! Test support for Qymux: independent peers from outside the project, for interop tests,
+//! and a fault-injecting loopback proxy ([`fault`]: pass, delay, drop, blackhole, cut) for
+//! tests of dead peers, reconnects and shutdown.
 //!
 //! Qymux must speak the wire format of the Go Qymux: TLS over TCP with ALPN `qymux`, then
 //! hashicorp yamux. The honest way to test that is against Go itself. This crate builds
@@ -58,11 +60,13 @@
 #![deny(missing_docs)]
 
 mod aioquic;
+pub mod fault;
 mod gobuild;
 mod process;
 mod tempdir;
 
 pub use aioquic::{AioquicPeer, PYTHON_VAR, aioquic_peer};
+pub use fault::{Fault, FaultProxy};
 pub use gobuild::go_peer;
 pub use process::{GoClientOutput, GoCounts, GoPeer};
 pub use tempdir::TempDir;
