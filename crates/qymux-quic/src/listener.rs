@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
 use qymux_tls::Side;
-use qymux_transport::{Error, HandshakeError, Options, Result, TimeoutKind};
+use qymux_transport::{Error, HandshakeError, Limit, Options, Result, TimeoutKind};
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 use crate::config::server_config;
 use crate::dial::negotiated_protocol;
 use crate::error::handshake_failure;
-use crate::session::Session;
+use crate::session::{Session, Shared};
 use crate::socket;
 
 /// How many finished handshakes may wait for [`Listener::accept`] before handshakes
@@ -29,11 +30,58 @@ const READY_QUEUE: usize = 64;
 /// with `CONNECTION_REFUSED`), so a slow or hostile client never holds up the others.
 /// Clients may change address during a session (connection migration). Dropping the
 /// listener closes it; sessions already accepted keep running on its socket.
+/// [`Listener::shutdown`] also drains and closes them.
+///
+/// At most [`Options::max_sessions`] sessions are live at once: a session beyond it is
+/// closed right after its handshake with the reason
+/// `limit reached: at most N sessions per listener`, and never handed out.
 pub struct Listener {
     endpoint: Endpoint,
     local_addr: SocketAddr,
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
+    registry: Arc<Registry>,
+}
+
+/// How often a draining session is checked for open streams.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The sessions a listener accepted, held weakly: a session the application dropped
+/// still closes as usual.
+#[derive(Default)]
+struct Registry {
+    sessions: std::sync::Mutex<Vec<Weak<Shared>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Shared>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sessions still alive, forgetting the others.
+    fn live(&self) -> Vec<Session> {
+        let mut sessions = self.lock();
+        let mut live = Vec::with_capacity(sessions.len());
+        sessions.retain(|weak| match Session::upgrade(weak) {
+            Some(s) if s.close_reason().is_none() => {
+                live.push(s);
+                true
+            }
+            _ => false,
+        });
+        live
+    }
+
+    /// Counts `session` in unless `max` sessions are already alive.
+    fn admit(&self, session: &Session, max: Option<usize>) -> bool {
+        let mut sessions = self.lock();
+        sessions.retain(|weak| Session::upgrade(weak).is_some_and(|s| s.close_reason().is_none()));
+        if max.is_some_and(|max| sessions.len() >= max) {
+            return false;
+        }
+        sessions.push(session.downgrade());
+        true
+    }
 }
 
 impl fmt::Debug for Listener {
@@ -84,12 +132,14 @@ impl Listener {
         )?;
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
-        let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx));
+        let registry = Arc::new(Registry::default());
+        let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
         Ok(Listener {
             endpoint,
             local_addr,
             ready: Mutex::new(rx),
             task,
+            registry,
         })
     }
 
@@ -118,6 +168,41 @@ impl Listener {
         self.endpoint.set_server_config(None);
         self.task.abort();
     }
+
+    /// How many sessions this listener accepted are alive (handed out, or waiting for
+    /// [`accept`](Listener::accept)); what [`Options::max_sessions`] is checked against.
+    pub fn session_count(&self) -> usize {
+        self.registry.live().len()
+    }
+
+    /// Shuts down gracefully: stops accepting at once (like [`close`](Listener::close)),
+    /// then closes every session this listener accepted (`CONNECTION_CLOSE`, as
+    /// [`Session::close`]) as soon as it has no open stream, or when `grace` has passed,
+    /// whichever comes first. Returns when every session is closed. Sessions that
+    /// finished their handshake but were never accepted are closed too.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.close();
+        let until = tokio::time::Instant::now() + grace;
+        let sessions = self.registry.live();
+        debug!(sessions = sessions.len(), ?grace, "listener shutting down");
+        let mut closing = tokio::task::JoinSet::new();
+        for session in sessions {
+            closing.spawn(drain_and_close(session, until));
+        }
+        while closing.join_next().await.is_some() {}
+    }
+}
+
+/// Waits until `session` has no open stream (or `until`), then closes it.
+async fn drain_and_close(session: Session, until: tokio::time::Instant) {
+    while session.open_streams() > 0 && tokio::time::Instant::now() < until {
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+            () = tokio::time::sleep_until(until) => {}
+            _ = session.closed() => return,
+        }
+    }
+    session.close().await;
 }
 
 impl Drop for Listener {
@@ -140,7 +225,12 @@ impl qymux_transport::Listener for Listener {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, options: Options, ready: mpsc::Sender<Session>) {
+async fn accept_loop(
+    endpoint: Endpoint,
+    options: Options,
+    ready: mpsc::Sender<Session>,
+    registry: Arc<Registry>,
+) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
@@ -164,8 +254,18 @@ async fn accept_loop(endpoint: Endpoint, options: Options, ready: mpsc::Sender<S
         let endpoint = endpoint.clone();
         let options = options.clone();
         let ready = ready.clone();
+        let registry = registry.clone();
         handshakes.spawn(async move {
             match handshake(incoming, endpoint, &options).await {
+                Ok(session) if !registry.admit(&session, options.max_sessions) => {
+                    let refused = Error::LimitReached(Limit::Sessions(
+                        options.max_sessions.unwrap_or_default(),
+                    ));
+                    debug!(%peer, "refusing session: {refused}");
+                    session
+                        .connection()
+                        .close(VarInt::from_u32(0), refused.to_string().as_bytes());
+                }
                 Ok(session) => {
                     // Holds the slot until the application takes the session.
                     let _ = ready.send(session).await;

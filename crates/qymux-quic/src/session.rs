@@ -169,6 +169,17 @@ impl Session {
         }
     }
 
+    /// A reference that does not keep the session alive (for the listener's registry).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// The session behind a [`downgrade`](Session::downgrade)d reference, while the
+    /// application still holds it (or one of its streams).
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Shared>) -> Option<Session> {
+        weak.upgrade().map(|shared| Session { shared })
+    }
+
     /// Opens a stream; see [`qymux_transport::Session::open`].
     ///
     /// The stream is announced to the peer (an empty QUIC `STREAM` frame) before this

@@ -172,6 +172,17 @@ impl Session {
         }
     }
 
+    /// A reference that does not keep the session alive (for the listener's registry).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Handle> {
+        Arc::downgrade(&self.handle)
+    }
+
+    /// The session behind a [`downgrade`](Session::downgrade)d reference, while the
+    /// application still holds it (or one of its streams).
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Handle>) -> Option<Session> {
+        weak.upgrade().map(|handle| Session { handle })
+    }
+
     pub(crate) fn wire(&self) -> &WireState {
         &self.handle.shared.wire
     }

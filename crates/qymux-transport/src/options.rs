@@ -41,6 +41,15 @@ pub struct Options {
     /// Maximum number of handshakes a listener runs at once; further connections are
     /// refused until one finishes.
     pub max_pending_handshakes: usize,
+    /// Maximum number of live sessions a listener holds at once (handed out or waiting
+    /// for `accept`), `None` for no cap (the default). A session whose handshake
+    /// completes beyond it is refused at once, not queued: over QUIC it is closed with
+    /// the reason `limit reached: at most N sessions per listener`, over TCP it gets a
+    /// yamux GoAway (the wire has no room for a reason); the listener logs
+    /// [`Limit::Sessions`](crate::Limit::Sessions). A session counts until it has ended
+    /// or every handle to it is dropped. In Auto mode the cap covers QUIC and TCP
+    /// together.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for Options {
@@ -53,6 +62,7 @@ impl Default for Options {
             max_streams: 1024,
             close_timeout: Duration::from_secs(5),
             max_pending_handshakes: 1024,
+            max_sessions: None,
         }
     }
 }
@@ -100,6 +110,12 @@ impl Options {
         self
     }
 
+    /// Sets [`Options::max_sessions`] (`None` for no cap).
+    pub fn max_sessions(&mut self, value: impl Into<Option<usize>>) -> &mut Self {
+        self.max_sessions = value.into();
+        self
+    }
+
     /// Checks that the options can work together.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -137,6 +153,11 @@ impl Options {
                 "max_pending_handshakes must be at least 1".into(),
             ));
         }
+        if self.max_sessions == Some(0) {
+            return Err(Error::Config(
+                "max_sessions must be at least 1 (use None for no cap)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -165,5 +186,13 @@ mod tests {
         let mut o = Options::default();
         o.handshake_timeout(Duration::ZERO);
         assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("handshake_timeout")));
+
+        let mut o = Options::default();
+        o.max_sessions(0);
+        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("max_sessions")));
+        o.max_sessions(1);
+        o.validate().unwrap();
+        o.max_sessions(None);
+        o.validate().unwrap();
     }
 }
