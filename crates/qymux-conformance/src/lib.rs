@@ -14,12 +14,17 @@
 //!   [`pinning_accepts_exactly_the_pinned_certificate`],
 //!   [`mtls_refuses_missing_client_certificate`], [`mtls_checks_the_client_certificate`].
 //!
+//! Dead-peer detection needs a proxy between the two sides, so its checks live in
+//! [`dead_peer`] and each backend calls them with its transport (TCP or UDP).
+//!
 //! ```ignore
 //! struct Tcp;
 //! impl qymux_conformance::Backend for Tcp { /* listen, dial */ }
 //! qymux_conformance::conformance_suite!(Tcp);
 //! ```
 #![deny(missing_docs)]
+
+pub mod dead_peer;
 
 use std::future::Future;
 use std::io;
