@@ -11,9 +11,17 @@
 //! - Reads return EOF only when the peer finished the stream; a reset or a lost session
 //!   is an error. Large single writes from Go peers (over the yamux crate's 1 MiB frame
 //!   limit) are split on the way in.
-//! - Every socket gets `TCP_NODELAY`, TCP keep-alive and `TCP_USER_TIMEOUT`; the session
-//!   also fails when the peer stays silent past [`Options::idle_timeout`] (at least 12 s,
-//!   since yamux pings every 10 s).
+//! - Dead peers are detected within [`Options::idle_timeout`], also when the peer vanishes
+//!   silently (a frozen process, a network that drops everything): after
+//!   [`Options::keep_alive_interval`] of silence the session sends a yamux Ping, which any
+//!   live yamux peer answers, and a session that hears nothing from its peer for the idle
+//!   timeout fails with [`TimeoutKind::Idle`](qymux_transport::TimeoutKind::Idle). Every
+//!   read, write, open and accept waiting on it then fails with that error, and
+//!   [`Session::closed`] reports it. Without keep-alive, a session on which neither side
+//!   sends anything fails after the idle timeout (as a QUIC session does).
+//! - Every socket gets `TCP_NODELAY`, TCP keep-alive probes at the keep-alive interval and
+//!   `TCP_USER_TIMEOUT` at the idle timeout, so the kernel also gives up on a peer that
+//!   stops acknowledging; that too is reported as `TimeoutKind::Idle`.
 //!
 //! # Example
 //!

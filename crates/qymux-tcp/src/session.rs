@@ -3,8 +3,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -15,15 +16,12 @@ use qymux_transport::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use tracing::{debug, trace};
 
 use crate::stream::Stream;
 use crate::wire::{WireIo, WireState};
-
-/// How often the yamux crate pings on its own (fixed in the crate); a live peer answers,
-/// so silence well beyond it means the peer is gone.
-const YAMUX_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// State the driver, the handles and the streams share.
 pub(crate) struct Shared {
@@ -155,10 +153,7 @@ impl Session {
             inbound: inbound_tx,
             shared: shared.clone(),
             pending_opens: VecDeque::new(),
-            idle_timeout: start
-                .options
-                .idle_timeout
-                .max(YAMUX_PING_INTERVAL + Duration::from_secs(2)),
+            liveness: Liveness::new(&start.options),
             close_timeout: start.options.close_timeout,
         };
         tokio::spawn(driver.run());
@@ -334,9 +329,72 @@ struct Driver<T> {
     inbound: mpsc::Sender<Stream>,
     shared: Arc<Shared>,
     pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream>>>,
-    idle_timeout: Duration,
+    liveness: Liveness,
     close_timeout: Duration,
 }
+
+/// Dead-peer detection: when to ping the peer, and when its silence means it is gone.
+///
+/// Any frame from the peer counts as a sign of life. After
+/// [`Options::keep_alive_interval`] of silence the driver sends a yamux Ping (one per
+/// interval while the silence lasts), which a live peer answers at once; after
+/// [`Options::idle_timeout`] of silence the session fails with [`TimeoutKind::Idle`].
+/// [`Options::validate`] ensures the interval is shorter than the timeout. Without
+/// keep-alive, a session on which neither side sends anything fails after the idle
+/// timeout, as a QUIC session does.
+#[derive(Debug)]
+struct Liveness {
+    keep_alive: Option<Duration>,
+    idle_timeout: Duration,
+    last_ping: Option<Instant>,
+}
+
+/// What to do after a [`Liveness`] check.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The peer has been silent for the idle timeout.
+    Dead,
+    /// Send a keep-alive ping now, and check again at the given time.
+    Ping(Instant),
+    /// Check again at the given time.
+    Wait(Instant),
+}
+
+impl Liveness {
+    fn new(options: &Options) -> Self {
+        Self {
+            keep_alive: options.keep_alive_interval,
+            idle_timeout: options.idle_timeout,
+            last_ping: None,
+        }
+    }
+
+    /// The verdict at `now`, when the peer's last frame arrived `silent` ago.
+    fn check(&mut self, now: Instant, silent: Duration) -> Verdict {
+        if silent >= self.idle_timeout {
+            return Verdict::Dead;
+        }
+        let heard = now.checked_sub(silent).unwrap_or(now);
+        let dead_at = heard + self.idle_timeout;
+        let Some(interval) = self.keep_alive else {
+            return Verdict::Wait(dead_at.max(now + TICK));
+        };
+        // Ping when the peer has been silent for an interval, and our last ping (if it
+        // came after the peer's last frame) is an interval old.
+        let quiet_since = self.last_ping.map_or(heard, |ping| ping.max(heard));
+        let ping_at = quiet_since + interval;
+        if now >= ping_at {
+            self.last_ping = Some(now);
+            Verdict::Ping(dead_at.min(now + interval).max(now + TICK))
+        } else {
+            Verdict::Wait(dead_at.min(ping_at).max(now + TICK))
+        }
+    }
+}
+
+/// The resolution of the peer's silence (it is measured in milliseconds): no check is
+/// scheduled closer than this, so that a check a hair too early does not spin.
+const TICK: Duration = Duration::from_millis(1);
 
 /// Why the driver's main loop stopped.
 enum Stop {
@@ -351,18 +409,39 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async fn run(mut self) {
-        let mut idle_check = tokio::time::interval(Duration::from_secs(1));
-        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let first = Instant::now()
+            + self
+                .liveness
+                .keep_alive
+                .unwrap_or(self.liveness.idle_timeout);
+        let mut check = pin!(tokio::time::sleep_until(first));
         let stop = poll_fn(|cx| {
-            if idle_check.poll_tick(cx).is_ready()
-                && self.shared.wire.silent_for() > self.idle_timeout
-            {
-                return Poll::Ready(Stop::Ended(CloseReason::Failed(Error::Timeout {
-                    what: TimeoutKind::Idle,
-                    after: self.idle_timeout,
-                })));
+            // Read everything the peer sent before judging its silence: a driver that was
+            // not scheduled for a while must not take its own delay for the peer's.
+            if let Poll::Ready(stop) = self.poll_step(cx) {
+                return Poll::Ready(stop);
             }
-            self.poll_step(cx)
+            while check.as_mut().poll(cx).is_ready() {
+                let silent = self.shared.wire.silent_for();
+                match self.liveness.check(Instant::now(), silent) {
+                    Verdict::Dead => {
+                        debug!(?silent, "no frame from the peer within the idle timeout");
+                        return Poll::Ready(Stop::Ended(CloseReason::Failed(Error::Timeout {
+                            what: TimeoutKind::Idle,
+                            after: self.liveness.idle_timeout,
+                        })));
+                    }
+                    Verdict::Ping(next) => {
+                        trace!(?silent, "sending a keep-alive ping");
+                        self.shared.wire.request_ping();
+                        // The writer sends it when the connection is polled next.
+                        cx.waker().wake_by_ref();
+                        check.as_mut().reset(next);
+                    }
+                    Verdict::Wait(next) => check.as_mut().reset(next),
+                }
+            }
+            Poll::Pending
         })
         .await;
         match stop {
@@ -465,6 +544,16 @@ where
         use yamux::ConnectionError as E;
         match err {
             E::Closed => CloseReason::Peer(None),
+            // The kernel gave up on a peer that stopped acknowledging (TCP_USER_TIMEOUT or
+            // keep-alive probes, both set from the idle timeout): a dead peer.
+            E::Io(io) | E::Decode(yamux::FrameDecodeError::Io(io))
+                if io.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                CloseReason::Failed(Error::Timeout {
+                    what: TimeoutKind::Idle,
+                    after: self.liveness.idle_timeout,
+                })
+            }
             E::Io(io) | E::Decode(yamux::FrameDecodeError::Io(io)) => {
                 CloseReason::Failed(Error::io(io))
             }
@@ -486,5 +575,62 @@ fn ack(stream: &mut yamux::Stream, cx: &mut Context<'_>) -> Poll<()> {
     match std::pin::Pin::new(stream).poll_write(cx, &[]) {
         Poll::Ready(_) => Poll::Ready(()),
         Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(keep_alive: Option<u64>, idle: u64) -> Liveness {
+        let mut options = Options::default();
+        options
+            .idle_timeout(Duration::from_millis(idle))
+            .keep_alive_interval(keep_alive.map(Duration::from_millis));
+        Liveness::new(&options)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn pings_once_per_interval_of_silence_then_declares_the_peer_dead() {
+        let mut l = liveness(Some(500), 2000);
+        let t0 = Instant::now();
+        // Heard 100 ms ago: wait for the interval to pass.
+        assert_eq!(l.check(t0, 100 * MS), Verdict::Wait(t0 + 400 * MS));
+        // Silent for an interval: ping, and look again an interval later.
+        assert_eq!(l.check(t0, 500 * MS), Verdict::Ping(t0 + 500 * MS));
+        // Still silent just after: no second ping yet.
+        let t1 = t0 + 100 * MS;
+        assert_eq!(l.check(t1, 600 * MS), Verdict::Wait(t0 + 500 * MS));
+        let t2 = t0 + 500 * MS;
+        assert_eq!(l.check(t2, 1000 * MS), Verdict::Ping(t2 + 500 * MS));
+        // The next check after the last ping is capped by the dead-peer deadline.
+        let t3 = t0 + 1400 * MS;
+        assert_eq!(l.check(t3, 1900 * MS), Verdict::Ping(t3 + 100 * MS));
+        assert_eq!(l.check(t3 + 100 * MS, 2000 * MS), Verdict::Dead);
+    }
+
+    #[test]
+    fn an_answer_resets_the_schedule() {
+        let mut l = liveness(Some(500), 2000);
+        let t0 = Instant::now();
+        assert!(matches!(l.check(t0, 500 * MS), Verdict::Ping(_)));
+        // The answer came 10 ms after the ping: next ping an interval after it.
+        let t1 = t0 + 500 * MS;
+        assert_eq!(l.check(t1, 490 * MS), Verdict::Wait(t1 + 10 * MS));
+    }
+
+    #[test]
+    fn without_keep_alive_only_the_idle_timeout_counts() {
+        let mut l = liveness(None, 1000);
+        let t0 = Instant::now();
+        assert_eq!(l.check(t0, 300 * MS), Verdict::Wait(t0 + 700 * MS));
+        assert_eq!(l.check(t0, 1000 * MS), Verdict::Dead);
+        // A check a hair early does not spin.
+        assert_eq!(
+            l.check(t0, 1000 * MS - Duration::from_micros(10)),
+            Verdict::Wait(t0 + MS)
+        );
     }
 }

@@ -14,6 +14,13 @@
 //! peer has already finished, the yamux crate closes it with FIN (it picks the frame when a
 //! stream is dropped), which the peer would read as a clean end of a truncated reply. The
 //! writer turns that FIN into RST. Everything else passes through unchanged.
+//!
+//! It also ends the connection when the peer breaks the protocol. The yamux crate answers
+//! a violation (a stream id of the wrong parity, a window update that overflows, a first
+//! frame larger than the window, ...) with GoAway and an error code, but then keeps reading
+//! and even accepts new streams from that peer. Once such a GoAway went out, reads fail
+//! with [`Error::Protocol`], which ends the session with that reason and drops the
+//! connection, as hashicorp yamux does.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -23,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use qymux_transport::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -188,6 +196,9 @@ pub(crate) struct WireIo<T> {
     read: ReadState,
     split: Option<Split>,
     write: WriteState,
+    /// The error code of a GoAway the yamux crate sent because the peer broke the
+    /// protocol: reads fail from then on.
+    violation: Option<u32>,
 }
 
 /// Where the writer is in the stream of frames the yamux crate writes.
@@ -221,7 +232,15 @@ impl<T> WireIo<T> {
                 written: 0,
                 body_left: 0,
             },
+            violation: None,
         }
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl<T> WireIo<T> {
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
     }
 }
 
@@ -298,6 +317,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(code) = this.violation {
+            // The yamux crate flushed the GoAway before it reads again (a peer that does
+            // not read may not get it, and is disconnected all the same).
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                Error::Protocol(format!(
+                    "the peer broke the yamux protocol (answered with GoAway code {code})"
+                )),
+            )));
+        }
         let start = out.filled().len();
         loop {
             if out.remaining() == 0 {
@@ -426,6 +455,10 @@ impl<T> WireIo<T> {
                 let h = w.header.unwrap_or(w.partial);
                 let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
                 w.body_left = if h[1] == TYPE_DATA { length } else { 0 };
+                if h[1] == TYPE_GO_AWAY && length != 0 {
+                    // Code 0 is a normal close; 1 and 2 answer a violation.
+                    self.violation = Some(length);
+                }
             }
         } else {
             w.body_left -= n as u32;

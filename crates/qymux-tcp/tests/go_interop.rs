@@ -1,6 +1,7 @@
 //! Interop with an independent peer: Go `crypto/tls` + `hashicorp/yamux`
-//! (`interop/go-peer`), in both roles, streams opened from both ends, and single 16 MB
-//! writes from the Go side (larger than the yamux crate's 1 MiB frame limit).
+//! (`interop/go-peer`), in both roles, streams opened from both ends, single 16 MB
+//! writes from the Go side (larger than the yamux crate's 1 MiB frame limit), and our
+//! keep-alive pings.
 //!
 //! Skips when Go or the yamux package is missing; fails instead with
 //! `QYMUX_REQUIRE_PEERS=1`.
@@ -200,6 +201,51 @@ async fn qymux_dials_go() {
         !server.stderr().contains("STREAM-ERROR"),
         "{}",
         server.stderr()
+    );
+    server.stop().await.unwrap();
+}
+
+/// Our keep-alive pings are answered by hashicorp yamux, and its answers never reach the
+/// yamux crate (which would take them for a protocol violation): a session to a Go peer
+/// with a 2 s idle timeout stays up through several idle timeouts without traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_answers_our_keep_alives() {
+    let Some(bin) = go_peer() else { return };
+    let pki = Pki::new();
+    let f = write_pem(&pki);
+    let (mut server, addr) = GoPeer::server(
+        &bin,
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &f.server_pem,
+            "--key",
+            &f.server_key,
+        ],
+    )
+    .await
+    .unwrap();
+    let mut short = options();
+    short
+        .idle_timeout(Duration::from_secs(2))
+        .keep_alive_interval(Some(Duration::from_millis(500)));
+    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &short)
+        .await
+        .unwrap();
+    tokio::select! {
+        reason = session.closed() => panic!("the idle session to Go ended: {reason:?}"),
+        () = tokio::time::sleep(Duration::from_secs(6)) => {}
+    }
+    verify_echo(&session, 7, 64 * 1024).await;
+    session.close().await;
+    let end = server
+        .line_starting_with("SESSION-END", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        end, "SESSION-END EOF",
+        "a clean close, not a protocol error"
     );
     server.stop().await.unwrap();
 }

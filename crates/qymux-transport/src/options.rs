@@ -27,10 +27,16 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Bound on the TLS / QUIC handshake, counted from the connection being made.
     pub handshake_timeout: Duration,
-    /// How often to send keep-alive probes while the session is idle; `None` disables them.
+    /// How often to send keep-alive probes while the peer is silent; `None` disables them.
+    /// A live peer answers each probe, so it must be shorter than
+    /// [`idle_timeout`](Options::idle_timeout) by at least a round trip; a third of it or
+    /// less leaves room for a lost probe.
     pub keep_alive_interval: Option<Duration>,
     /// Dead-peer timeout: a session that hears nothing from its peer for this long is
-    /// closed with [`TimeoutKind::Idle`](crate::TimeoutKind::Idle).
+    /// closed with [`TimeoutKind::Idle`](crate::TimeoutKind::Idle), in both modes and also
+    /// when the peer vanishes silently; every operation waiting on it fails with that
+    /// error. Without keep-alive, a session on which neither side sends anything ends
+    /// after this too.
     pub idle_timeout: Duration,
     /// Maximum number of concurrently open streams on one session, counting both
     /// directions. Opening beyond it fails with [`Limit::Streams`](crate::Limit::Streams);
