@@ -8,12 +8,18 @@
 //! - it records, per stream, whether the peer finished (FIN) or reset (RST) it, because the
 //!   crate reports both, and a dead connection, as the same EOF;
 //! - it notes when the peer last sent anything, for dead-peer detection, and when its
-//!   first frame arrived, which proves the server accepted our TLS handshake.
+//!   first frame arrived, which proves the server accepted our TLS handshake;
+//! - it keeps the answers to our own keep-alive pings (below) from the yamux crate, which
+//!   would take an answer to a ping it did not send as a protocol violation.
 //!
-//! On the write side it changes one thing: when the application aborts a stream that the
+//! On the write side it changes two things. When the application aborts a stream that the
 //! peer has already finished, the yamux crate closes it with FIN (it picks the frame when a
 //! stream is dropped), which the peer would read as a clean end of a truncated reply. The
-//! writer turns that FIN into RST. Everything else passes through unchanged.
+//! writer turns that FIN into RST. And when the session driver asks for a keep-alive
+//! (the crate's own pings are fixed at one per 10 s, and only while there is traffic), it
+//! sends a yamux Ping (SYN, stream 0, an opaque value with [`OWN_PING`] set) between two of
+//! the crate's frames; any yamux peer answers it with an ACK carrying the same value.
+//! Everything else passes through unchanged.
 //!
 //! It also ends the connection when the peer breaks the protocol. The yamux crate answers
 //! a violation (a stream id of the wrong parity, a window update that overflows, a first
@@ -25,7 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -41,12 +47,18 @@ pub(crate) const MAX_BODY: u32 = 1024 * 1024;
 
 pub(crate) const TYPE_DATA: u8 = 0;
 pub(crate) const TYPE_WINDOW_UPDATE: u8 = 1;
+pub(crate) const TYPE_PING: u8 = 2;
 pub(crate) const TYPE_GO_AWAY: u8 = 3;
 
 pub(crate) const FLAG_SYN: u16 = 1;
 pub(crate) const FLAG_ACK: u16 = 2;
 pub(crate) const FLAG_FIN: u16 = 4;
 pub(crate) const FLAG_RST: u16 = 8;
+
+/// Set in the opaque value of our own keep-alive pings. The yamux crate numbers its pings
+/// from 0, one per 10 s at most, so it never reaches this bit: an ACK carrying it answers
+/// one of ours.
+pub(crate) const OWN_PING: u32 = 1 << 31;
 
 /// What the peer said about one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +79,10 @@ pub(crate) struct WireState {
     /// Streams the application aborted after the peer's FIN: their closing FIN must go
     /// out as RST.
     aborted: Mutex<HashSet<u32>>,
+    /// The driver asked for a keep-alive ping.
+    ping_wanted: AtomicBool,
+    /// Keep-alive pings sent so far (their opaque values count up from [`OWN_PING`]).
+    pings_sent: AtomicU32,
 }
 
 impl WireState {
@@ -79,7 +95,25 @@ impl WireState {
             go_away: Mutex::new(None),
             streams: Mutex::new(HashMap::new()),
             aborted: Mutex::new(HashSet::new()),
+            ping_wanted: AtomicBool::new(false),
+            pings_sent: AtomicU32::new(0),
         }
+    }
+
+    /// Asks the writer to send a keep-alive ping at the next frame boundary. The driver
+    /// must then poll the connection: the yamux crate flushes on every poll, and the
+    /// writer sends the ping from there.
+    pub(crate) fn request_ping(&self) {
+        self.ping_wanted.store(true, Ordering::Release);
+    }
+
+    /// The opaque value of the next keep-alive ping, if one was asked for.
+    fn take_ping_request(&self) -> Option<u32> {
+        if !self.ping_wanted.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let n = self.pings_sent.fetch_add(1, Ordering::Relaxed);
+        Some(OWN_PING | (n & !OWN_PING))
     }
 
     /// Time since the peer last sent a complete frame header (or since the start).
@@ -196,6 +230,8 @@ pub(crate) struct WireIo<T> {
     read: ReadState,
     split: Option<Split>,
     write: WriteState,
+    /// A keep-alive ping being written, and how many of its bytes went out.
+    ping: Option<([u8; HEADER_LEN], usize)>,
     /// The error code of a GoAway the yamux crate sent because the peer broke the
     /// protocol: reads fail from then on.
     violation: Option<u32>,
@@ -232,6 +268,7 @@ impl<T> WireIo<T> {
                 written: 0,
                 body_left: 0,
             },
+            ping: None,
             violation: None,
         }
     }
@@ -262,6 +299,11 @@ impl<T> WireIo<T> {
         let stream_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
         self.state.on_header(kind, flags, stream_id, length);
+        if kind == TYPE_PING && flags & FLAG_ACK != 0 && length & OWN_PING != 0 {
+            // The answer to one of our keep-alive pings: it showed the peer is alive
+            // (noted just above), and the yamux crate must not see it.
+            return NEW_HEADER;
+        }
         if kind != TYPE_DATA || length <= MAX_BODY {
             // Only DATA frames carry a body; the length of the others is a value.
             let piece = if kind == TYPE_DATA { length } else { 0 };
@@ -470,6 +512,34 @@ impl<T> WireIo<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> WireIo<T> {
+    /// Whether no frame of the yamux crate is partly written.
+    fn between_frames(&self) -> bool {
+        self.write.written == 0 && self.write.header.is_none()
+    }
+
+    /// Writes the keep-alive ping the driver asked for, if any (call between frames only).
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ping.is_none() {
+            let Some(value) = self.state.take_ping_request() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.ping = Some((header(0, TYPE_PING, FLAG_SYN, 0, value), 0));
+        }
+        while let Some((frame, sent)) = self.ping.as_mut() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n;
+            if *sent == HEADER_LEN {
+                self.ping = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -477,6 +547,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.between_frames() {
+            ready!(this.poll_ping(cx))?;
+        }
         if this.write.written == 0 && this.write.header.is_none() && buf.len() >= HEADER_LEN {
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&buf[..HEADER_LEN]);
@@ -506,7 +579,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        // The yamux crate flushes on every poll of the connection, also when it has
+        // nothing to send: this is where a keep-alive goes out on an idle session.
+        if this.between_frames() {
+            ready!(this.poll_ping(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
