@@ -69,6 +69,9 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 mod dial;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 mod session;
 mod socket;
