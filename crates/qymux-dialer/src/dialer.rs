@@ -90,17 +90,50 @@ impl Dialer {
         &self.addr
     }
 
+    /// The mode this dialer dials in.
+    pub fn transport_mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The same dialer (server name, TLS, options, mode, shared memory) for another
+    /// address: one per server of a fleet, for [`Reconnecting`](crate::Reconnecting).
+    pub fn with_addr(&self, addr: impl Into<String>) -> Dialer {
+        Dialer {
+            addr: addr.into(),
+            ..self.clone()
+        }
+    }
+
     /// Dials and returns a session over whichever transport won.
     pub async fn dial(&self) -> Result<BoxSession> {
+        self.dial_concrete().await.map(|s| s.boxed())
+    }
+
+    /// [`dial`](Dialer::dial), keeping the backend's own session type.
+    pub(crate) async fn dial_concrete(&self) -> Result<Concrete> {
         self.options.validate()?;
         match self.mode {
             Mode::Tcp => self.tcp().await,
-            Mode::Quic => self.quic().await.map(BoxSession::new),
+            Mode::Quic => self.quic().await.map(Concrete::Quic),
             _ => self.auto().await,
         }
     }
 
-    async fn tcp(&self) -> Result<BoxSession> {
+    /// Dials QUIC alone and records the outcome in the memory: a success clears the
+    /// target's penalty, a failure extends it.
+    pub(crate) async fn dial_quic_remembered(&self) -> Result<Concrete> {
+        self.options.validate()?;
+        match self.quic().await {
+            Ok(session) => Ok(self.quic_won(session)),
+            Err(e) => {
+                let penalty = self.memory.quic_failed(&self.addr);
+                debug!(target = %self.addr, error = %e, ?penalty, "QUIC still fails here");
+                Err(e)
+            }
+        }
+    }
+
+    async fn tcp(&self) -> Result<Concrete> {
         qymux_tcp::dial(
             &self.addr,
             &self.server_name,
@@ -108,7 +141,7 @@ impl Dialer {
             &self.options,
         )
         .await
-        .map(BoxSession::new)
+        .map(Concrete::Tcp)
     }
 
     async fn quic(&self) -> Result<qymux_quic::Session> {
@@ -121,19 +154,19 @@ impl Dialer {
         .await
     }
 
-    fn quic_won(&self, session: qymux_quic::Session) -> BoxSession {
+    fn quic_won(&self, session: qymux_quic::Session) -> Concrete {
         self.memory
             .quic_worked(&self.addr, session.connection().rtt());
-        BoxSession::new(session)
+        Concrete::Quic(session)
     }
 
-    fn tcp_won(&self, session: BoxSession, quic: &str) -> BoxSession {
+    fn tcp_won(&self, session: Concrete, quic: &str) -> Concrete {
         let penalty = self.memory.quic_failed(&self.addr);
         debug!(target = %self.addr, %quic, ?penalty, "TCP won; QUIC skipped for this target for a while");
         session
     }
 
-    async fn auto(&self) -> Result<BoxSession> {
+    async fn auto(&self) -> Result<Concrete> {
         if self.memory.quic_broken_until(&self.addr).is_some() {
             debug!(target = %self.addr, "QUIC failed here recently; dialing TCP at once");
             return match self.tcp().await {
@@ -207,6 +240,29 @@ impl Dialer {
             if let (Some(q), Some(t)) = (&quic_err, &tcp_err) {
                 return Err(pick(q.clone(), t.clone()));
             }
+        }
+    }
+}
+
+/// A dialed session with its backend's type, which knows how many streams are open.
+#[derive(Debug, Clone)]
+pub(crate) enum Concrete {
+    Tcp(qymux_tcp::Session),
+    Quic(qymux_quic::Session),
+}
+
+impl Concrete {
+    pub(crate) fn boxed(&self) -> BoxSession {
+        match self {
+            Concrete::Tcp(s) => BoxSession::new(s.clone()),
+            Concrete::Quic(s) => BoxSession::new(s.clone()),
+        }
+    }
+
+    pub(crate) fn open_streams(&self) -> usize {
+        match self {
+            Concrete::Tcp(s) => s.open_streams(),
+            Concrete::Quic(s) => s.open_streams(),
         }
     }
 }

@@ -9,7 +9,16 @@
 //! - [`TransportMemory`] remembers per target that QUIC failed where TCP worked, so the
 //!   next dials start with TCP at once; QUIC is tried again after a penalty that doubles
 //!   on each repeated failure.
-//! - [`Listener`] serves UDP and TCP on the same port number, with one `accept` for both.
+//! - [`Listener`] serves UDP and TCP on the same port number, with one `accept` for both,
+//!   caps its live sessions ([`Options::max_sessions`](qymux_transport::Options)) and
+//!   shuts down gracefully ([`Listener::shutdown`]): it stops accepting, then closes each
+//!   session once its streams are finished or a grace period has passed.
+//! - [`Reconnecting`] keeps an agent's session up: it redials with exponential backoff
+//!   and full jitter ([`Backoff`]) when the session is lost, moves to the next of
+//!   several servers, runs a callback on every new session, publishes its
+//!   [`ReconnectState`] on a `tokio::sync::watch` channel, and moves a session that
+//!   fell back to TCP over to QUIC once QUIC gets through again (streams open on TCP
+//!   finish there first).
 //!
 //! Sessions are handed out type-erased ([`BoxSession`](qymux_transport::BoxSession));
 //! `protocol()` says which transport won.
@@ -39,10 +48,14 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod backoff;
 mod dialer;
 mod listener;
 mod memory;
+mod reconnect;
 
+pub use backoff::Backoff;
 pub use dialer::{DEFAULT_ATTEMPT_DELAY, Dialer};
 pub use listener::Listener;
 pub use memory::{INITIAL_QUIC_PENALTY, MAX_QUIC_PENALTY, TransportMemory};
+pub use reconnect::{ReconnectConfig, ReconnectState, Reconnecting};

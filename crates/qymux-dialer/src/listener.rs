@@ -4,8 +4,10 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use qymux_transport::{BoxSession, Error, Mode, Options, Protocol, Result};
+use qymux_transport::{BoxSession, Error, Limit, Mode, Options, Protocol, Result};
+use tracing::debug;
 
 /// How many times a random port is tried when UDP cannot take the port TCP got.
 const PORT_ATTEMPTS: usize = 16;
@@ -15,10 +17,25 @@ const PORT_ATTEMPTS: usize = 16;
 ///
 /// In [`Mode::Auto`] both sockets must bind: if either cannot, [`Listener::bind`] fails
 /// and says which, rather than quietly serving one transport.
+///
+/// # Limits
+///
+/// [`Options::max_sessions`] caps the live sessions of both transports together: a
+/// session beyond it is closed at once and never handed out (over QUIC with the reason
+/// `limit reached: at most N sessions per listener`, over TCP with a yamux GoAway).
+/// [`Options::max_pending_handshakes`] applies to each transport on its own (so up to
+/// twice that many handshakes run in Auto mode).
+///
+/// # Shutting down
+///
+/// [`close`](Listener::close) only stops accepting. [`shutdown`](Listener::shutdown)
+/// also closes every session accepted, each as soon as its streams are finished (or
+/// when the grace period ends), so that agents see a clean close and reconnect.
 pub struct Listener {
     tcp: Option<qymux_tcp::Listener>,
     quic: Option<qymux_quic::Listener>,
     local_addr: SocketAddr,
+    max_sessions: Option<usize>,
 }
 
 impl fmt::Debug for Listener {
@@ -79,6 +96,7 @@ impl Listener {
                 (Some(t), Some(u))
             }
         };
+        let max_sessions = options.max_sessions;
         let tcp = match tcp {
             Some(socket) => Some(qymux_tcp::Listener::from_tcp(
                 tokio::net::TcpListener::from_std(socket)?,
@@ -100,20 +118,53 @@ impl Listener {
             tcp,
             quic,
             local_addr,
+            max_sessions,
         })
     }
 
     /// Waits for the next session, QUIC or TCP (see its `protocol()`).
     pub async fn accept(&self) -> Result<BoxSession> {
-        match (&self.tcp, &self.quic) {
-            (Some(tcp), Some(quic)) => tokio::select! {
-                session = tcp.accept() => session.map(BoxSession::new),
-                session = quic.accept() => session.map(BoxSession::new),
-            },
-            (Some(tcp), None) => tcp.accept().await.map(BoxSession::new),
-            (None, Some(quic)) => quic.accept().await.map(BoxSession::new),
-            (None, None) => Err(Error::Closed),
+        loop {
+            let session = match (&self.tcp, &self.quic) {
+                (Some(tcp), Some(quic)) => tokio::select! {
+                    session = tcp.accept() => Accepted::Tcp(session?),
+                    session = quic.accept() => Accepted::Quic(session?),
+                },
+                (Some(tcp), None) => Accepted::Tcp(tcp.accept().await?),
+                (None, Some(quic)) => Accepted::Quic(quic.accept().await?),
+                (None, None) => return Err(Error::Closed),
+            };
+            // Each transport caps its own sessions; the cap covers both together.
+            match self.max_sessions {
+                Some(max) if self.session_count() > max => session.refuse(max),
+                _ => return Ok(session.boxed()),
+            }
         }
+    }
+
+    /// How many sessions this listener accepted are alive, over both transports (handed
+    /// out, or waiting for [`accept`](Listener::accept)).
+    pub fn session_count(&self) -> usize {
+        self.tcp.as_ref().map_or(0, |t| t.session_count())
+            + self.quic.as_ref().map_or(0, |q| q.session_count())
+    }
+
+    /// Shuts down gracefully on both transports: stops accepting at once, then closes
+    /// every session accepted (yamux GoAway + TLS close_notify, or QUIC
+    /// `CONNECTION_CLOSE`) as soon as it has no open stream, or when `grace` has passed.
+    /// Returns when every session is closed.
+    pub async fn shutdown(&self, grace: Duration) {
+        let tcp = async {
+            if let Some(t) = &self.tcp {
+                t.shutdown(grace).await;
+            }
+        };
+        let quic = async {
+            if let Some(q) = &self.quic {
+                q.shutdown(grace).await;
+            }
+        };
+        tokio::join!(tcp, quic);
     }
 
     /// The bound address (the same port for UDP and TCP).
@@ -142,6 +193,40 @@ impl Listener {
             q.close();
         }
     }
+}
+
+/// A session one of the transports handed out.
+enum Accepted {
+    Tcp(qymux_tcp::Session),
+    Quic(qymux_quic::Session),
+}
+
+impl Accepted {
+    fn boxed(self) -> BoxSession {
+        match self {
+            Accepted::Tcp(s) => BoxSession::new(s),
+            Accepted::Quic(s) => BoxSession::new(s),
+        }
+    }
+
+    /// Closes a session over the listener's cap, saying why where the wire can.
+    fn refuse(self, max: usize) {
+        let refused = Error::LimitReached(Limit::Sessions(max));
+        debug!("refusing session: {refused}");
+        match self {
+            Accepted::Quic(s) => s
+                .connection()
+                .close(quinn_code_zero(), refused.to_string().as_bytes()),
+            Accepted::Tcp(s) => {
+                tokio::spawn(async move { s.close().await });
+            }
+        }
+    }
+}
+
+/// Application error code 0, the code of a plain close.
+fn quinn_code_zero() -> qymux_quic::quinn::VarInt {
+    qymux_quic::quinn::VarInt::from_u32(0)
 }
 
 /// Binds TCP and UDP on the same port; with port 0, retries until one is free for both.

@@ -1,0 +1,456 @@
+//! A session that stays up: redial with backoff, several servers, back to QUIC.
+
+use std::future::Future;
+use std::time::Duration;
+
+use qymux_transport::{BoxSession, CloseReason, Error, Mode, Protocol, Result, Session};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::dialer::{Concrete, Dialer};
+
+/// How often a session that is being retired is checked for open streams.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// How a [`Reconnecting`] session behaves.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct ReconnectConfig {
+    /// The waits between dials (default [`Backoff::default`]: 100 ms doubling to 30 s,
+    /// full jitter, reset after a session lived 10 s).
+    pub backoff: Backoff,
+    /// In [`Mode::Auto`], while the session runs over TCP because QUIC failed, dial QUIC
+    /// again in the background when the dialer's memory lets it
+    /// ([`TransportMemory`](crate::TransportMemory)), and move to it when it connects
+    /// (default `true`).
+    pub upgrade_to_quic: bool,
+    /// How long the streams of a session being replaced (after a move to QUIC) get to
+    /// finish before it is closed anyway (default 30 s).
+    pub drain_timeout: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            upgrade_to_quic: true,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReconnectConfig {
+    /// Sets [`ReconnectConfig::backoff`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`ReconnectConfig::upgrade_to_quic`].
+    pub fn upgrade_to_quic(mut self, value: bool) -> Self {
+        self.upgrade_to_quic = value;
+        self
+    }
+
+    /// Sets [`ReconnectConfig::drain_timeout`].
+    pub fn drain_timeout(mut self, value: Duration) -> Self {
+        self.drain_timeout = value;
+        self
+    }
+}
+
+/// Where a [`Reconnecting`] session is, as published on its
+/// [`state`](Reconnecting::state) channel.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum ReconnectState {
+    /// Dialing `server`. `attempt` counts the dials since the last session was up
+    /// (1 for the first); `last_error` is why the previous one failed or ended.
+    Connecting {
+        /// The address being dialed.
+        server: String,
+        /// The dial's number since the last session (1 for the first).
+        attempt: u32,
+        /// Why the previous dial failed or the previous session ended.
+        last_error: Option<Error>,
+    },
+    /// A session is up; [`Reconnecting::session`] returns it.
+    Connected {
+        /// The address of the server.
+        server: String,
+        /// The transport the session runs on.
+        protocol: Protocol,
+        /// How many sessions were handed out so far, this one included (1 for the
+        /// first; a move from TCP to QUIC counts as a new session).
+        generation: u64,
+    },
+    /// Waiting `retry_in` before dialing again after `last_error`.
+    Reconnecting {
+        /// The number of the retry (0 for the first retry after a loss); the wait is
+        /// drawn from [`Backoff::ceiling`] of it.
+        retry: u32,
+        /// The wait drawn for this retry.
+        retry_in: Duration,
+        /// Why the dial failed or the session ended.
+        last_error: Error,
+    },
+    /// Stopped: by [`Reconnecting::shutdown`], or by a configuration error that no retry
+    /// can fix (`last_error`).
+    Stopped {
+        /// The configuration error that stopped it, if one did.
+        last_error: Option<Error>,
+    },
+}
+
+impl ReconnectState {
+    /// The transport of the session that is up, if one is.
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self {
+            ReconnectState::Connected { protocol, .. } => Some(*protocol),
+            _ => None,
+        }
+    }
+
+    /// Whether a session is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, ReconnectState::Connected { .. })
+    }
+}
+
+/// A session that keeps itself up, for agents: when it is lost it is dialed again, with
+/// exponential backoff and full jitter, to the next of the configured servers.
+///
+/// - **Callback.** `on_session` runs for every new session (the first, after each
+///   reconnect, after a move to QUIC), as its own task: serve gRPC on it again, register
+///   again. It should return when the session ends (its `accept` then fails).
+/// - **State.** [`state`](Reconnecting::state) is a [`watch`] channel of
+///   [`ReconnectState`]: connected (over which transport, to which server), connecting,
+///   waiting to reconnect (retry number, wait, last error), stopped.
+/// - **Several servers.** Given several [`Dialer`]s (one per server, for instance with
+///   [`Dialer::with_addr`]), the first is dialed first; after a failed dial or a lost
+///   session the next one in the list is dialed, round robin. A server that shuts down
+///   gracefully ([`Listener::shutdown`](crate::Listener::shutdown)) sends its agents to
+///   the others this way.
+/// - **Back to QUIC.** In [`Mode::Auto`], a session over TCP because QUIC failed dials
+///   QUIC again in the background once the dialer's
+///   [`TransportMemory`](crate::TransportMemory) penalty for that server has expired
+///   (a failure doubles the penalty). When QUIC connects, the new session is handed out
+///   (state, callback), and the TCP session is closed gracefully once its open streams
+///   have finished (at most [`ReconnectConfig::drain_timeout`] later).
+/// - **Backoff.** A failed dial, or a session that ended before
+///   [`Backoff::reset_after`], makes the next wait longer; only an invalid configuration
+///   ([`Error::Config`]) stops the loop.
+///
+/// Dropping it (or [`shutdown`](Reconnecting::shutdown)) stops redialing and closes the
+/// current session.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// use qymux_dialer::{Dialer, ReconnectConfig, ReconnectState, Reconnecting};
+/// use qymux_transport::Session;
+///
+/// # async fn run(tls: Arc<rustls::ClientConfig>) -> qymux_transport::Result<()> {
+/// let primary = Dialer::new("tunnel-a.example.com:4433", "tunnel.example.com", tls);
+/// let backup = primary.with_addr("tunnel-b.example.com:4433");
+/// let agent = Reconnecting::start(vec![primary, backup], ReconnectConfig::default(), |session| async move {
+///     // Serve whatever the server opens, until the session ends.
+///     while let Ok(stream) = session.accept().await {
+///         drop(stream);
+///     }
+/// })?;
+/// let mut state = agent.state();
+/// while state.changed().await.is_ok() {
+///     if let ReconnectState::Connected { protocol, server, .. } = &*state.borrow() {
+///         println!("connected to {server} over {protocol}");
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Reconnecting {
+    state: watch::Receiver<ReconnectState>,
+    session: watch::Receiver<Option<BoxSession>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reconnecting {
+    /// Starts keeping a session up to `servers` (tried in order, round robin). Fails with
+    /// [`Error::Config`] when `servers` is empty or the backoff cannot work.
+    pub fn start<F, Fut>(
+        servers: Vec<Dialer>,
+        config: ReconnectConfig,
+        on_session: F,
+    ) -> Result<Self>
+    where
+        F: FnMut(BoxSession) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if servers.is_empty() {
+            return Err(Error::Config(
+                "a reconnecting session needs at least one server".into(),
+            ));
+        }
+        config.backoff.validate()?;
+        let first = ReconnectState::Connecting {
+            server: servers[0].addr().to_owned(),
+            attempt: 1,
+            last_error: None,
+        };
+        let (state_tx, state) = watch::channel(first);
+        let (session_tx, session) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let run = Run {
+            servers,
+            config,
+            on_session,
+            state: state_tx,
+            session: session_tx,
+            stop: stop_rx,
+            generation: 0,
+        };
+        let task = tokio::spawn(run.run());
+        Ok(Reconnecting {
+            state,
+            session,
+            stop,
+            task,
+        })
+    }
+
+    /// A receiver of the state: `borrow()` for now, `changed()` / `wait_for` to follow it.
+    pub fn state(&self) -> watch::Receiver<ReconnectState> {
+        self.state.clone()
+    }
+
+    /// The session that is up right now, if one is.
+    pub fn session(&self) -> Option<BoxSession> {
+        self.session.borrow().clone()
+    }
+
+    /// Waits until a session is up and returns it. Fails with the error that stopped
+    /// the loop once it has stopped.
+    pub async fn connected(&self) -> Result<BoxSession> {
+        let mut session = self.session.clone();
+        let mut state = self.state.clone();
+        loop {
+            if let Some(s) = session.borrow_and_update().clone() {
+                return Ok(s);
+            }
+            if let ReconnectState::Stopped { last_error } = &*state.borrow_and_update() {
+                return Err(last_error.clone().unwrap_or(Error::Closed));
+            }
+            tokio::select! {
+                changed = session.changed() => if changed.is_err() { return Err(Error::Closed) },
+                changed = state.changed() => if changed.is_err() { return Err(Error::Closed) },
+            }
+        }
+    }
+
+    /// Stops redialing, closes the current session gracefully and waits until done.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        // The loop sees it, closes its session and ends on its own.
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The loop behind a [`Reconnecting`].
+struct Run<F> {
+    servers: Vec<Dialer>,
+    config: ReconnectConfig,
+    on_session: F,
+    state: watch::Sender<ReconnectState>,
+    session: watch::Sender<Option<BoxSession>>,
+    stop: watch::Receiver<bool>,
+    generation: u64,
+}
+
+/// How holding a session ended.
+enum Held {
+    Ended(CloseReason),
+    Stop,
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the handle is gone: stop as well.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl<F, Fut> Run<F>
+where
+    F: FnMut(BoxSession) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    async fn run(mut self) {
+        let mut index = 0usize;
+        let mut retry = 0u32;
+        let mut attempt = 0u32;
+        let mut last_error: Option<Error> = None;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let dialer = self.servers[index % self.servers.len()].clone();
+            self.state.send_replace(ReconnectState::Connecting {
+                server: dialer.addr().to_owned(),
+                attempt,
+                last_error: last_error.clone(),
+            });
+            debug!(server = dialer.addr(), attempt, "dialing");
+            let dialed = tokio::select! {
+                biased;
+                () = stopped(&mut self.stop) => break,
+                dialed = dialer.dial_concrete() => dialed,
+            };
+            let error = match dialed {
+                Ok(session) => {
+                    attempt = 0;
+                    let since = Instant::now();
+                    match self.hold(&dialer, session).await {
+                        Held::Stop => break,
+                        Held::Ended(reason) => {
+                            let lived = since.elapsed();
+                            if lived >= self.config.backoff.reset_after {
+                                retry = 0;
+                            }
+                            warn!(server = dialer.addr(), %reason, ?lived, "session ended; reconnecting");
+                            reason.to_error()
+                        }
+                    }
+                }
+                Err(e @ Error::Config(_)) => {
+                    warn!(error = %e, "cannot dial: invalid configuration; stopping");
+                    last_error = Some(e);
+                    self.session.send_replace(None);
+                    self.state
+                        .send_replace(ReconnectState::Stopped { last_error });
+                    return;
+                }
+                Err(e) => {
+                    warn!(server = dialer.addr(), attempt, error = %e, "dial failed");
+                    e
+                }
+            };
+            // Lost or unreachable: the next server, after a jittered wait.
+            index = index.wrapping_add(1);
+            let retry_in = self.config.backoff.delay(retry);
+            self.state.send_replace(ReconnectState::Reconnecting {
+                retry,
+                retry_in,
+                last_error: error.clone(),
+            });
+            last_error = Some(error);
+            retry = retry.saturating_add(1);
+            tokio::select! {
+                biased;
+                () = stopped(&mut self.stop) => break,
+                () = tokio::time::sleep(retry_in) => {}
+            }
+        }
+        self.session.send_replace(None);
+        self.state
+            .send_replace(ReconnectState::Stopped { last_error: None });
+    }
+
+    /// Hands `session` out and keeps it (or the QUIC session that replaces it) until it
+    /// ends or the loop is stopped.
+    async fn hold(&mut self, dialer: &Dialer, session: Concrete) -> Held {
+        let mut current = session;
+        self.hand_out(dialer, &current);
+        loop {
+            let boxed = current.boxed();
+            let upgrade = self.config.upgrade_to_quic
+                && dialer.transport_mode() == Mode::Auto
+                && boxed.protocol() == Protocol::Tcp;
+            if !upgrade {
+                return tokio::select! {
+                    biased;
+                    () = stopped(&mut self.stop) => {
+                        self.retire(&boxed).await;
+                        Held::Stop
+                    }
+                    reason = boxed.closed() => {
+                        self.session.send_replace(None);
+                        Held::Ended(reason)
+                    }
+                };
+            }
+            // Over TCP: try QUIC again once the memory allows it.
+            let memory = dialer.transport_memory().clone();
+            let retry_at = memory
+                .quic_broken_until(dialer.addr())
+                .unwrap_or_else(Instant::now);
+            let quic = async {
+                tokio::time::sleep_until(retry_at).await;
+                debug!(server = dialer.addr(), "trying QUIC again");
+                dialer.dial_quic_remembered().await
+            };
+            let result = tokio::select! {
+                biased;
+                () = stopped(&mut self.stop) => {
+                    self.retire(&boxed).await;
+                    return Held::Stop;
+                }
+                reason = boxed.closed() => {
+                    self.session.send_replace(None);
+                    return Held::Ended(reason);
+                }
+                result = quic => result,
+            };
+            match result {
+                Ok(quic) => {
+                    info!(
+                        server = dialer.addr(),
+                        "QUIC gets through again; moving the session to QUIC"
+                    );
+                    self.hand_out(dialer, &quic);
+                    tokio::spawn(drain_and_close(current, self.config.drain_timeout));
+                    current = quic;
+                }
+                Err(e) => debug!(error = %e, "QUIC still fails; staying on TCP"),
+            }
+        }
+    }
+
+    /// Publishes a new session and runs the callback on it.
+    fn hand_out(&mut self, dialer: &Dialer, session: &Concrete) {
+        let boxed = session.boxed();
+        self.generation += 1;
+        info!(server = dialer.addr(), protocol = %boxed.protocol(), generation = self.generation, "connected");
+        self.session.send_replace(Some(boxed.clone()));
+        self.state.send_replace(ReconnectState::Connected {
+            server: dialer.addr().to_owned(),
+            protocol: boxed.protocol(),
+            generation: self.generation,
+        });
+        tokio::spawn((self.on_session)(boxed));
+    }
+
+    /// Stops handing out `session` and closes it.
+    async fn retire(&mut self, session: &BoxSession) {
+        self.session.send_replace(None);
+        session.close().await;
+    }
+}
+
+/// Waits until `session` has no open stream (at most `timeout`), then closes it.
+async fn drain_and_close(session: Concrete, timeout: Duration) {
+    let boxed = session.boxed();
+    let until = Instant::now() + timeout;
+    while session.open_streams() > 0 && Instant::now() < until {
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+            () = tokio::time::sleep_until(until) => {}
+            _ = boxed.closed() => return,
+        }
+    }
+    debug!(protocol = %boxed.protocol(), "closing the replaced session");
+    boxed.close().await;
+}

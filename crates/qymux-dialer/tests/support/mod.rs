@@ -1,0 +1,136 @@
+//! Helpers shared by the reconnect and limit tests: certificates, an echo service, a
+//! UDP blackhole, hang guards.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use qymux_cert::CertificateAuthority;
+use qymux_tls::{ClientTls, ServerTls};
+use qymux_transport::{BoxSession, BoxStream, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A hang guard: generous, only there to turn a hang into a clear failure.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// Awaits `f`, failing with `what` if it hangs.
+pub async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("hung for {GUARD:?}: {what}"),
+    }
+}
+
+pub struct Pki {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub fn pki() -> Pki {
+    let ca = CertificateAuthority::new("Reconnect CA").unwrap();
+    Pki {
+        server: ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+            .build()
+            .unwrap(),
+        client: ClientTls::with_ca(vec![ca.certificate().clone()])
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Echoes every stream the peer opens on `session`, until the session ends.
+pub async fn echo_streams(session: BoxSession) {
+    while let Ok(stream) = session.accept().await {
+        tokio::spawn(echo(stream));
+    }
+}
+
+async fn echo(mut stream: BoxStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Deterministic, non-repeating test bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ seed)
+        .collect()
+}
+
+/// Writes `data` on `stream` and reads exactly as many bytes back.
+pub async fn round_trip<S>(stream: &mut S, data: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let write = async {
+        w.write_all(data).await.unwrap();
+    };
+    let mut back = vec![0u8; data.len()];
+    let read = async {
+        r.read_exact(&mut back).await.unwrap();
+    };
+    tokio::join!(write, read);
+    back
+}
+
+/// A UDP socket bound at `port` that never answers, counting what it receives.
+pub struct Blackhole {
+    received: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Blackhole {
+    pub fn bind(port: u16) -> Blackhole {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = received.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while socket.recv_from(&mut buf).await.is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Blackhole {
+            received,
+            task: Some(task),
+        }
+    }
+
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Stops and frees the port; returns once the socket is closed.
+    pub async fn remove(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
