@@ -109,7 +109,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use qymux_transport::{CloseReason, Error, Listener, PeerIdentity, Protocol, Session, Stream};
-use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
@@ -132,62 +131,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 // ---------------------------------------------------------------------------------------
 // Backoff
 
-/// When the agent redials: exponential backoff with full jitter.
-///
-/// The n-th consecutive retry (n = 0 first) waits a random time between zero and
-/// [`ceiling(n)`](Backoff::ceiling) = `initial × 2ⁿ`, capped at `max`. Random waits keep a
-/// fleet of agents from redialing in lockstep after a server restart. A dial that fails
-/// counts as a retry; so does a session that ended before `reset_after`, while a session
-/// that lived at least `reset_after` starts the count again from zero.
-///
-/// ```
-/// use std::time::Duration;
-/// use qymux_forward::tunnel::Backoff;
-///
-/// let backoff = Backoff::default();
-/// assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
-/// assert_eq!(backoff.ceiling(3), Duration::from_millis(800));
-/// assert_eq!(backoff.ceiling(20), Duration::from_secs(30)); // the cap
-/// assert!(backoff.delay(3) <= Duration::from_millis(800));
-/// ```
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first retry (default 100 ms).
-    pub initial: Duration,
-    /// The largest ceiling (default 30 s).
-    pub max: Duration,
-    /// A session that lived this long resets the backoff (default 10 s).
-    pub reset_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Backoff {
-    /// The longest wait before retry `retry` (0 for the first): `initial × 2^retry`, at
-    /// most `max`.
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32 << retry.min(31);
-        self.initial
-            .checked_mul(factor)
-            .map_or(self.max, |d| d.min(self.max))
-    }
-
-    /// A random wait before retry `retry`: uniform between zero and
-    /// [`ceiling(retry)`](Backoff::ceiling) (full jitter).
-    pub fn delay(&self, retry: u32) -> Duration {
-        let ceiling = u64::try_from(self.ceiling(retry).as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=ceiling))
-    }
-}
+/// When the agent redials: exponential backoff with full jitter. It lives in
+/// `qymux-dialer`, which its reconnecting session shares.
+pub use qymux_dialer::Backoff;
 
 // ---------------------------------------------------------------------------------------
 // Server
@@ -774,24 +720,5 @@ where
             stop = requested(&mut control) => return stop,
             () = tokio::time::sleep(retry_in) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_full_jitter() {
-        let b = Backoff::default();
-        let ceilings: Vec<u64> = (0..6).map(|n| b.ceiling(n).as_millis() as u64).collect();
-        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200]);
-        assert_eq!(b.ceiling(9), Duration::from_secs(30)); // 51.2 s capped
-        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
-        let delays: Vec<Duration> = (0..200).map(|_| b.delay(4)).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(1600)));
-        // Full jitter spreads over the whole range, not just near the ceiling.
-        assert!(delays.iter().any(|d| *d < Duration::from_millis(400)));
-        assert!(delays.iter().any(|d| *d > Duration::from_millis(1200)));
     }
 }
