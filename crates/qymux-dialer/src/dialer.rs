@@ -104,6 +104,13 @@ impl Dialer {
         }
     }
 
+    /// The name the server's certificate must be valid for (set by [`Dialer::new`]); for
+    /// a server of a fleet whose certificate carries its own name.
+    pub fn with_server_name(mut self, server_name: impl Into<String>) -> Self {
+        self.server_name = server_name.into();
+        self
+    }
+
     /// Dials and returns a session over whichever transport won.
     pub async fn dial(&self) -> Result<BoxSession> {
         self.dial_concrete().await.map(|s| s.boxed())

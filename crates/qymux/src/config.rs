@@ -28,6 +28,7 @@ use qymux_transport::{Mode, Options};
 pub struct Config {
     pub(crate) mode: Mode,
     pub(crate) server_addr: Option<String>,
+    pub(crate) more_server_addrs: Vec<String>,
     pub(crate) server_name: Option<String>,
     pub(crate) client_tls: Option<ClientTls>,
     pub(crate) server_tls: Option<ServerTls>,
@@ -50,6 +51,32 @@ impl Config {
     pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
         self.server_addr = Some(addr.into());
         self
+    }
+
+    /// Several servers to dial, in order: the first is [`Config::server_addr`] (what
+    /// [`Qymux::dial`](crate::Qymux::dial) dials); a
+    /// [`Qymux::connect_forever`](crate::Qymux::connect_forever) session moves on to the
+    /// next one, round robin, when a dial fails or its session is lost. Without a
+    /// [`Config::server_name`], each server's certificate is checked against the host of
+    /// its own address. An empty list clears the servers.
+    pub fn server_addrs<I>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut addrs = addrs.into_iter().map(Into::into);
+        self.server_addr = addrs.next();
+        self.more_server_addrs = addrs.collect();
+        self
+    }
+
+    /// Every server address, [`Config::server_addr`] first.
+    pub fn get_server_addrs(&self) -> Vec<&str> {
+        self.server_addr
+            .iter()
+            .chain(&self.more_server_addrs)
+            .map(String::as_str)
+            .collect()
     }
 
     /// The name the server's certificate must be valid for; by default the host part of
@@ -107,6 +134,12 @@ impl Config {
         self
     }
 
+    /// The most sessions a listener holds at once; see [`Options::max_sessions`].
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.options.max_sessions(max);
+        self
+    }
+
     /// The server name the dialer checks: [`Config::server_name`], or the host of
     /// [`Config::server_addr`].
     pub fn server_name_or_host(&self) -> Option<&str> {
@@ -119,6 +152,11 @@ impl Config {
     /// The timeouts, keep-alive and limits.
     pub fn get_options(&self) -> &Options {
         &self.options
+    }
+
+    /// The server name to check when dialing `addr`.
+    pub(crate) fn server_name_for<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.server_name.as_deref().unwrap_or_else(|| host_of(addr))
     }
 }
 
@@ -136,6 +174,18 @@ fn host_of(addr: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::host_of;
+
+    #[test]
+    fn several_servers() {
+        let c = super::Config::new().server_addrs(["a.example:1", "b.example:2"]);
+        assert_eq!(c.get_server_addrs(), ["a.example:1", "b.example:2"]);
+        assert_eq!(c.server_name_or_host(), Some("a.example"));
+        assert_eq!(c.server_name_for("b.example:2"), "b.example");
+        let c = c.server_name("tunnel.example");
+        assert_eq!(c.server_name_for("b.example:2"), "tunnel.example");
+        let c = c.server_addrs(Vec::<String>::new());
+        assert!(c.get_server_addrs().is_empty());
+    }
 
     #[test]
     fn host_of_addresses() {

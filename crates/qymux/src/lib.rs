@@ -64,6 +64,47 @@
 //!   handshake timeouts, keep-alive and dead-peer timeout, graceful close, streams per
 //!   session, handshakes in progress.
 //! - **One error type** ([`Error`]) that says what failed, convertible to `io::Error`.
+//! - **Agents stay connected.** [`Qymux::connect_forever`] keeps a session up: it
+//!   redials with exponential backoff and full jitter, moves on to the next of several
+//!   servers ([`Config::server_addrs`]), runs a callback on every new session, publishes
+//!   its [`ReconnectState`] on a `tokio::sync::watch` channel, and moves a session that
+//!   fell back to TCP over to QUIC when QUIC gets through again.
+//! - **Servers shut down gracefully.** [`Listener::shutdown`](dialer::Listener::shutdown)
+//!   stops accepting, then closes each session once its streams are finished (or a
+//!   grace period ends); [`Options::max_sessions`] caps the sessions a listener holds.
+//!
+//! # Staying connected
+//!
+//! ```no_run
+//! use qymux::{Config, Qymux, ReconnectConfig, ReconnectState, Session};
+//! use qymux::tls::ClientTls;
+//!
+//! # async fn agent() -> qymux::Result<()> {
+//! let qymux = Qymux::new(
+//!     Config::new()
+//!         .server_addrs(["tunnel-a.example.com:4433", "tunnel-b.example.com:4433"])
+//!         .client_tls(ClientTls::with_system_roots()),
+//! );
+//! let agent = qymux.connect_forever(ReconnectConfig::default(), |session| async move {
+//!     // Runs on every new session: serve what the server opens until it ends.
+//!     while let Ok(stream) = session.accept().await {
+//!         tokio::spawn(async move { drop(stream) });
+//!     }
+//! })?;
+//! let mut state = agent.state();
+//! while state.changed().await.is_ok() {
+//!     match &*state.borrow() {
+//!         ReconnectState::Connected { server, protocol, .. } => {
+//!             tracing::info!(%server, %protocol, "connected")
+//!         }
+//!         ReconnectState::Reconnecting { retry_in, last_error, .. } => {
+//!             tracing::warn!(?retry_in, %last_error, "lost the session")
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! # Features
 //!
@@ -90,6 +131,9 @@ mod qymux;
 pub use config::Config;
 #[cfg(feature = "auto")]
 pub use qymux::{Listener, Qymux};
+#[cfg(feature = "auto")]
+#[doc(inline)]
+pub use qymux_dialer::{Backoff, ReconnectConfig, ReconnectState, Reconnecting};
 
 #[doc(inline)]
 pub use qymux_transport::{

@@ -1,8 +1,9 @@
 //! The entry point: `Qymux::new(config)`, then `listen` or `dial`.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use qymux_dialer::Dialer;
+use qymux_dialer::{Dialer, ReconnectConfig, Reconnecting};
 use qymux_tls::ClientTls;
 use qymux_transport::{BoxSession, Error, Result};
 
@@ -63,6 +64,41 @@ impl Qymux {
             }
         };
         dialer.dial().await
+    }
+
+    /// Keeps a session up to the configured server(s), for an agent: dials at once,
+    /// runs `on_session` on every new session, and when the session is lost dials again,
+    /// with exponential backoff and full jitter, moving on to the next of
+    /// [`Config::server_addrs`]. In Auto mode a session that fell back to TCP moves to
+    /// QUIC once QUIC gets through again. The returned [`Reconnecting`] publishes its
+    /// state on a watch channel, hands out the current session, and stops when dropped
+    /// or shut down. See [`Reconnecting`] for the details.
+    ///
+    /// Shares this `Qymux`'s memory of where QUIC failed with [`Qymux::dial`]. Must be
+    /// called within a tokio runtime.
+    pub fn connect_forever<F, Fut>(
+        &self,
+        config: ReconnectConfig,
+        on_session: F,
+    ) -> Result<Reconnecting>
+    where
+        F: FnMut(BoxSession) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let first = match self.dialer.get() {
+            Some(d) => d,
+            None => {
+                let d = self.make_dialer()?;
+                self.dialer.get_or_init(|| d)
+            }
+        };
+        let more = self.config.more_server_addrs.iter().map(|addr| {
+            first
+                .with_addr(addr.clone())
+                .with_server_name(self.config.server_name_for(addr))
+        });
+        let servers = std::iter::once(first.clone()).chain(more).collect();
+        Reconnecting::start(servers, config, on_session)
     }
 
     fn make_dialer(&self) -> Result<Dialer> {

@@ -1,0 +1,97 @@
+//! The facade's reconnecting session: `Qymux::connect_forever` over several servers,
+//! and `Listener::shutdown` sending the agent from one to the other.
+
+use std::time::Duration;
+
+use qymux::cert::CertificateAuthority;
+use qymux::tls::{ClientTls, ServerTls};
+use qymux::{Backoff, CloseReason, Config, Mode, Qymux, ReconnectConfig, ReconnectState, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+const GUARD: Duration = Duration::from_secs(60);
+
+async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("hung for {GUARD:?}: {what}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_forever_moves_to_the_next_server_after_a_graceful_shutdown() {
+    let ca = CertificateAuthority::new("Facade reconnect CA").unwrap();
+    let server = Qymux::new(
+        Config::new()
+            .mode(Mode::Auto)
+            .server_tls(ServerTls::new(ca.issue_server(&["localhost"]).unwrap())),
+    );
+    let a = server.listen("127.0.0.1:0").await.unwrap();
+    let b = server.listen("127.0.0.1:0").await.unwrap();
+    let agent = Qymux::new(
+        Config::new()
+            .server_addrs([a.local_addr().to_string(), b.local_addr().to_string()])
+            .server_name("localhost")
+            .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
+    );
+    let (tx, mut callbacks) = mpsc::unbounded_channel();
+    let config = ReconnectConfig::default().backoff(Backoff::new(
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    ));
+    let reconnecting = agent
+        .connect_forever(config, move |session| {
+            let tx = tx.clone();
+            async move {
+                // Answer every stream with "hello".
+                let _ = tx.send(session.clone());
+                while let Ok(mut stream) = session.accept().await {
+                    let _ = stream.write_all(b"hello").await;
+                    let _ = stream.shutdown().await;
+                }
+            }
+        })
+        .unwrap();
+    let mut state = reconnecting.state();
+
+    let on_a = guard("accept on A", a.accept()).await.unwrap();
+    let agent_a = guard("callback on A", callbacks.recv()).await.unwrap();
+    let mut s = on_a.open().await.unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello");
+    drop(s);
+
+    guard("shutdown of A", a.shutdown(Duration::from_secs(30))).await;
+    assert!(matches!(
+        guard("agent sees a clean close", agent_a.closed()).await,
+        CloseReason::Peer(_)
+    ));
+
+    let on_b = guard("accept on B", b.accept()).await.unwrap();
+    let _agent_b = guard("callback on B", callbacks.recv()).await.unwrap();
+    let s = guard(
+        "connected to B",
+        state.wait_for(|s| matches!(s, ReconnectState::Connected { generation: 2, .. })),
+    )
+    .await
+    .unwrap()
+    .clone();
+    assert!(
+        matches!(&s, ReconnectState::Connected { server, .. } if *server == b.local_addr().to_string())
+    );
+    let mut s = on_b.open().await.unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello");
+    guard("agent shutdown", reconnecting.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_forever_needs_a_server() {
+    let agent = Qymux::new(Config::new());
+    assert!(matches!(
+        agent.connect_forever(ReconnectConfig::default(), |_| async {}),
+        Err(qymux::Error::Config(_))
+    ));
+}
