@@ -260,6 +260,17 @@ impl FaultProxy {
     /// Starts a proxy for `transport` on a free loopback port, in front of `upstream`,
     /// in the [`Fault::Pass`] state.
     pub async fn start(transport: Transport, upstream: SocketAddr) -> io::Result<FaultProxy> {
+        Self::bind(transport, loopback_like(upstream), upstream).await
+    }
+
+    /// Like [`FaultProxy::start`], listening on `local`: for instance a TCP and a UDP
+    /// proxy on the same port number (as an Auto-mode listener has), or a proxy that comes
+    /// back on the port of one that was dropped.
+    pub async fn bind(
+        transport: Transport,
+        local: SocketAddr,
+        upstream: SocketAddr,
+    ) -> io::Result<FaultProxy> {
         let inner = Arc::new(Inner {
             state: watch::Sender::new(State {
                 fault: Fault::Pass,
@@ -268,10 +279,9 @@ impl FaultProxy {
             counts: Mutex::new(Counts::default()),
             changed: Notify::new(),
         });
-        let bind = loopback_like(upstream);
         let (local_addr, task) = match transport {
             Transport::Tcp => {
-                let listener = TcpListener::bind(bind).await?;
+                let listener = TcpListener::bind(local).await?;
                 let addr = listener.local_addr()?;
                 (
                     addr,
@@ -279,7 +289,7 @@ impl FaultProxy {
                 )
             }
             Transport::Udp => {
-                let socket = UdpSocket::bind(bind).await?;
+                let socket = UdpSocket::bind(local).await?;
                 let addr = socket.local_addr()?;
                 (
                     addr,
@@ -371,8 +381,9 @@ async fn tcp_accept(listener: TcpListener, upstream: SocketAddr, inner: Arc<Inne
                     connections.spawn(tcp_connection(client, upstream, inner.clone()));
                 }
                 // Per-connection failures (the client reset before accept, no file
-                // descriptors for a moment); the listener itself stays usable.
-                Err(_) => tokio::task::yield_now().await,
+                // descriptors for a moment); the listener itself stays usable. Pause a
+                // little so that a lasting one (out of descriptors) does not spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }

@@ -262,3 +262,23 @@ async fn udp_cut_forgets_flows() {
     echo_through(&client, b"after").await;
     assert_eq!(proxy.counts().connections, 2, "a new flow after the cut");
 }
+
+#[tokio::test]
+async fn tcp_and_udp_proxies_share_a_port_number() {
+    let upstream_tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = FaultProxy::tcp(upstream_tcp.local_addr().unwrap())
+        .await
+        .unwrap();
+    let udp = FaultProxy::bind(Transport::Udp, tcp.local_addr(), udp_echo().await)
+        .await
+        .unwrap();
+    assert_eq!(udp.local_addr(), tcp.local_addr());
+    let client = udp_client(&udp).await;
+    echo_through(&client, b"same port").await;
+    let mut stream = TcpStream::connect(tcp.local_addr()).await.unwrap();
+    let (mut server, _) = guard("upstream accept", upstream_tcp.accept())
+        .await
+        .unwrap();
+    stream.write_all(b"tcp").await.unwrap();
+    assert_eq!(read_n(&mut server, 3).await, b"tcp");
+}
