@@ -227,3 +227,26 @@ pub async fn idle_session_stays_up<B: Backend>(transport: Transport) {
     assert_eq!(got, data);
     assert!(p.client.close_reason().is_none());
 }
+
+/// Without keep-alive on either side, the idle timeout is a plain idle timeout too: a
+/// session on which neither side sends anything ends with `TimeoutKind::Idle` (as QUIC
+/// defines it). The side whose timer fires second may instead see the first one close
+/// the session cleanly, but never a lost connection.
+pub async fn idle_without_keep_alive_ends<B: Backend>() {
+    let mut options = short_idle_options();
+    options.keep_alive_interval(None);
+    let p = crate::pair_with::<B>(options.clone(), options).await;
+    let client = guard("the client's idle session end", p.client.closed()).await;
+    let server = guard("the server's idle session end", p.server.closed()).await;
+    let timed_out = |r: &CloseReason| matches!(r, CloseReason::Failed(e) if is_idle_timeout(e));
+    assert!(
+        timed_out(&client) || timed_out(&server),
+        "one side at least must time out: client {client:?}, server {server:?}"
+    );
+    for (side, reason) in [("client", &client), ("server", &server)] {
+        assert!(
+            timed_out(reason) || matches!(reason, CloseReason::Peer(_)),
+            "{side}: expected a dead-peer timeout or a clean close by the peer, got {reason:?}"
+        );
+    }
+}

@@ -445,25 +445,50 @@ where
         })
         .await;
         match stop {
-            Stop::Ended(reason) => self.shared.set_reason(reason),
-            Stop::Close(reply) => {
-                let shared = self.shared.clone();
-                let closing = poll_fn(|cx| self.conn.poll_close(cx));
-                match tokio::time::timeout(self.close_timeout, closing).await {
-                    Ok(Ok(())) => trace!("session closed gracefully"),
-                    Ok(Err(e)) => debug!("error while closing session: {e}"),
-                    Err(_) => debug!("graceful close timed out; dropping the connection"),
+            Stop::Ended(reason) => {
+                let idle = matches!(
+                    reason,
+                    CloseReason::Failed(Error::Timeout {
+                        what: TimeoutKind::Idle,
+                        ..
+                    })
+                );
+                self.shared.set_reason(reason);
+                if idle {
+                    // Everything waiting fails now; then a peer that was only idle, not
+                    // gone (no keep-alive), is told the session ended (GoAway, TLS
+                    // close_notify) rather than left to find a dropped connection.
+                    self.fail_pending_opens();
+                    self.close_connection().await;
                 }
-                shared.set_reason(CloseReason::Local);
+            }
+            Stop::Close(reply) => {
+                self.close_connection().await;
+                self.shared.set_reason(CloseReason::Local);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
             }
         }
-        // Fail opens that are still waiting.
+        self.fail_pending_opens();
+    }
+
+    /// Fails the opens that are still waiting, with the session's close reason.
+    fn fail_pending_opens(&mut self) {
         let reason = self.shared.close_reason().unwrap_or(CloseReason::Local);
         for waiter in self.pending_opens.drain(..) {
             let _ = waiter.send(Err(reason.to_error()));
+        }
+    }
+
+    /// Closes the connection gracefully (yamux GoAway, then TLS close_notify), within the
+    /// close timeout; after it the connection is dropped.
+    async fn close_connection(&mut self) {
+        let closing = poll_fn(|cx| self.conn.poll_close(cx));
+        match tokio::time::timeout(self.close_timeout, closing).await {
+            Ok(Ok(())) => trace!("session closed gracefully"),
+            Ok(Err(e)) => debug!("error while closing session: {e}"),
+            Err(_) => debug!("graceful close timed out; dropping the connection"),
         }
     }
 

@@ -16,3 +16,8 @@ async fn frozen_peer_fails_waiting_operations() {
 async fn idle_session_stays_up() {
     dead_peer::idle_session_stays_up::<Tcp>(Transport::Tcp).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_without_keep_alive_ends() {
+    dead_peer::idle_without_keep_alive_ends::<Tcp>().await;
+}
