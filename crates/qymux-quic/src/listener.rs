@@ -180,8 +180,12 @@ impl Listener {
     /// [`Session::close`]) as soon as it has no open stream, or when `grace` has passed,
     /// whichever comes first. Returns when every session is closed. Sessions that
     /// finished their handshake but were never accepted are closed too.
+    ///
+    /// While it drains, new connection attempts are refused (`CONNECTION_REFUSED`), so
+    /// that dialers fail at once and can go elsewhere; after [`close`](Listener::close)
+    /// alone they go unanswered until their connect timeout.
     pub async fn shutdown(&self, grace: Duration) {
-        self.close();
+        self.task.abort();
         let until = tokio::time::Instant::now() + grace;
         let sessions = self.registry.live();
         debug!(sessions = sessions.len(), ?grace, "listener shutting down");
@@ -189,7 +193,17 @@ impl Listener {
         for session in sessions {
             closing.spawn(drain_and_close(session, until));
         }
-        while closing.join_next().await.is_some() {}
+        let refuse = async {
+            while let Some(incoming) = self.endpoint.accept().await {
+                debug!(peer = %incoming.remote_address(), "shutting down; refusing connection");
+                incoming.refuse();
+            }
+        };
+        tokio::select! {
+            () = async { while closing.join_next().await.is_some() {} } => {}
+            () = refuse => while closing.join_next().await.is_some() {},
+        }
+        self.close();
     }
 }
 
