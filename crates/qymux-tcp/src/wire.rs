@@ -592,3 +592,79 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    fn ping(flags: u16, value: u32) -> [u8; HEADER_LEN] {
+        header(0, TYPE_PING, flags, 0, value)
+    }
+
+    #[tokio::test]
+    async fn keep_alive_pings_go_out_between_frames_only() {
+        let (ours, mut peer) = duplex(4096);
+        let state = Arc::new(WireState::new());
+        let mut wire = WireIo::new(ours, state.clone());
+        let data = header(0, TYPE_DATA, 0, 1, 4);
+
+        // Asked for in the middle of a frame: it waits for the frame to end.
+        wire.write_all(&data).await.unwrap();
+        state.request_ping();
+        wire.write_all(b"body").await.unwrap();
+        wire.flush().await.unwrap();
+        // Asked for between frames: it goes before the next one.
+        state.request_ping();
+        wire.write_all(&data).await.unwrap();
+        wire.write_all(b"more").await.unwrap();
+        wire.flush().await.unwrap();
+
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&data);
+        expected.extend_from_slice(b"body");
+        expected.extend_from_slice(&ping(FLAG_SYN, OWN_PING));
+        expected.extend_from_slice(&ping(FLAG_SYN, OWN_PING | 1));
+        expected.extend_from_slice(&data);
+        expected.extend_from_slice(b"more");
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        // Nothing was asked for since: a flush sends nothing more.
+        wire.flush().await.unwrap();
+        drop(wire);
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn answers_to_our_pings_are_kept_from_the_yamux_crate() {
+        let (ours, mut peer) = duplex(4096);
+        let mut wire = WireIo::new(ours, Arc::new(WireState::new()));
+        let theirs = ping(FLAG_ACK, 3); // an answer to a ping of the yamux crate
+        let request = ping(FLAG_SYN, OWN_PING | 9); // the peer's own ping, to be answered
+        let data = header(0, TYPE_DATA, 0, 2, 2);
+        for frame in [
+            ping(FLAG_ACK, OWN_PING),
+            theirs,
+            request,
+            ping(FLAG_ACK, OWN_PING | 1),
+        ] {
+            peer.write_all(&frame).await.unwrap();
+        }
+        peer.write_all(&data).await.unwrap();
+        peer.write_all(b"ok").await.unwrap();
+        drop(peer);
+
+        let mut got = Vec::new();
+        wire.read_to_end(&mut got).await.unwrap();
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&theirs);
+        expected.extend_from_slice(&request);
+        expected.extend_from_slice(&data);
+        expected.extend_from_slice(b"ok");
+        assert_eq!(got, expected);
+    }
+}
