@@ -19,6 +19,10 @@
 //!   [`TimeoutKind::Idle`](qymux_transport::TimeoutKind::Idle).
 //! - [`Options::max_streams`] caps the streams open on a session in both directions; it
 //!   is also the limit the peer is given for the streams it opens.
+//! - The [`Listener`] runs at most [`Options::max_pending_handshakes`] handshakes at once
+//!   (others are refused), holds at most [`Options::max_sessions`] sessions (one beyond is
+//!   closed with the reason `limit reached: at most N sessions per listener`), and
+//!   [`Listener::shutdown`] closes its sessions gracefully once their streams are done.
 //! - Sessions survive a change of the client's address (NAT rebinding, QUIC connection
 //!   migration).
 //! - Flow control windows: 8 MiB per stream, 32 MiB per connection (receive) and 32 MiB

@@ -19,6 +19,13 @@
 //!   read, write, open and accept waiting on it then fails with that error, and
 //!   [`Session::closed`] reports it. Without keep-alive, a session on which neither side
 //!   sends anything fails after the idle timeout (as a QUIC session does).
+//! - The [`Listener`] runs at most [`Options::max_pending_handshakes`] handshakes at once
+//!   (further connections are dropped), holds at most [`Options::max_sessions`] sessions
+//!   (one beyond gets a yamux GoAway right after its handshake), and
+//!   [`Listener::shutdown`] closes its sessions gracefully (GoAway, TLS close_notify) once
+//!   their streams are done.
+//! - Receive windows: 256 KiB per stream at first, grown by the yamux crate while the
+//!   reader keeps up, within `max((2 × max_streams + 256) × 256 KiB, 1 GiB)` per session.
 //! - Every socket gets `TCP_NODELAY`, TCP keep-alive probes at the keep-alive interval and
 //!   `TCP_USER_TIMEOUT` at the idle timeout, so the kernel also gives up on a peer that
 //!   stops acknowledging; that too is reported as `TimeoutKind::Idle`.
