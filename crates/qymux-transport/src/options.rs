@@ -122,7 +122,11 @@ impl Options {
         self
     }
 
-    /// Checks that the options can work together.
+    /// The largest timeout [`Options::validate`] accepts: one year.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    /// Checks that the options can work together: timeouts between zero (excluded) and
+    /// [`Options::MAX_TIMEOUT`], keep-alive shorter than the idle timeout, limits in range.
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("connect_timeout", self.connect_timeout),
@@ -133,6 +137,14 @@ impl Options {
         for (name, value) in positive {
             if value.is_zero() {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
+            }
+            // The backends compute deadlines as now + bound (and wait up to twice the
+            // close timeout); an absurd bound would overflow the clock and panic there.
+            if value > Self::MAX_TIMEOUT {
+                return Err(Error::Config(format!(
+                    "{name} ({value:?}) must be at most {:?} (one year)",
+                    Self::MAX_TIMEOUT
+                )));
             }
         }
         if let Some(interval) = self.keep_alive_interval {
@@ -192,6 +204,15 @@ mod tests {
         let mut o = Options::default();
         o.handshake_timeout(Duration::ZERO);
         assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("handshake_timeout")));
+
+        // Found by the `options` fuzz target: such a bound used to validate, and then
+        // `Instant::now() + bound` panicked in dial.
+        let mut o = Options::default();
+        o.handshake_timeout(Duration::MAX);
+        assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("at most")));
+        let mut o = Options::default();
+        o.close_timeout(Options::MAX_TIMEOUT);
+        o.validate().unwrap();
 
         let mut o = Options::default();
         o.max_sessions(0);
