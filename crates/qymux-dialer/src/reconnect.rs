@@ -179,6 +179,8 @@ pub struct Reconnecting {
 impl Reconnecting {
     /// Starts keeping a session up to `servers` (tried in order, round robin). Fails with
     /// [`Error::Config`] when `servers` is empty or the backoff cannot work.
+    ///
+    /// The loop runs as a tokio task, so this must be called within a tokio runtime.
     pub fn start<F, Fut>(
         servers: Vec<Dialer>,
         config: ReconnectConfig,
