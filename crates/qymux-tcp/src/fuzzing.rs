@@ -15,6 +15,10 @@ use crate::wire::{WireIo, WireState};
 /// The largest DATA body the adapter hands to the yamux crate.
 pub const MAX_BODY: u32 = crate::wire::MAX_BODY;
 
+/// The bit that marks the opaque value of our own keep-alive pings; the adapter keeps
+/// their answers from the yamux crate.
+pub const OWN_PING: u32 = crate::wire::OWN_PING;
+
 /// Bytes from the peer, handed out in pieces; every other poll is `Pending` first.
 struct Pieces<'a> {
     input: &'a [u8],
