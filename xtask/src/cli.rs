@@ -12,6 +12,8 @@ USAGE:
 TASKS:
     cert        Make development certificates: a CA, a server and a client certificate
     coverage    Run the workspace tests instrumented and report line coverage
+    fuzz        Run the cargo-fuzz targets in fuzz/ for a while each
+    soak        Run many sessions x streams against one listener and check resources
     help        Show this text
 
 cargo xtask cert [OPTIONS]
@@ -40,6 +42,30 @@ cargo xtask coverage [OPTIONS] [-- ARGS...]
     -- ARGS...             Passed on to `cargo llvm-cov --workspace --no-report` as they
                            are, e.g. `-- --exclude qymux-quic` or, for the test
                            binaries, `-- -- --test-threads=1`
+
+cargo xtask fuzz [OPTIONS] [TARGET]...
+    Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
+    `pem`, frames for the wire targets), and runs each target (all of them if none is
+    named: wire_read, wire_write, pem, options) for the given time with the nightly
+    toolchain. Corpora stay in fuzz/corpus/<target>; a crash stops the task, leaving its
+    input in fuzz/artifacts/<target>.
+
+    --seconds N            How long each target runs [default: 60]
+    --jobs N               Parallel fuzzing processes per target [default: 1]
+
+cargo xtask soak [OPTIONS]
+    Builds and runs the soak example of qymux-dialer (release): sessions x streams
+    cycling against one QUIC + TCP listener, printing RSS, open file descriptors, live
+    sessions and totals at start, warm-up, end and after tear-down. Fails on a data
+    mismatch, an error, or resources that grew beyond the tolerance.
+
+    --minutes N            How long the load runs [default: 1]
+    --seconds N            The same in seconds (for short CI runs)
+    --sessions N           Concurrent session slots [default: 1000]
+    --streams N            Concurrent streams per session [default: 10]
+    --mode both|quic|tcp   Transports [default: both, half each]
+    -- ARGS...             More options for the soak binary (--bytes, --warmup-seconds,
+                           --rss-tolerance-mb, --fd-tolerance)
 ";
 
 /// A parsed command line.
@@ -48,6 +74,36 @@ pub(crate) enum Command {
     Help,
     Cert(CertArgs),
     Coverage(CoverageArgs),
+    Fuzz(FuzzArgs),
+    Soak(SoakArgs),
+}
+
+/// Options of `cargo xtask fuzz`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FuzzArgs {
+    pub(crate) seconds: u64,
+    pub(crate) jobs: u32,
+    /// The targets to run; all of them if empty.
+    pub(crate) targets: Vec<String>,
+}
+
+impl Default for FuzzArgs {
+    fn default() -> Self {
+        Self {
+            seconds: 60,
+            jobs: 1,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// Options of `cargo xtask soak`: passed on to the soak binary as flags.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SoakArgs {
+    /// `--flag value` pairs for the soak binary, in order.
+    pub(crate) flags: Vec<(String, String)>,
+    /// Everything after `--`.
+    pub(crate) passthrough: Vec<String>,
 }
 
 /// Options of `cargo xtask cert`.
@@ -93,6 +149,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
         "help" | "-h" | "--help" => Ok(Command::Help),
         "cert" => parse_cert(args),
         "coverage" => parse_coverage(args),
+        "fuzz" => parse_fuzz(args),
+        "soak" => parse_soak(args),
         other => Err(format!("unknown task {other:?}")),
     }
 }
@@ -150,6 +208,64 @@ fn parse_coverage(args: impl Iterator<Item = String>) -> Result<Command, String>
     }
     parsed.passthrough = args.rest;
     Ok(Command::Coverage(parsed))
+}
+
+fn parse_fuzz(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = FuzzArgs::default();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value)),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || match inline {
+            Some(v) => Ok(v.to_owned()),
+            None => args
+                .next()
+                .filter(|v| !v.starts_with('-'))
+                .ok_or_else(|| format!("{flag} needs a value")),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--seconds" => parsed.seconds = number(&flag, &value()?)?,
+            "--jobs" => parsed.jobs = number(&flag, &value()?)?,
+            target if !target.starts_with('-') => parsed.targets.push(target.to_owned()),
+            _ => return Err(format!("unknown option {flag:?} for `fuzz`")),
+        }
+    }
+    Ok(Command::Fuzz(parsed))
+}
+
+fn parse_soak(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = SoakArgs::default();
+    let mut args = Args::new(args);
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--minutes" | "--seconds" | "--sessions" | "--streams" | "--mode" => {
+                let value = args.value(&flag)?;
+                if flag == "--mode" && !["both", "quic", "tcp"].contains(&value.as_str()) {
+                    return Err(format!("--mode: expected both, quic or tcp, not {value:?}"));
+                }
+                if flag != "--mode" {
+                    let ok = value.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0);
+                    if !ok {
+                        return Err(format!("{flag}: not a positive number: {value:?}"));
+                    }
+                }
+                parsed.flags.push((flag, value));
+            }
+            _ => return Err(format!("unknown option {flag:?} for `soak`")),
+        }
+    }
+    parsed.passthrough = args.rest;
+    Ok(Command::Soak(parsed))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: not a number: {value:?}"))
 }
 
 fn set_once(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), String> {
@@ -299,6 +415,48 @@ mod tests {
                 other => panic!("{line}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn fuzz_options_and_targets() {
+        assert_eq!(parse_str("fuzz"), Ok(Command::Fuzz(FuzzArgs::default())));
+        let Ok(Command::Fuzz(args)) = parse_str("fuzz --seconds 20 wire_read pem --jobs=2") else {
+            panic!()
+        };
+        assert_eq!(args.seconds, 20);
+        assert_eq!(args.jobs, 2);
+        assert_eq!(args.targets, ["wire_read", "pem"]);
+        assert!(parse_str("fuzz --seconds").is_err());
+        assert!(parse_str("fuzz --seconds x").is_err());
+        assert!(parse_str("fuzz --bogus").is_err());
+        assert_eq!(parse_str("fuzz -h"), Ok(Command::Help));
+    }
+
+    #[test]
+    fn soak_flags_pass_through() {
+        let Ok(Command::Soak(args)) =
+            parse_str("soak --minutes 3 --sessions=100 --mode quic -- --bytes 1000")
+        else {
+            panic!()
+        };
+        let flags: Vec<(&str, &str)> = args
+            .flags
+            .iter()
+            .map(|(f, v)| (f.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                ("--minutes", "3"),
+                ("--sessions", "100"),
+                ("--mode", "quic")
+            ]
+        );
+        assert_eq!(args.passthrough, ["--bytes", "1000"]);
+        assert!(parse_str("soak --mode udp").is_err());
+        assert!(parse_str("soak --minutes -1").is_err());
+        assert!(parse_str("soak --streams").is_err());
+        assert_eq!(parse_str("soak"), Ok(Command::Soak(SoakArgs::default())));
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub(crate) fn test_run_args(args: &CoverageArgs) -> Vec<String> {
 }
 
 /// The cargo that runs us (`cargo xtask` sets `CARGO`), or the one on `PATH`.
-fn cargo() -> OsString {
+pub(crate) fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
@@ -165,7 +165,7 @@ fn ensure_llvm_tools() -> Result<(PathBuf, PathBuf)> {
     Ok((cov, profdata))
 }
 
-fn succeeds(command: &mut Command) -> bool {
+pub(crate) fn succeeds(command: &mut Command) -> bool {
     command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -173,7 +173,7 @@ fn succeeds(command: &mut Command) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn run_checked(mut command: Command) -> Result<()> {
+pub(crate) fn run_checked(mut command: Command) -> Result<()> {
     let shown = describe(&command);
     eprintln!("$ {shown}");
     let status = command

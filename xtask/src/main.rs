@@ -1,12 +1,14 @@
 //! Qymux project tasks, run as `cargo xtask <task>` (see `cargo xtask help`).
 //!
 //! Kept small on purpose: hand-parsed arguments, and only `qymux-cert` and `anyhow` as
-//! dependencies.
+//! dependencies. `fuzz` and `soak` drive other binaries (cargo-fuzz, the soak example).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cert;
 mod cli;
 mod coverage;
+mod fuzz;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +31,8 @@ fn main() -> ExitCode {
         }
         Command::Cert(args) => cert::run(&args, &root),
         Command::Coverage(args) => coverage::run(&args, &root),
+        Command::Fuzz(args) => fuzz::run(&args, &root),
+        Command::Soak(args) => soak::run(&args, &root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,242 @@
+//! `cargo xtask fuzz`: run the cargo-fuzz targets in `fuzz/` for a while each.
+//!
+//! cargo-fuzz needs the nightly toolchain (`cargo +nightly`), through rustup's `cargo`
+//! on `PATH`; the fuzz crate is its own workspace, outside the main one.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use qymux_cert::CertificateAuthority;
+
+use crate::cli::FuzzArgs;
+use crate::coverage::{run_checked, succeeds};
+
+/// Every target in `fuzz/Cargo.toml`.
+pub(crate) const TARGETS: [&str; 4] = ["wire_read", "wire_write", "pem", "options"];
+
+pub(crate) fn run(args: &FuzzArgs, root: &Path) -> Result<()> {
+    let targets = selected_targets(&args.targets)?;
+    ensure_cargo_fuzz()?;
+    let fuzz_dir = root.join("fuzz");
+    seed_corpora(&fuzz_dir).context("writing the seed corpora")?;
+
+    let mut summary = Vec::new();
+    for target in &targets {
+        eprintln!("== fuzzing {target} for {} s", args.seconds);
+        let corpus = fuzz_dir.join("corpus").join(target);
+        let mut command = Command::new("cargo");
+        command
+            .current_dir(root)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={}", args.seconds))
+            .arg("-print_final_stats=1");
+        if args.jobs > 1 {
+            command.arg(format!("-fork={}", args.jobs));
+        }
+        let outcome = run_reporting(command)?;
+        let status = if outcome.success { "ok" } else { "FAILED" };
+        summary.push(format!(
+            "  {target:<11} {status:<6} {:>12} runs in {:>5} s",
+            outcome.runs.map_or("?".to_owned(), |r| r.to_string()),
+            outcome.seconds.map_or("?".to_owned(), |s| s.to_string()),
+        ));
+        if !outcome.success {
+            eprintln!("\nFuzzing summary so far:\n{}", summary.join("\n"));
+            bail!(
+                "fuzz target {target} failed; the input is in fuzz/artifacts/{target}/ \
+                 (reproduce: cargo +nightly fuzz run {target} <that file>)"
+            );
+        }
+    }
+    println!("Fuzzing summary:\n{}", summary.join("\n"));
+    Ok(())
+}
+
+/// The named targets, checked; all of them if none is named.
+pub(crate) fn selected_targets(named: &[String]) -> Result<Vec<String>> {
+    if named.is_empty() {
+        return Ok(TARGETS.map(str::to_owned).to_vec());
+    }
+    for name in named {
+        if !TARGETS.contains(&name.as_str()) {
+            bail!(
+                "unknown fuzz target {name:?}; the targets are {}",
+                TARGETS.join(", ")
+            );
+        }
+    }
+    Ok(named.to_vec())
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    let works = || succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"]));
+    if works() {
+        return Ok(());
+    }
+    eprintln!("cargo-fuzz is missing: installing it with cargo install");
+    let mut install = Command::new("cargo");
+    install.args(["install", "cargo-fuzz", "--locked"]);
+    run_checked(install).context("installing cargo-fuzz")?;
+    if !works() {
+        bail!(
+            "`cargo +nightly fuzz --version` fails: is the nightly toolchain installed \
+             (rustup toolchain install nightly) and ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
+/// What libFuzzer said at the end of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) success: bool,
+    pub(crate) runs: Option<u64>,
+    pub(crate) seconds: Option<u64>,
+}
+
+/// Runs `command`, passing its output through, and notes libFuzzer's final line
+/// (`Done 123456 runs in 20 second(s)`).
+fn run_reporting(mut command: Command) -> Result<Outcome> {
+    command.stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting cargo fuzz")?;
+    let mut outcome = Outcome::default();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.context("reading cargo fuzz output")?;
+            eprintln!("{line}");
+            if let Some((runs, seconds)) = parse_done(&line) {
+                outcome.runs = Some(runs);
+                outcome.seconds = Some(seconds);
+            }
+        }
+    }
+    outcome.success = child.wait().context("waiting for cargo fuzz")?.success();
+    Ok(outcome)
+}
+
+/// Parses libFuzzer's `Done N runs in S second(s)`.
+pub(crate) fn parse_done(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("Done ")?;
+    let (runs, rest) = rest.split_once(" runs in ")?;
+    let seconds = rest.split_whitespace().next()?;
+    Some((runs.parse().ok()?, seconds.parse().ok()?))
+}
+
+/// Writes seed inputs that the targets could not easily find alone: a real certificate
+/// and key (as PEM text and as DER), and well-formed yamux frames.
+fn seed_corpora(fuzz_dir: &Path) -> Result<()> {
+    let corpus = fuzz_dir.join("corpus");
+    let ca = CertificateAuthority::new("Qymux Fuzz CA")?;
+    let server = ca.issue_server(&["localhost"])?;
+    let join = |mode: u8, a: &[u8], b: &[u8]| {
+        let mut out = vec![mode];
+        out.extend_from_slice(a);
+        out.push(0xff);
+        out.extend_from_slice(b);
+        out
+    };
+    let leaf = server.cert_chain()[0].as_ref().to_vec();
+    let key = server.private_key().secret_der().to_vec();
+    seed(
+        &corpus,
+        "pem",
+        "identity-pem",
+        &join(0, server.cert_pem().as_bytes(), server.key_pem().as_bytes()),
+    )?;
+    seed(
+        &corpus,
+        "pem",
+        "ca-pem",
+        &join(0, ca.cert_pem().as_bytes(), ca.key_pem().as_bytes()),
+    )?;
+    seed(&corpus, "pem", "identity-der", &join(1, &leaf, &key))?;
+    seed(
+        &corpus,
+        "pem",
+        "fingerprint",
+        format!("\0{}", server.fingerprint()).as_bytes(),
+    )?;
+
+    let frame = |kind: u8, flags: u16, id: u32, length: u32| {
+        let mut h = vec![0, kind];
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&length.to_be_bytes());
+        h
+    };
+    let mut frames = Vec::new();
+    frames.extend(frame(1, 1, 1, 0)); // window update, SYN
+    frames.extend(frame(0, 2, 2, 5)); // data, ACK
+    frames.extend_from_slice(b"hello");
+    frames.extend(frame(2, 1, 0, 7)); // ping
+    frames.extend(frame(2, 2, 0, 0x8000_0001)); // the answer to one of our own pings
+    frames.extend(frame(0, 4, 1, 3)); // data, FIN
+    frames.extend_from_slice(b"bye");
+    frames.extend(frame(1, 8, 3, 0)); // window update, RST
+    frames.extend(frame(3, 0, 0, 1)); // GoAway, protocol error
+    let mut read = vec![0x65, 0x9a, 0x00, 0x31];
+    read.extend_from_slice(&frames);
+    seed(&corpus, "wire_read", "frames", &read)?;
+    let mut big = vec![0xff, 0xff, 0xc5, 0x15];
+    big.extend_from_slice(&frames);
+    seed(&corpus, "wire_read", "big-frame", &big)?;
+    let mut write = vec![0x5f, 0x3c, 0xff];
+    write.extend_from_slice(&frames);
+    seed(&corpus, "wire_write", "frames", &write)?;
+    let mut options = Vec::new();
+    for value in [10_000u64, 0, 5, 1, 30, 2, 5, 3, 10, 0, 1024, 0, 1024, 0] {
+        options.extend_from_slice(&value.to_le_bytes());
+    }
+    options.extend_from_slice(b"auto");
+    seed(&corpus, "options", "defaults", &options)?;
+    Ok(())
+}
+
+fn seed(corpus: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    let dir = corpus.join(target);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("seed-{name}"));
+    if !path.exists() {
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libfuzzer_final_line() {
+        assert_eq!(
+            parse_done("Done 123456 runs in 20 second(s)"),
+            Some((123456, 20))
+        );
+        assert_eq!(parse_done("Done 1 runs in 0 second(s)\n"), Some((1, 0)));
+        assert_eq!(parse_done("#2 INITED cov: 3"), None);
+        assert_eq!(parse_done("Done many runs in 20 second(s)"), None);
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        assert_eq!(selected_targets(&[]).unwrap(), TARGETS);
+        assert_eq!(selected_targets(&["pem".to_owned()]).unwrap(), ["pem"]);
+        assert!(selected_targets(&["nope".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn every_target_is_in_the_fuzz_manifest() {
+        let manifest = fs::read_to_string(crate::workspace_root().join("fuzz/Cargo.toml")).unwrap();
+        for target in TARGETS {
+            assert!(
+                manifest.contains(&format!("name = \"{target}\"")),
+                "{target}"
+            );
+        }
+    }
+}
