@@ -1,4 +1,4 @@
-//! Finding Go and building `interop/go-peer`.
+//! Finding Go and building the Go programs in `interop/` (`go-peer`, `go-bench`).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,16 +15,27 @@ const DEBIAN_GO: &str = "/usr/lib/go/bin/go";
 /// Names the `go` binary to use instead of searching for one.
 const GO_VAR: &str = "QYMUX_GO";
 
-/// Why there is no go-peer binary.
+/// Why a Go program from `interop/` could not be built ([`build_go_program`]).
 #[derive(Debug)]
-enum NoPeer {
+#[non_exhaustive]
+pub enum GoBuildError {
     /// Go or hashicorp yamux is not installed: skip, unless peers are required.
     Missing(String),
     /// They are installed, but building failed: always a test failure.
     BuildFailed(String),
 }
 
-static GO_PEER: OnceLock<Result<PathBuf, NoPeer>> = OnceLock::new();
+impl std::fmt::Display for GoBuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing(why) | Self::BuildFailed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for GoBuildError {}
+
+static GO_PEER: OnceLock<Result<PathBuf, GoBuildError>> = OnceLock::new();
 
 /// The go-peer binary (Go `crypto/tls` + hashicorp yamux), built once per process.
 ///
@@ -42,13 +53,13 @@ static GO_PEER: OnceLock<Result<PathBuf, NoPeer>> = OnceLock::new();
 /// `GOCACHE` defaults to `target/go-peer/gocache` when it is not set.
 #[track_caller]
 pub fn go_peer() -> Option<PathBuf> {
-    match GO_PEER.get_or_init(build) {
+    match GO_PEER.get_or_init(|| build_go_program("go-peer")) {
         Ok(bin) => Some(bin.clone()),
-        Err(NoPeer::Missing(why)) => {
+        Err(GoBuildError::Missing(why)) => {
             missing_peer(why);
             None
         }
-        Err(NoPeer::BuildFailed(why)) => panic!("{why}"),
+        Err(GoBuildError::BuildFailed(why)) => panic!("{why}"),
     }
 }
 
@@ -80,36 +91,41 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-fn build() -> Result<PathBuf, NoPeer> {
+/// Builds the Go program in `interop/<name>` (GOPATH mode, Debian's hashicorp yamux) into
+/// `target/go-peer/<name>` and returns its path. Finds Go as [`go_peer`] does; every call
+/// runs `go build` (its cache makes repeats cheap) into a temporary name and renames it
+/// into place.
+pub fn build_go_program(name: &str) -> Result<PathBuf, GoBuildError> {
     let Some(go) = find_go() else {
-        return Err(NoPeer::Missing(format!(
-            "go-peer needs Go: no `go` on PATH and no {DEBIAN_GO}, or ${GO_VAR} is not an executable (Debian: apt-get install golang-go)"
+        return Err(GoBuildError::Missing(format!(
+            "{name} needs Go: no `go` on PATH and no {DEBIAN_GO}, or ${GO_VAR} is not an executable (Debian: apt-get install golang-go)"
         )));
     };
     let yamux = Path::new(DEBIAN_GOPATH).join("src/github.com/hashicorp/yamux");
     if !yamux.is_dir() {
-        return Err(NoPeer::Missing(format!(
-            "go-peer needs hashicorp yamux at {} (Debian: apt-get install golang-github-hashicorp-yamux-dev)",
+        return Err(GoBuildError::Missing(format!(
+            "{name} needs hashicorp yamux at {} (Debian: apt-get install golang-github-hashicorp-yamux-dev)",
             yamux.display()
         )));
     }
 
     let root = workspace_root();
     let out_dir = root.join("target/go-peer");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|err| NoPeer::BuildFailed(format!("creating {}: {err}", out_dir.display())))?;
-    let bin = out_dir.join("go-peer");
+    std::fs::create_dir_all(&out_dir).map_err(|err| {
+        GoBuildError::BuildFailed(format!("creating {}: {err}", out_dir.display()))
+    })?;
+    let bin = out_dir.join(name);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = out_dir.join(format!("go-peer.tmp.{}.{nanos}", std::process::id()));
+    let tmp = out_dir.join(format!("{name}.tmp.{}.{nanos}", std::process::id()));
 
     let mut cmd = Command::new(&go);
     cmd.current_dir(&root)
         .arg("build")
         .arg("-o")
         .arg(&tmp)
-        .arg("./interop/go-peer")
+        .arg(format!("./interop/{name}"))
         .env("GO111MODULE", "off")
         .env("GOPATH", DEBIAN_GOPATH)
         // Module flags (say -mod=vendor) make no sense in GOPATH mode.
@@ -121,11 +137,11 @@ fn build() -> Result<PathBuf, NoPeer> {
     }
     let output = cmd
         .output()
-        .map_err(|err| NoPeer::BuildFailed(format!("running {}: {err}", go.display())))?;
+        .map_err(|err| GoBuildError::BuildFailed(format!("running {}: {err}", go.display())))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(NoPeer::BuildFailed(format!(
-            "building interop/go-peer with {} failed ({}):\n{}{}",
+        return Err(GoBuildError::BuildFailed(format!(
+            "building interop/{name} with {} failed ({}):\n{}{}",
             go.display(),
             output.status,
             String::from_utf8_lossy(&output.stdout),
@@ -134,7 +150,7 @@ fn build() -> Result<PathBuf, NoPeer> {
     }
     std::fs::rename(&tmp, &bin).map_err(|err| {
         let _ = std::fs::remove_file(&tmp);
-        NoPeer::BuildFailed(format!(
+        GoBuildError::BuildFailed(format!(
             "renaming {} to {}: {err}",
             tmp.display(),
             bin.display()

@@ -67,7 +67,7 @@ mod tempdir;
 
 pub use aioquic::{AioquicPeer, PYTHON_VAR, aioquic_peer};
 pub use fault::{Fault, FaultProxy};
-pub use gobuild::go_peer;
+pub use gobuild::{GoBuildError, build_go_program, go_peer};
 pub use process::{GoClientOutput, GoCounts, GoPeer};
 pub use tempdir::TempDir;
 
