@@ -1,0 +1,849 @@
+//! `qymux-bench`: Qymux beside the stacks it should cost nothing over (raw rustls over
+//! TCP, raw quinn), the Go original's stack (Go `crypto/tls` + hashicorp yamux), and
+//! tonic straight over TCP. Run it through `cargo xtask bench` (release build).
+//!
+//! ```text
+//! qymux-bench [--smoke] [--out DIR] [--only LIST] [--no-go] [--connect-bench PATH]
+//! qymux-bench server --kind KIND --certs DIR     (started by the above)
+//! ```
+//!
+//! Every server runs in its own process (this binary with `server`, or the Go program
+//! `interop/go-bench`); the clients run in this process (the Go client in its own). All
+//! on 127.0.0.1. Each figure is the median of several timed runs after untimed warm-up
+//! runs (latencies: the median of every round trip of every run). Every measure checks
+//! the data it moved (see `proto.rs`). A failed measure is reported and makes the exit
+//! status non-zero; a missed target never does.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod grpc;
+mod idle;
+mod measure;
+mod procs;
+mod proto;
+mod report;
+mod server;
+mod stacks;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::measure::{Params, Samples};
+use crate::procs::{GoClient, Server};
+use crate::proto::Payload;
+use crate::report::{Cell, Figure, Row, Table, Target};
+use crate::stacks::{Certs, Client};
+
+const USAGE: &str = "\
+usage: qymux-bench [--smoke] [--out DIR] [--only LIST] [--no-go] [--connect-bench PATH]
+  --smoke              every measure for a fraction of a second (CI); writes to
+                       target/bench-smoke unless --out is given
+  --out DIR            where results.json, results.svg and results.md go
+                       [default: docs/bench in the workspace]
+  --only LIST          comma-separated measures: bulk,rtt,open-rtt,opens,streams,
+                       grpc,idle,auto [default: all]
+  --no-go              leave out the Go column
+  --connect-bench PATH the connect_bench example of the qymux crate (Auto mode's
+                       time to session) [default: examples/connect_bench next to
+                       this binary]";
+
+const MEASURES: &[&str] = &[
+    "bulk", "rtt", "open-rtt", "opens", "streams", "grpc", "idle", "auto",
+];
+
+#[derive(Debug, Default)]
+struct Args {
+    smoke: bool,
+    out: Option<PathBuf>,
+    only: Option<Vec<String>>,
+    no_go: bool,
+    connect_bench: Option<PathBuf>,
+}
+
+impl Args {
+    fn wants(&self, measure: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|m| m == measure))
+    }
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut out = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => out.smoke = true,
+            "--no-go" => out.no_go = true,
+            "--out" => out.out = Some(it.next().context("--out needs a directory")?.into()),
+            "--connect-bench" => {
+                out.connect_bench = Some(it.next().context("--connect-bench needs a path")?.into())
+            }
+            "--only" => {
+                let list: Vec<String> = it
+                    .next()
+                    .context("--only needs a list")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = list.iter().find(|m| !MEASURES.contains(&m.as_str())) {
+                    bail!("unknown measure {bad:?} (one of {})", MEASURES.join(","));
+                }
+                out.only = Some(list);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("server") {
+        let mut kind = None;
+        let mut certs = None;
+        let mut it = args[1..].iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--kind" => kind = it.next().cloned(),
+                "--certs" => certs = it.next().map(PathBuf::from),
+                _ => {}
+            }
+        }
+        let (Some(kind), Some(certs)) = (kind, certs) else {
+            eprintln!("usage: qymux-bench server --kind KIND --certs DIR");
+            return ExitCode::from(2);
+        };
+        return match server::run(&kind, &Certs::in_dir(&certs)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: server {kind}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match parse(&args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some measures failed (see FAILED above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The stream measures, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamMeasure {
+    Bulk,
+    Rtt,
+    OpenRtt,
+    Opens,
+    Streams,
+}
+
+impl StreamMeasure {
+    const ALL: [Self; 5] = [
+        Self::Bulk,
+        Self::Rtt,
+        Self::OpenRtt,
+        Self::Opens,
+        Self::Streams,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Bulk => "bulk",
+            Self::Rtt => "rtt",
+            Self::OpenRtt => "open-rtt",
+            Self::Opens => "opens",
+            Self::Streams => "streams",
+        }
+    }
+
+    fn row(self, cells: Vec<Cell>) -> Row {
+        let (title, unit, higher_is_better) = match self {
+            Self::Bulk => ("bulk, 1 stream", "MiB/s", true),
+            Self::Rtt => ("64 B round trip", "µs", false),
+            Self::OpenRtt => ("open + 64 B round trip", "µs", false),
+            Self::Opens => ("open + round trip, 64 in flight", "opens/s", true),
+            Self::Streams => ("bulk, 100 streams at once", "MiB/s", true),
+        };
+        Row {
+            key: self.key(),
+            title,
+            unit,
+            higher_is_better,
+            cells,
+        }
+    }
+
+    fn latency(self) -> bool {
+        matches!(self, Self::Rtt | Self::OpenRtt)
+    }
+}
+
+const STREAM_COLUMNS: [&str; 5] = [
+    "raw rustls",
+    "Qymux TCP",
+    "raw quinn",
+    "Qymux QUIC",
+    "Go yamux",
+];
+const RAW_TLS: usize = 0;
+const QYMUX_TCP: usize = 1;
+const RAW_QUIC: usize = 2;
+const QYMUX_QUIC: usize = 3;
+const GO: usize = 4;
+
+fn cell(result: Result<Samples>, latency: bool) -> Cell {
+    match result {
+        Ok(samples) => Cell::Value(Figure::of(&samples, latency)),
+        Err(e) => Cell::Failed(format!("{e:#}")),
+    }
+}
+
+async fn rust_cell(
+    m: StreamMeasure,
+    client: &Arc<Client>,
+    p: &Params,
+    payload: &Arc<Payload>,
+) -> Cell {
+    if matches!(**client, Client::RawTls { .. })
+        && matches!(
+            m,
+            StreamMeasure::OpenRtt | StreamMeasure::Opens | StreamMeasure::Streams
+        )
+    {
+        return Cell::Skipped("raw TLS has no streams".into());
+    }
+    let result = match m {
+        StreamMeasure::Bulk => {
+            measure::repeat(p.warmup, p.reps, || {
+                measure::bulk(client, payload, p.bulk_bytes)
+            })
+            .await
+        }
+        StreamMeasure::Rtt => {
+            measure::repeat_many(p.reps, || {
+                measure::rtt(client, p.rtt_count / 10, p.rtt_count)
+            })
+            .await
+        }
+        StreamMeasure::OpenRtt => {
+            measure::repeat_many(p.reps, || {
+                measure::open_rtt(client, p.open_count / 10, p.open_count)
+            })
+            .await
+        }
+        StreamMeasure::Opens => {
+            measure::repeat(p.warmup, p.reps, || {
+                measure::opens(client, p.opens_count, p.opens_in_flight)
+            })
+            .await
+        }
+        StreamMeasure::Streams => {
+            measure::repeat(p.warmup, p.reps, || {
+                measure::streams(client, payload, p.streams, p.stream_bytes)
+            })
+            .await
+        }
+    };
+    cell(result, m.latency())
+}
+
+async fn go_cell(m: StreamMeasure, go: &GoClient, p: &Params) -> Cell {
+    let result = match m {
+        StreamMeasure::Bulk => go.bulk(p.bulk_bytes, p.warmup, p.reps).await,
+        StreamMeasure::Rtt => {
+            go.latency("rtt", p.rtt_count / 10, p.rtt_count * p.reps)
+                .await
+        }
+        StreamMeasure::OpenRtt => {
+            go.latency("open-rtt", p.open_count / 10, p.open_count * p.reps)
+                .await
+        }
+        StreamMeasure::Opens => {
+            go.opens(p.opens_count, p.opens_in_flight, p.warmup, p.reps)
+                .await
+        }
+        StreamMeasure::Streams => {
+            go.streams(p.streams, p.stream_bytes, p.warmup, p.reps)
+                .await
+        }
+    };
+    cell(result, m.latency())
+}
+
+/// The single-session stream measures on the five stacks, interleaved: for each
+/// measure, each stack in turn (all servers run throughout, idle when not measured).
+async fn stream_table(
+    args: &Args,
+    p: &Params,
+    certs: &Certs,
+    go_bin: &Result<PathBuf, String>,
+) -> Result<Table> {
+    let measures: Vec<StreamMeasure> = StreamMeasure::ALL
+        .into_iter()
+        .filter(|m| args.wants(m.key()))
+        .collect();
+    let mut table = Table {
+        title: "streams",
+        columns: STREAM_COLUMNS.to_vec(),
+        ratios: vec![
+            ("TCP/rustls", QYMUX_TCP, RAW_TLS),
+            ("TCP/Go", QYMUX_TCP, GO),
+            ("QUIC/quinn", QYMUX_QUIC, RAW_QUIC),
+        ],
+        rows: Vec::new(),
+    };
+    if measures.is_empty() {
+        return Ok(table);
+    }
+    let tls = certs.client_tls()?;
+    let payload = Arc::new(Payload::new());
+
+    // Servers and clients of the Rust stacks.
+    let mut servers = Vec::new();
+    let mut clients: Vec<Result<Arc<Client>, String>> = Vec::new();
+    for (i, kind) in ["raw-tls", "qymux-tcp", "raw-quic", "qymux-quic"]
+        .into_iter()
+        .enumerate()
+    {
+        let connected = async {
+            let server = Server::ours(kind, certs).await?;
+            let addr = server.addr;
+            servers.push(server);
+            let client = match i {
+                RAW_TLS => Client::raw_tls(addr, tls.clone()).await,
+                QYMUX_TCP => Client::qymux_tcp(addr, tls.clone()).await?,
+                RAW_QUIC => Client::raw_quic(addr, tls.clone()).await?,
+                _ => Client::qymux_quic(addr, tls.clone()).await?,
+            };
+            Ok::<_, anyhow::Error>(Arc::new(client))
+        }
+        .await;
+        clients.push(connected.map_err(|e| format!("{kind}: {e:#}")));
+    }
+    let go = match go_bin {
+        Ok(bin) => match Server::go(bin, certs).await {
+            Ok(server) => {
+                let client = GoClient {
+                    bin: bin.clone(),
+                    addr: server.addr,
+                    ca: certs.ca.clone(),
+                };
+                servers.push(server);
+                Ok(client)
+            }
+            Err(e) => Err(Cell::Failed(format!("Go server: {e:#}"))),
+        },
+        Err(why) => Err(Cell::Skipped(why.clone())),
+    };
+
+    for m in measures {
+        println!("measuring {} ...", m.key());
+        let mut cells = Vec::new();
+        for client in &clients {
+            cells.push(match client {
+                Ok(client) => rust_cell(m, client, p, &payload).await,
+                Err(e) => Cell::Failed(e.clone()),
+            });
+        }
+        cells.push(match &go {
+            Ok(go) => go_cell(m, go, p).await,
+            Err(cell) => cell.clone(),
+        });
+        for (column, cell) in STREAM_COLUMNS.iter().zip(&cells) {
+            if let Cell::Failed(e) = cell {
+                eprintln!("FAILED: {} on {column}: {e}", m.key());
+            }
+        }
+        table.rows.push(m.row(cells));
+    }
+
+    for client in clients.into_iter().flatten() {
+        if let Ok(client) = Arc::try_unwrap(client) {
+            client.close().await;
+        }
+    }
+    for server in servers {
+        server.stop().await?;
+    }
+    Ok(table)
+}
+
+async fn grpc_table(p: &Params, certs: &Certs) -> Result<Table> {
+    let tls = certs.client_tls()?;
+    let mut cells = Vec::new();
+    for kind in ["grpc-direct", "grpc-qymux-tcp", "grpc-qymux-quic"] {
+        println!("measuring grpc ({kind}) ...");
+        let result = async {
+            let server = Server::ours(kind, certs).await?;
+            let client = match kind {
+                "grpc-direct" => grpc::Grpc::direct(server.addr).await?,
+                "grpc-qymux-tcp" => grpc::Grpc::over_tcp(server.addr, tls.clone()).await?,
+                _ => grpc::Grpc::over_quic(server.addr, tls.clone()).await?,
+            };
+            let warmup_calls = (p.grpc_calls / 10).max(p.grpc_in_flight);
+            grpc::calls(&client, warmup_calls, p.grpc_in_flight).await?;
+            let samples = measure::repeat(0, p.reps, || {
+                grpc::calls(&client, p.grpc_calls, p.grpc_in_flight)
+            })
+            .await;
+            client.close().await;
+            server.stop().await?;
+            samples
+        }
+        .await;
+        let cell = cell(result, false);
+        if let Cell::Failed(e) = &cell {
+            eprintln!("FAILED: grpc on {kind}: {e}");
+        }
+        cells.push(cell);
+    }
+    Ok(Table {
+        title: "gRPC",
+        columns: vec!["tonic direct", "Qymux TCP", "Qymux QUIC"],
+        ratios: vec![("TCP/direct", 1, 0), ("QUIC/direct", 2, 0)],
+        rows: vec![Row {
+            key: "grpc",
+            title: "unary calls, 64 in flight",
+            unit: "calls/s",
+            higher_is_better: true,
+            cells,
+        }],
+    })
+}
+
+async fn idle_table(p: &Params, certs: &Certs) -> Result<Table> {
+    let tls = certs.client_tls()?;
+    let mut cells = Vec::new();
+    for (kind, quic) in [("qymux-tcp", false), ("qymux-quic", true)] {
+        println!("measuring idle ({kind}, {} sessions) ...", p.idle_sessions);
+        let result = async {
+            let mut server = Server::ours(kind, certs).await?;
+            let idle = idle::measure(&mut server, quic, p.idle_sessions, tls.clone()).await;
+            server.stop().await?;
+            idle
+        }
+        .await;
+        cells.push(match result {
+            Ok(idle) => {
+                println!(
+                    "  {kind}: server RSS {} KiB before, {} KiB holding {} sessions: {:.1} KiB per session",
+                    idle.base_kib,
+                    idle.held_kib,
+                    idle.sessions,
+                    idle.per_session_kib()
+                );
+                Cell::Value(Figure::single(idle.per_session_kib()))
+            }
+            Err(e) => {
+                eprintln!("FAILED: idle on {kind}: {e:#}");
+                Cell::Failed(format!("{e:#}"))
+            }
+        });
+    }
+    Ok(Table {
+        title: "idle",
+        columns: vec!["Qymux TCP", "Qymux QUIC"],
+        ratios: Vec::new(),
+        rows: vec![Row {
+            key: "idle",
+            title: "server memory per idle session",
+            unit: "KiB",
+            higher_is_better: false,
+            cells,
+        }],
+    })
+}
+
+/// Medians (ms) of connect_bench's cases a to d, from its JSON.
+fn connect_medians(json: &str) -> [Option<f64>; 4] {
+    ["\"a_", "\"b_", "\"c_", "\"d_"].map(|case| {
+        let at = json.find(case)?;
+        let rest = &json[at..];
+        let rest = &rest[rest.find("\"median_ms\":")? + "\"median_ms\":".len()..];
+        let end = rest.find([',', '}'])?;
+        rest[..end].trim().parse().ok()
+    })
+}
+
+/// Runs connect_bench (Auto mode's time to session); returns its table and its JSON.
+async fn auto_table(args: &Args, p: &Params, out_dir: &Path) -> Result<(Table, Option<String>)> {
+    let bin = match &args.connect_bench {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary's directory")?
+            .join("examples/connect_bench"),
+    };
+    let columns = vec![
+        "plain TCP dial",
+        "Auto, UDP blackholed, 1st dial",
+        "Auto, blackholed, remembered",
+        "Auto, QUIC",
+    ];
+    let mut table = Table {
+        title: "Auto mode",
+        columns,
+        ratios: vec![("1st fallback/TCP", 1, 0)],
+        rows: Vec::new(),
+    };
+    if !bin.is_file() {
+        let why = format!(
+            "{} not found: build it with `cargo build --release -p qymux --example connect_bench` (cargo xtask bench does)",
+            bin.display()
+        );
+        println!("Auto mode skipped: {why}");
+        table.rows.push(auto_row(vec![Cell::Skipped(why); 4]));
+        return Ok((table, None));
+    }
+    println!(
+        "measuring auto (connect_bench, {} rounds) ...",
+        p.connect_rounds
+    );
+    let json_path = out_dir.join("connect.json");
+    let status = tokio::process::Command::new(&bin)
+        .arg("--rounds")
+        .arg(p.connect_rounds.to_string())
+        .arg("--json")
+        .arg(&json_path)
+        .status()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        let why = format!("connect_bench failed: {status}");
+        eprintln!("FAILED: auto: {why}");
+        table.rows.push(auto_row(vec![Cell::Failed(why); 4]));
+        return Ok((table, None));
+    }
+    let json = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {}", json_path.display()))?;
+    let [a, b, c, d] = connect_medians(&json);
+    let cells = [d, b, c, a]
+        .into_iter()
+        .map(|v| match v {
+            Some(v) => Cell::Value(Figure::single(v)),
+            None => Cell::Failed("missing in connect_bench's JSON".into()),
+        })
+        .collect();
+    table.rows.push(auto_row(cells));
+    Ok((table, Some(json)))
+}
+
+fn auto_row(cells: Vec<Cell>) -> Row {
+    Row {
+        key: "auto",
+        title: "time to a usable session",
+        unit: "ms",
+        higher_is_better: false,
+        cells,
+    }
+}
+
+/// The issue's targets, judged on this run.
+fn targets(tables: &[Table]) -> Vec<Target> {
+    let find = |key: &str| tables.iter().find_map(|t| t.find(key));
+    let value = |key: &str, col: usize| find(key).and_then(|r| r.cells.get(col)?.value());
+    let mut out = Vec::new();
+    // a/b against a limit; `at_least` says which side is good.
+    let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, limit: f64, at_least: bool| {
+        let r = a.zip(b).map(|(a, b)| a / b);
+        out.push(Target {
+            name: name.to_owned(),
+            figure: r.map_or("-".into(), |r| format!("{r:.2} ×")),
+            limit: format!("{} {limit:.2} ×", if at_least { "≥" } else { "≤" }),
+            met: r.map(|r| if at_least { r >= limit } else { r <= limit }),
+        });
+    };
+    ratio(
+        "TCP bulk vs raw rustls",
+        value("bulk", QYMUX_TCP),
+        value("bulk", RAW_TLS),
+        0.9,
+        true,
+    );
+    ratio(
+        "TCP bulk vs Go yamux",
+        value("bulk", QYMUX_TCP),
+        value("bulk", GO),
+        1.5,
+        true,
+    );
+    ratio(
+        "TCP 64 B round trip vs raw rustls",
+        value("rtt", QYMUX_TCP),
+        value("rtt", RAW_TLS),
+        1.3,
+        false,
+    );
+    ratio(
+        "TCP open + round trip vs Go yamux",
+        value("open-rtt", QYMUX_TCP),
+        value("open-rtt", GO),
+        0.6,
+        false,
+    );
+    for m in StreamMeasure::ALL {
+        let name = format!("QUIC {} vs raw quinn", m.row(Vec::new()).title);
+        if m.latency() {
+            // 0.9 × the speed: at most 1/0.9 of the time.
+            ratio(
+                &name,
+                value(m.key(), QYMUX_QUIC),
+                value(m.key(), RAW_QUIC),
+                1.0 / 0.9,
+                false,
+            );
+        } else {
+            ratio(
+                &name,
+                value(m.key(), QYMUX_QUIC),
+                value(m.key(), RAW_QUIC),
+                0.9,
+                true,
+            );
+        }
+    }
+    ratio(
+        "gRPC over a TCP session vs direct tonic",
+        value("grpc", 1),
+        value("grpc", 0),
+        0.8,
+        true,
+    );
+    ratio(
+        "gRPC over a QUIC session vs direct tonic",
+        value("grpc", 2),
+        value("grpc", 0),
+        0.8,
+        true,
+    );
+    let mut limit = |name: &str, v: Option<f64>, unit: &str, max: f64| {
+        out.push(Target {
+            name: name.to_owned(),
+            figure: v.map_or("-".into(), |v| format!("{v:.1} {unit}")),
+            limit: format!("≤ {max} {unit}"),
+            met: v.map(|v| v <= max),
+        });
+    };
+    limit("idle memory per TCP session", value("idle", 0), "KiB", 24.0);
+    limit(
+        "idle memory per QUIC session",
+        value("idle", 1),
+        "KiB",
+        64.0,
+    );
+    let extra = value("auto", 1).zip(value("auto", 0)).map(|(b, d)| b - d);
+    out.push(Target {
+        name: "Auto fallback, more than a plain TCP dial".into(),
+        figure: extra.map_or("-".into(), |e| format!("{e:.1} ms")),
+        limit: "< 350 ms".into(),
+        met: extra.map(|e| e < 350.0),
+    });
+    out
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn machine_json(load_before: &str, load_after: &str, smoke: bool) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let j = report::json_string;
+    format!(
+        "{{\"date\": {}, \"cpus\": {cpus}, \"cpu_model\": {}, \"kernel\": {}, \"rustc\": {}, \"go\": {}, \"profile\": \"release\", \"smoke\": {smoke}, \"load_before\": {}, \"load_after\": {}}}",
+        j(&command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        j(&cpu),
+        j(kernel.trim()),
+        j(&command_line("rustc", &["--version"])),
+        j(&command_line("go", &["version"])),
+        j(load_before),
+        j(load_after),
+    )
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let p = if args.smoke {
+        Params::smoke()
+    } else {
+        Params::full()
+    };
+    let out_dir = match &args.out {
+        Some(dir) => dir.clone(),
+        None if args.smoke => workspace_root().join("target/bench-smoke"),
+        None => workspace_root().join("docs/bench"),
+    };
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let load_before = loadavg();
+    println!(
+        "qymux-bench{}: load average {load_before}; results go to {}",
+        if p.smoke { " --smoke" } else { "" },
+        out_dir.display()
+    );
+
+    let tmp = qymux_testsupport::TempDir::new("qymux-bench")?;
+    let certs = Certs::create(tmp.path())?;
+
+    let go_bin: Result<PathBuf, String> = if args.no_go {
+        Err("left out (--no-go)".into())
+    } else if STREAM_MEASURES_WANTED.iter().any(|m| args.wants(m)) {
+        match qymux_testsupport::build_go_program("go-bench") {
+            Ok(bin) => Ok(bin),
+            Err(qymux_testsupport::GoBuildError::Missing(why)) => {
+                println!("Go column skipped: {why}");
+                Err(why)
+            }
+            Err(e) => return Err(anyhow::anyhow!(e).context("building interop/go-bench")),
+        }
+    } else {
+        Err("not measured".into())
+    };
+
+    let mut tables = vec![stream_table(&args, &p, &certs, &go_bin).await?];
+    if args.wants("grpc") {
+        tables.push(grpc_table(&p, &certs).await?);
+    }
+    if args.wants("idle") {
+        tables.push(idle_table(&p, &certs).await?);
+    }
+    let mut connect_json = None;
+    if args.wants("auto") {
+        let (table, json) = auto_table(&args, &p, &out_dir).await?;
+        tables.push(table);
+        connect_json = json;
+    }
+    tables.retain(|t| !t.rows.is_empty());
+
+    let load_after = loadavg();
+    let targets = targets(&tables);
+    let failed = tables
+        .iter()
+        .flat_map(|t| &t.rows)
+        .flat_map(|r| &r.cells)
+        .any(|c| matches!(c, Cell::Failed(_)));
+
+    println!();
+    print!("{}", report::text(&tables));
+    print!("{}", report::targets_text(&targets));
+    println!("\nload average: {load_before} before, {load_after} after");
+
+    let machine = machine_json(&load_before, &load_after, p.smoke);
+    let json = report::json(
+        &machine,
+        p.smoke,
+        &tables,
+        &targets,
+        connect_json.as_deref(),
+    );
+    std::fs::write(out_dir.join("results.json"), json)?;
+    let caption = format!(
+        "Qymux and its baselines, loopback, {} CPUs, load {load_before}{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if p.smoke {
+            " (smoke run: not a measurement)"
+        } else {
+            ""
+        }
+    );
+    std::fs::write(out_dir.join("results.svg"), report::svg(&tables, &caption))?;
+    let md = format!(
+        "{}\n{}\nLoad average {load_before} before, {load_after} after.\n",
+        report::markdown(&tables),
+        report::targets_markdown(&targets)
+    );
+    std::fs::write(out_dir.join("results.md"), md)?;
+    println!(
+        "wrote {0}/results.json, {0}/results.svg, {0}/results.md",
+        out_dir.display()
+    );
+    Ok(!failed)
+}
+
+const STREAM_MEASURES_WANTED: &[&str] = &["bulk", "rtt", "open-rtt", "opens", "streams"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_bench_medians_are_read() {
+        let json = r#"{"cases": {
+            "a_auto_quic": {"label": "a", "median_ms": 4.9, "p90_ms": 6.2},
+            "b_auto_blackholed_first": {"median_ms": 253.0},
+            "c_auto_blackholed_remembered": {"median_ms": 1.19},
+            "d_plain_tcp": {"label": "d", "median_ms": 1.25}}}"#;
+        assert_eq!(
+            connect_medians(json),
+            [Some(4.9), Some(253.0), Some(1.19), Some(1.25)]
+        );
+    }
+
+    #[test]
+    fn arguments() {
+        let args = parse(&["--smoke".into(), "--only".into(), "bulk,idle".into()]).unwrap();
+        assert!(args.smoke && args.wants("idle") && !args.wants("grpc"));
+        assert!(parse(&["--only".into(), "nope".into()]).is_err());
+    }
+}

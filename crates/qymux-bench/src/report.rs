@@ -1,0 +1,472 @@
+//! Tables, targets, JSON and the SVG chart.
+
+use std::fmt::Write as _;
+
+use crate::measure::Samples;
+
+/// One figure: the median of its samples, with their spread.
+#[derive(Debug, Clone)]
+pub(crate) struct Figure {
+    pub(crate) median: f64,
+    /// For latencies: the 99th percentile of all samples.
+    pub(crate) p99: Option<f64>,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
+}
+
+impl Figure {
+    pub(crate) fn of(samples: &Samples, latency: bool) -> Self {
+        Self {
+            median: samples.median(),
+            p99: latency.then(|| samples.quantile(0.99)),
+            min: samples.min(),
+            max: samples.max(),
+            n: samples.0.len(),
+        }
+    }
+
+    pub(crate) fn single(value: f64) -> Self {
+        Self {
+            median: value,
+            p99: None,
+            min: value,
+            max: value,
+            n: 1,
+        }
+    }
+}
+
+/// What became of one stack on one measure.
+#[derive(Debug, Clone)]
+pub(crate) enum Cell {
+    Value(Figure),
+    /// Not measured, and why (not an error: Go missing, a stack without streams).
+    Skipped(String),
+    Failed(String),
+}
+
+impl Cell {
+    pub(crate) fn value(&self) -> Option<f64> {
+        match self {
+            Self::Value(f) => Some(f.median),
+            _ => None,
+        }
+    }
+}
+
+/// One measure across stacks.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) key: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) unit: &'static str,
+    pub(crate) higher_is_better: bool,
+    /// In the order of the table's columns.
+    pub(crate) cells: Vec<Cell>,
+}
+
+/// A table of measures sharing columns, with ratios between columns.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub(crate) title: &'static str,
+    pub(crate) columns: Vec<&'static str>,
+    /// (label, numerator column, denominator column).
+    pub(crate) ratios: Vec<(&'static str, usize, usize)>,
+    pub(crate) rows: Vec<Row>,
+}
+
+impl Table {
+    pub(crate) fn find(&self, key: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.key == key)
+    }
+}
+
+/// A target of the issue, judged on this run's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) figure: String,
+    pub(crate) limit: String,
+    /// `None`: not measured in this run.
+    pub(crate) met: Option<bool>,
+}
+
+impl Target {
+    pub(crate) fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "MET",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        }
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell_text(cell: &Cell) -> String {
+    match cell {
+        Cell::Value(f) => fmt_value(f.median),
+        Cell::Skipped(_) => "-".into(),
+        Cell::Failed(_) => "FAILED".into(),
+    }
+}
+
+fn ratio(row: &Row, num: usize, den: usize) -> Option<f64> {
+    let (a, b) = (row.cells.get(num)?.value()?, row.cells.get(den)?.value()?);
+    (b != 0.0).then_some(a / b)
+}
+
+/// The cells of a table as text: a header line, then a line per row.
+fn grid(table: &Table) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut header = vec![format!("{} (median)", table.title)];
+    header.extend(table.columns.iter().map(|c| (*c).to_owned()));
+    header.extend(table.ratios.iter().map(|(l, _, _)| (*l).to_owned()));
+    out.push(header);
+    for row in &table.rows {
+        let mut line = vec![format!("{} ({})", row.title, row.unit)];
+        line.extend(row.cells.iter().map(cell_text));
+        for (_, num, den) in &table.ratios {
+            line.push(ratio(row, *num, *den).map_or("-".into(), |r| format!("{r:.2}")));
+        }
+        out.push(line);
+    }
+    out
+}
+
+/// The tables as aligned text.
+pub(crate) fn text(tables: &[Table]) -> String {
+    let mut out = String::new();
+    for table in tables {
+        let grid = grid(table);
+        let cols = grid[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| grid.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for line in &grid {
+            for (c, text) in line.iter().enumerate() {
+                if c == 0 {
+                    let _ = write!(out, "{text:<w$}", w = widths[c]);
+                } else {
+                    let _ = write!(out, "  {text:>w$}", w = widths[c]);
+                }
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The tables as Markdown.
+pub(crate) fn markdown(tables: &[Table]) -> String {
+    let mut out = String::new();
+    for table in tables {
+        let grid = grid(table);
+        for (i, line) in grid.iter().enumerate() {
+            out.push('|');
+            for text in line {
+                let _ = write!(out, " {text} |");
+            }
+            out.push('\n');
+            if i == 0 {
+                out.push('|');
+                for c in 0..line.len() {
+                    out.push_str(if c == 0 { "---|" } else { "---:|" });
+                }
+                out.push('\n');
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::new();
+    let w = targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:>22}  {:<22}  {}",
+            t.name,
+            t.figure,
+            t.limit,
+            t.verdict()
+        );
+    }
+    out
+}
+
+pub(crate) fn targets_markdown(targets: &[Target]) -> String {
+    let mut out = String::from("| target | figure | limit | |\n|---|---:|---|---|\n");
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.figure,
+            t.limit,
+            t.verdict()
+        );
+    }
+    out
+}
+
+pub(crate) fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.4}")
+    } else {
+        "null".into()
+    }
+}
+
+/// Everything as JSON: `machine` (already JSON), the tables, the targets, and
+/// `connect_bench` (its own JSON, as it wrote it, or `null`).
+pub(crate) fn json(
+    machine: &str,
+    smoke: bool,
+    tables: &[Table],
+    targets: &[Target],
+    connect_bench: Option<&str>,
+) -> String {
+    let mut out = String::from("{\n");
+    let _ = writeln!(out, "  \"machine\": {machine},");
+    let _ = writeln!(out, "  \"smoke\": {smoke},");
+    out.push_str("  \"tables\": [\n");
+    for (ti, table) in tables.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "    {{\"title\": {}, \"rows\": [",
+            json_string(table.title)
+        );
+        for (ri, row) in table.rows.iter().enumerate() {
+            let _ = write!(
+                out,
+                "      {{\"key\": {}, \"title\": {}, \"unit\": {}, \"higher_is_better\": {}, \"figures\": {{",
+                json_string(row.key),
+                json_string(row.title),
+                json_string(row.unit),
+                row.higher_is_better
+            );
+            for (ci, (column, cell)) in table.columns.iter().zip(&row.cells).enumerate() {
+                let value = match cell {
+                    Cell::Value(f) => format!(
+                        "{{\"median\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"samples\": {}}}",
+                        json_number(f.median),
+                        f.p99.map_or("null".into(), json_number),
+                        json_number(f.min),
+                        json_number(f.max),
+                        f.n
+                    ),
+                    Cell::Skipped(why) => format!("{{\"skipped\": {}}}", json_string(why)),
+                    Cell::Failed(why) => format!("{{\"error\": {}}}", json_string(why)),
+                };
+                let _ = write!(
+                    out,
+                    "{}{}: {value}",
+                    if ci == 0 { "" } else { ", " },
+                    json_string(column)
+                );
+            }
+            out.push_str("}, \"ratios\": {");
+            for (i, (label, num, den)) in table.ratios.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "{}{}: {}",
+                    if i == 0 { "" } else { ", " },
+                    json_string(label),
+                    ratio(row, *num, *den).map_or("null".into(), json_number)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "}}}}{}",
+                if ri + 1 < table.rows.len() { "," } else { "" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "    ]}}{}",
+            if ti + 1 < tables.len() { "," } else { "" }
+        );
+    }
+    out.push_str("  ],\n  \"targets\": [\n");
+    for (i, t) in targets.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "    {{\"name\": {}, \"figure\": {}, \"limit\": {}, \"met\": {}}}{}",
+            json_string(&t.name),
+            json_string(&t.figure),
+            json_string(&t.limit),
+            t.met.map_or("null".into(), |m| m.to_string()),
+            if i + 1 < targets.len() { "," } else { "" }
+        );
+    }
+    out.push_str("  ],\n");
+    let _ = writeln!(
+        out,
+        "  \"connect_bench\": {}",
+        connect_bench.map_or("null", str::trim)
+    );
+    out.push_str("}\n");
+    out
+}
+
+/// Colours of the bars, by column name.
+fn colour(column: &str) -> &'static str {
+    match column {
+        "raw rustls" | "tonic direct" => "#9e9e9e",
+        "raw quinn" => "#bdbdbd",
+        "Go yamux" => "#e6a23c",
+        c if c.contains("QUIC") || c.starts_with("Auto") => "#3f8fd2",
+        _ => "#2e7d32",
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A bar chart: one group per measure, one bar per stack, bars scaled to the largest
+/// figure of the group, each labelled with its figure.
+pub(crate) fn svg(tables: &[Table], caption: &str) -> String {
+    const WIDTH: f64 = 860.0;
+    const LABEL: f64 = 170.0;
+    const BAR_MAX: f64 = 520.0;
+    const BAR_H: f64 = 14.0;
+    const GAP: f64 = 4.0;
+    let mut body = String::new();
+    let mut y = 40.0;
+    for table in tables {
+        for row in &table.rows {
+            let max = row
+                .cells
+                .iter()
+                .filter_map(Cell::value)
+                .fold(0.0f64, f64::max);
+            let better = if row.higher_is_better {
+                "higher is better"
+            } else {
+                "lower is better"
+            };
+            let _ = writeln!(
+                body,
+                r#"<text x="10" y="{:.0}" font-weight="bold">{} ({}, {better})</text>"#,
+                y + 12.0,
+                xml(row.title),
+                xml(row.unit)
+            );
+            y += 20.0;
+            for (column, cell) in table.columns.iter().zip(&row.cells) {
+                let _ = writeln!(
+                    body,
+                    r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{}</text>"#,
+                    LABEL - 6.0,
+                    y + BAR_H - 3.0,
+                    xml(column)
+                );
+                match cell.value() {
+                    Some(v) if max > 0.0 => {
+                        let w = (v / max * BAR_MAX).max(1.0);
+                        let _ = writeln!(
+                            body,
+                            r##"<rect x="{LABEL:.0}" y="{y:.0}" width="{w:.1}" height="{BAR_H:.0}" fill="{}"/><text x="{:.1}" y="{:.0}">{}</text>"##,
+                            colour(column),
+                            LABEL + w + 4.0,
+                            y + BAR_H - 3.0,
+                            fmt_value(v)
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            body,
+                            r##"<text x="{LABEL:.0}" y="{:.0}" fill="#888">{}</text>"##,
+                            y + BAR_H - 3.0,
+                            xml(&cell_text(cell))
+                        );
+                    }
+                }
+                y += BAR_H + GAP;
+            }
+            y += 10.0;
+        }
+    }
+    let height = y + 10.0;
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="22" font-size="14" font-weight="bold">{}</text>
+{body}</svg>
+"#,
+        xml(caption)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            title: "t",
+            columns: vec!["raw rustls", "Qymux TCP"],
+            ratios: vec![("TCP/rustls", 1, 0)],
+            rows: vec![Row {
+                key: "bulk",
+                title: "bulk \"1\" <stream>",
+                unit: "MiB/s",
+                higher_is_better: true,
+                cells: vec![
+                    Cell::Value(Figure::single(1000.0)),
+                    Cell::Value(Figure::single(900.0)),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn ratios_divide_the_named_columns() {
+        assert!(text(&[table()]).contains("0.90"));
+        assert!(markdown(&[table()]).contains("| 0.90 |"));
+    }
+
+    #[test]
+    fn json_and_svg_escape_text() {
+        let json = json("{}", true, &[table()], &[], None);
+        assert!(json.contains(r#""bulk \"1\" <stream>""#), "{json}");
+        assert!(json.contains("\"TCP/rustls\": 0.9000"), "{json}");
+        let svg = svg(&[table()], "caption & more");
+        assert!(svg.contains("&lt;stream&gt;") && svg.contains("caption &amp; more"));
+    }
+}
