@@ -14,6 +14,7 @@ TASKS:
     coverage    Run the workspace tests instrumented and report line coverage
     fuzz        Run the cargo-fuzz targets in fuzz/ for a while each
     soak        Run many sessions x streams against one listener and check resources
+    bench       Measure Qymux beside raw rustls, raw quinn, Go yamux and direct tonic
     help        Show this text
 
 cargo xtask cert [OPTIONS]
@@ -66,6 +67,19 @@ cargo xtask soak [OPTIONS]
     --mode both|quic|tcp   Transports [default: both, half each]
     -- ARGS...             More options for the soak binary (--bytes, --warmup-seconds,
                            --rss-tolerance-mb, --fd-tolerance)
+
+cargo xtask bench [OPTIONS]
+    Builds (release) and runs the qymux-bench crate and the connect_bench example of
+    qymux: servers and clients in separate processes on loopback, Go crypto/tls +
+    hashicorp yamux built from Debian's packages (skipped with a message when missing).
+    Prints a table with ratios and the targets, and writes results.json, results.svg
+    and results.md. Fails on a measure's error, never on a missed target.
+
+    --smoke                Every measure for a fraction of a second (CI); writes to
+                           target/bench-smoke unless --out is given
+    --out DIR              Where the results go [default: docs/bench]
+    --only LIST            Comma-separated: bulk,rtt,open-rtt,opens,streams,grpc,idle,auto
+    --no-go                Leave out the Go column
 ";
 
 /// A parsed command line.
@@ -76,6 +90,13 @@ pub(crate) enum Command {
     Coverage(CoverageArgs),
     Fuzz(FuzzArgs),
     Soak(SoakArgs),
+    Bench(BenchArgs),
+}
+
+/// Options of `cargo xtask bench`: passed on to the qymux-bench binary as they are.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct BenchArgs {
+    pub(crate) args: Vec<String>,
 }
 
 /// Options of `cargo xtask fuzz`.
@@ -151,6 +172,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
         "coverage" => parse_coverage(args),
         "fuzz" => parse_fuzz(args),
         "soak" => parse_soak(args),
+        "bench" => parse_bench(args),
         other => Err(format!("unknown task {other:?}")),
     }
 }
@@ -260,6 +282,26 @@ fn parse_soak(args: impl Iterator<Item = String>) -> Result<Command, String> {
     }
     parsed.passthrough = args.rest;
     Ok(Command::Soak(parsed))
+}
+
+fn parse_bench(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = BenchArgs::default();
+    let mut args = Args::new(args);
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--smoke" | "--no-go" => {
+                args.no_value(&flag)?;
+                parsed.args.push(flag);
+            }
+            "--out" | "--only" => {
+                let value = args.value(&flag)?;
+                parsed.args.extend([flag, value]);
+            }
+            _ => return Err(format!("unknown option {flag:?} for `bench`")),
+        }
+    }
+    Ok(Command::Bench(parsed))
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {

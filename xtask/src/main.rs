@@ -4,6 +4,7 @@
 //! dependencies. `fuzz` and `soak` drive other binaries (cargo-fuzz, the soak example).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod cert;
 mod cli;
 mod coverage;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Coverage(args) => coverage::run(&args, &root),
         Command::Fuzz(args) => fuzz::run(&args, &root),
         Command::Soak(args) => soak::run(&args, &root),
+        Command::Bench(args) => bench::run(&args, &root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
