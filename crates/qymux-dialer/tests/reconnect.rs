@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use support::{Blackhole, GUARD, echo_streams, guard, pattern, pki, round_trip};
+use support::{Blackhole, GUARD, accept_peer_of, echo_streams, guard, pattern, pki, round_trip};
 
 /// A callback that echoes every stream the server opens and reports each new session.
 fn echo_and_report(
@@ -146,8 +146,8 @@ async fn reconnects_after_the_server_closes_and_after_a_restart_on_the_same_port
     let mut state = agent.state();
 
     // First session: the callback runs, the state says connected.
-    let server1 = guard("first accept", listener.accept()).await.unwrap();
     let first = guard("first callback", sessions.recv()).await.unwrap();
+    let server1 = guard("first accept", accept_peer_of(&listener, &first)).await;
     let s = wait_state(&mut state, "connected 1", |s| s.is_connected()).await;
     assert_eq!(generation(&s), 1);
     assert_eq!(s.protocol(), Some(Protocol::Quic));
@@ -162,8 +162,8 @@ async fn reconnects_after_the_server_closes_and_after_a_restart_on_the_same_port
             .await
             .is_clean()
     );
-    let server2 = guard("second accept", listener.accept()).await.unwrap();
-    let _second = guard("second callback", sessions.recv()).await.unwrap();
+    let second = guard("second callback", sessions.recv()).await.unwrap();
+    let server2 = guard("second accept", accept_peer_of(&listener, &second)).await;
     let s = wait_state(&mut state, "connected 2", |s| generation(s) == 2).await;
     assert!(s.is_connected());
     let mut stream = server2.open().await.unwrap();
@@ -191,10 +191,8 @@ async fn reconnects_after_the_server_closes_and_after_a_restart_on_the_same_port
         }
     })
     .await;
-    let server3 = guard("accept after restart", listener.accept())
-        .await
-        .unwrap();
-    let _third = guard("third callback", sessions.recv()).await.unwrap();
+    let third = guard("third callback", sessions.recv()).await.unwrap();
+    let server3 = guard("accept after restart", accept_peer_of(&listener, &third)).await;
     let s = wait_state(&mut state, "connected 3", |s| generation(s) == 3).await;
     assert!(s.is_connected());
     let mut stream = server3.open().await.unwrap();
@@ -330,16 +328,21 @@ async fn moves_to_quic_when_udp_gets_through_and_tcp_streams_finish_first() {
     let pki = pki();
     let mut options = Options::default();
     options.handshake_timeout(Duration::from_secs(2));
-    let tcp = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        options.clone(),
-        Mode::Tcp,
-    )
-    .await
-    .unwrap();
+    // A TCP-only server whose UDP port is blackholed: take a free UDP port first, then
+    // TCP on the same number (another socket may hold the UDP twin of a free TCP port).
+    let (tcp, blackhole) = guard("a port free for UDP and TCP", async {
+        loop {
+            let hole = Blackhole::bind(0);
+            let at = format!("127.0.0.1:{}", hole.port());
+            if let Ok(tcp) =
+                Listener::bind(&at, pki.server.clone(), options.clone(), Mode::Tcp).await
+            {
+                break (tcp, hole);
+            }
+        }
+    })
+    .await;
     let addr = tcp.local_addr();
-    let blackhole = Blackhole::bind(addr.port());
     // A short penalty, so the background QUIC attempts come quickly.
     let memory = Arc::new(TransportMemory::new(
         Duration::from_millis(200),

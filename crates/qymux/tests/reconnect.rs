@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{Backoff, CloseReason, Config, Mode, Qymux, ReconnectConfig, ReconnectState, Session};
+use qymux::{
+    Backoff, BoxSession, CloseReason, Config, Mode, Qymux, ReconnectConfig, ReconnectState, Session,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -15,6 +17,20 @@ async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
     match tokio::time::timeout(GUARD, f).await {
         Ok(v) => v,
         Err(_) => panic!("hung for {GUARD:?}: {what}"),
+    }
+}
+
+/// Accepts until the server side of `agent` comes (same transport, same client port):
+/// in Auto mode the attempt that lost the race may complete its handshake at the server
+/// too, and is closed by the dialer right away.
+async fn accept_peer_of(listener: &qymux::Listener, agent: &BoxSession) -> BoxSession {
+    loop {
+        let session = listener.accept().await.expect("listener closed");
+        if session.protocol() == agent.protocol()
+            && session.remote_addr().port() == agent.local_addr().port()
+        {
+            return session;
+        }
     }
 }
 
@@ -54,8 +70,8 @@ async fn connect_forever_moves_to_the_next_server_after_a_graceful_shutdown() {
         .unwrap();
     let mut state = reconnecting.state();
 
-    let on_a = guard("accept on A", a.accept()).await.unwrap();
     let agent_a = guard("callback on A", callbacks.recv()).await.unwrap();
+    let on_a = guard("accept on A", accept_peer_of(&a, &agent_a)).await;
     let mut s = on_a.open().await.unwrap();
     let mut got = String::new();
     s.read_to_string(&mut got).await.unwrap();
@@ -68,8 +84,8 @@ async fn connect_forever_moves_to_the_next_server_after_a_graceful_shutdown() {
         CloseReason::Peer(_)
     ));
 
-    let on_b = guard("accept on B", b.accept()).await.unwrap();
-    let _agent_b = guard("callback on B", callbacks.recv()).await.unwrap();
+    let agent_b = guard("callback on B", callbacks.recv()).await.unwrap();
+    let on_b = guard("accept on B", accept_peer_of(&b, &agent_b)).await;
     let s = guard(
         "connected to B",
         state.wait_for(|s| matches!(s, ReconnectState::Connected { generation: 2, .. })),

@@ -65,6 +65,20 @@ async fn echo(mut stream: BoxStream) {
     }
 }
 
+/// Accepts until the server side of `agent` comes (same transport, same client port).
+/// In Auto mode the attempt that lost the race may complete its handshake at the server
+/// too, and is closed by the dialer right away: skip such sessions.
+pub async fn accept_peer_of(listener: &qymux_dialer::Listener, agent: &BoxSession) -> BoxSession {
+    loop {
+        let session = listener.accept().await.expect("listener closed");
+        if session.protocol() == agent.protocol()
+            && session.remote_addr().port() == agent.local_addr().port()
+        {
+            return session;
+        }
+    }
+}
+
 /// Deterministic, non-repeating test bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -91,15 +105,22 @@ where
 
 /// A UDP socket bound at `port` that never answers, counting what it receives.
 pub struct Blackhole {
+    port: u16,
     received: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Blackhole {
     pub fn bind(port: u16) -> Blackhole {
-        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        Self::try_bind(port).unwrap()
+    }
+
+    /// Binds `port` (0: any free port), or says why it cannot.
+    pub fn try_bind(port: u16) -> std::io::Result<Blackhole> {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port))?;
+        socket.set_nonblocking(true)?;
+        let port = socket.local_addr()?.port();
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
         let received = Arc::new(AtomicUsize::new(0));
         let count = received.clone();
         let task = tokio::spawn(async move {
@@ -108,10 +129,16 @@ impl Blackhole {
                 count.fetch_add(1, Ordering::SeqCst);
             }
         });
-        Blackhole {
+        Ok(Blackhole {
+            port,
             received,
             task: Some(task),
-        }
+        })
+    }
+
+    /// The UDP port it holds.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn received(&self) -> usize {
