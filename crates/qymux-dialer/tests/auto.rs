@@ -1,32 +1,15 @@
 //! Auto mode: QUIC where it gets through, TCP promptly where UDP is blackholed, the
 //! failure remembered, and one listener for both.
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use qymux_cert::CertificateAuthority;
 use qymux_dialer::{Dialer, Listener, TransportMemory};
-use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::{BoxSession, Mode, Options, Protocol, Session};
+use support::{Blackhole, Pki, guard, pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Pki {
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
-}
-
-fn pki() -> Pki {
-    let ca = CertificateAuthority::new("Auto CA").unwrap();
-    Pki {
-        server: ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
-            .build()
-            .unwrap(),
-        client: ClientTls::with_ca(vec![ca.certificate().clone()])
-            .build()
-            .unwrap(),
-    }
-}
 
 /// Long enough that a dial which waited for QUIC to time out would be obvious: the
 /// assertions below only check that the dial did not take that long.
@@ -47,51 +30,22 @@ async fn exchange(a: &BoxSession, b: &BoxSession) {
     assert_eq!(got, b"ping");
 }
 
-/// A UDP socket bound at `port` that never answers, counting what it receives.
-struct Blackhole {
-    received: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Blackhole {
-    fn bind(port: u16) -> Blackhole {
-        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
-        let received = Arc::new(AtomicUsize::new(0));
-        let count = received.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            while socket.recv_from(&mut buf).await.is_ok() {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        Blackhole { received, task }
-    }
-
-    fn received(&self) -> usize {
-        self.received.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A TCP-only Qymux server whose UDP port is blackholed.
+/// A TCP-only Qymux server whose UDP port is blackholed. The UDP port is taken first and
+/// TCP bound on the same number: the UDP twin of a free TCP port may be held by another
+/// socket, the other way round it is retried.
 async fn tcp_server_with_blackholed_udp(pki: &Pki) -> (Listener, Blackhole) {
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        patient_options(),
-        Mode::Tcp,
-    )
+    guard("a port free for both UDP and TCP", async {
+        loop {
+            let blackhole = Blackhole::bind(0);
+            let at = format!("127.0.0.1:{}", blackhole.port());
+            if let Ok(listener) =
+                Listener::bind(&at, pki.server.clone(), patient_options(), Mode::Tcp).await
+            {
+                break (listener, blackhole);
+            }
+        }
+    })
     .await
-    .unwrap();
-    let blackhole = Blackhole::bind(listener.local_addr().port());
-    (listener, blackhole)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Helpers shared by the reconnect and limit tests: certificates, an echo service, a
+//! Helpers shared by the Auto-mode, reconnect and limit tests: certificates, an echo service, a
 //! UDP blackhole, hang guards.
 #![allow(dead_code, unreachable_pub)]
 
