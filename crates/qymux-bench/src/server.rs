@@ -33,9 +33,7 @@ pub(crate) fn run(kind: &str, certs: &Certs) -> Result<()> {
     if !KINDS.contains(&kind) {
         bail!("unknown server kind {kind:?} (one of {})", KINDS.join(", "));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime()?;
     runtime.block_on(serve(kind, certs))
 }
 
@@ -46,7 +44,7 @@ async fn serve(kind: &str, certs: &Certs) -> Result<()> {
         "raw-tls" => {
             let listener = TcpListener::bind(local).await?;
             let addr = listener.local_addr()?;
-            tokio::spawn(stacks::serve_raw_tls(listener, tls));
+            tokio::spawn(stacks::serve_raw_tls(listener, tls, hold));
             addr
         }
         "qymux-tcp" => {
@@ -62,7 +60,7 @@ async fn serve(kind: &str, certs: &Certs) -> Result<()> {
         "raw-quic" => {
             let endpoint = stacks::quinn_server(tls)?;
             let addr = endpoint.local_addr()?;
-            tokio::spawn(stacks::serve_raw_quic(endpoint));
+            tokio::spawn(stacks::serve_raw_quic(endpoint, hold));
             addr
         }
         "qymux-quic" => {
@@ -135,6 +133,11 @@ async fn serve(kind: &str, certs: &Certs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`counted`], boxed.
+fn hold(serving: stacks::BoxFuture) -> stacks::BoxFuture {
+    Box::pin(counted(serving))
 }
 
 /// Counts a session while `serving` runs.

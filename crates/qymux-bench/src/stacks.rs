@@ -72,10 +72,19 @@ pub(crate) fn options() -> qymux_transport::Options {
     qymux_transport::Options::default()
 }
 
+/// Raw quinn's stream limit: Qymux's default, unless `QYMUX_BENCH_QUINN_STREAMS` says
+/// otherwise (to see what the limit costs; quinn allocates per allowed stream).
+fn quinn_max_streams() -> u32 {
+    std::env::var("QYMUX_BENCH_QUINN_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_STREAMS)
+}
+
 fn quinn_transport() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(quinn_max_streams()))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
         .keep_alive_interval(Some(Duration::from_secs(10)))
         .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
@@ -105,6 +114,22 @@ pub(crate) fn quinn_server(tls: Arc<rustls::ServerConfig>) -> Result<quinn::Endp
         socket,
         Arc::new(quinn::TokioRuntime),
     )?)
+}
+
+/// A raw quinn client endpoint on 127.0.0.1, with the bench's transport settings.
+pub(crate) fn quinn_client(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint> {
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(quinn_transport()));
+    let socket = udp_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 /// A client side of one stack, connected to its server.
@@ -139,17 +164,7 @@ impl Client {
     }
 
     pub(crate) async fn raw_quic(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Self> {
-        let crypto = QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(quinn_transport()));
-        let socket = udp_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
-        endpoint.set_default_client_config(config);
+        let endpoint = quinn_client(tls)?;
         let connection = endpoint.connect(addr, SERVER_NAME)?.await?;
         Ok(Self::RawQuic {
             connection,
@@ -206,26 +221,40 @@ pub(crate) async fn serve_session<S: qymux_transport::Session>(session: S) {
     }
 }
 
-pub(crate) async fn serve_raw_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+/// Serves the bench protocol on every TLS connection (one stream each); `hold` counts
+/// the connections while they last.
+pub(crate) async fn serve_raw_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hold: fn(BoxFuture) -> BoxFuture,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     while let Ok((tcp, _)) = listener.accept().await {
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            tcp.set_nodelay(true)?;
-            let tls = acceptor.accept(tcp).await?;
-            crate::proto::serve(tls).await
-        });
+        tokio::spawn(hold(Box::pin(async move {
+            let served = async {
+                tcp.set_nodelay(true)?;
+                let tls = acceptor.accept(tcp).await?;
+                crate::proto::serve(tls).await
+            };
+            let _ = served.await;
+        })));
     }
 }
 
-pub(crate) async fn serve_raw_quic(endpoint: quinn::Endpoint) {
+pub(crate) type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves the bench protocol on every stream of every connection; `hold` counts the
+/// connections while they last.
+pub(crate) async fn serve_raw_quic(endpoint: quinn::Endpoint, hold: fn(BoxFuture) -> BoxFuture) {
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(async move {
-            let connection = incoming.await?;
+        tokio::spawn(hold(Box::pin(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
             while let Ok((send, recv)) = connection.accept_bi().await {
                 tokio::spawn(crate::proto::serve(tokio::io::join(recv, send)));
             }
-            Ok::<_, quinn::ConnectionError>(())
-        });
+        })));
     }
 }
