@@ -28,6 +28,9 @@ use qymux_transport::{BoxSession, Mode, Options, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+/// Far beyond any wait on loopback: a stream, close or slot that takes this long hangs.
+const STREAM_HANG: Duration = Duration::from_secs(120);
+
 const USAGE: &str = "\
 usage: soak [--minutes N | --seconds N] [--sessions 1000] [--streams 10] [--bytes 16384]
             [--mode both|quic|tcp] [--warmup-seconds N] [--rss-tolerance-mb 64]
@@ -156,6 +159,8 @@ struct Totals {
     client_live: AtomicUsize,
     /// Live server sessions, watched so that tear-down can wait for them to end.
     server_live: watch::Sender<usize>,
+    /// Errors by kind (the message without addresses and numbers).
+    kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Totals {
@@ -169,10 +174,17 @@ impl Totals {
     }
 
     fn error(&self, what: impl std::fmt::Display) {
-        // The first few in full; the rest are counted.
+        let what = what.to_string();
+        // The first few in full; the rest are counted by kind.
         if self.errors.fetch_add(1, Ordering::SeqCst) < 10 {
             eprintln!("error: {what}");
         }
+        let kind: String = what
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        *kinds.entry(kind).or_default() += 1;
     }
 
     fn print(&self, label: &str, s: Snapshot, started: Instant) {
@@ -295,8 +307,17 @@ async fn one_stream(session: &BoxSession, seed: u64, max_bytes: usize, totals: &
         );
         written?;
         read
-    }
-    .await;
+    };
+    // A stream that makes no progress for this long is stuck: count it, do not hang.
+    let result = match tokio::time::timeout(STREAM_HANG, result).await {
+        Ok(result) => result,
+        Err(_) => {
+            totals.error(format!(
+                "stream stuck for {STREAM_HANG:?} (open, echo or EOF never came)"
+            ));
+            return;
+        }
+    };
     match result {
         Ok(got) if got.len() == data.len() && sha256(&got) == sha256(&data) => {
             totals.streams.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +370,12 @@ async fn slot(
                 .map(|s| one_stream(&session, base | s, args.bytes, &totals));
             futures::future::join_all(streams).await;
         }
-        session.close().await;
+        if tokio::time::timeout(STREAM_HANG, session.close())
+            .await
+            .is_err()
+        {
+            totals.error("session close stuck");
+        }
         drop(live);
         generation += 1;
     }
@@ -376,6 +402,7 @@ async fn main() -> ExitCode {
         errors: AtomicU64::new(0),
         client_live: AtomicUsize::new(0),
         server_live: watch::Sender::new(0),
+        kinds: Default::default(),
     });
     let pki = Arc::new(Pki::new());
     let listener = Arc::new(
@@ -453,10 +480,21 @@ async fn main() -> ExitCode {
     // Tear down: every slot finishes its round and closes its session; the server's
     // sessions end with them.
     stop.send_replace(true);
-    for s in slots {
-        if let Err(e) = s.await {
-            totals.error(format!("a session slot panicked: {e}"));
+    // Each slot finishes its round; a dial, a stream and a close are each bounded, so a
+    // slot still busy after all of them is stuck.
+    let slot_bound = 2 * client_options().connect_timeout + 3 * STREAM_HANG;
+    let finished = tokio::time::timeout(slot_bound, futures::future::join_all(slots)).await;
+    match finished {
+        Ok(results) => {
+            for r in results {
+                if let Err(e) = r {
+                    totals.error(format!("a session slot panicked: {e}"));
+                }
+            }
         }
+        Err(_) => totals.error(format!(
+            "session slots still busy {slot_bound:?} after the end"
+        )),
     }
     let mut server_live = totals.server_live.subscribe();
     let ended =
@@ -487,6 +525,11 @@ async fn main() -> ExitCode {
     }
     if errors > 0 {
         failed.push(format!("{errors} errors"));
+        let kinds = totals.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        println!("errors by kind:");
+        for (kind, n) in kinds.iter() {
+            println!("  {n:>8}  {kind}");
+        }
     }
     if totals.streams.load(Ordering::SeqCst) == 0 {
         failed.push("no stream completed".to_owned());
