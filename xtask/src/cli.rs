@@ -79,6 +79,7 @@ cargo xtask bench [OPTIONS]
                            target/bench-smoke unless --out is given
     --out DIR              Where the results go [default: docs/bench]
     --only LIST            Comma-separated: bulk,rtt,open-rtt,opens,streams,grpc,idle,auto
+    --stacks LIST          Columns of the stream measures: rustls,tcp,quinn,quic,go
     --no-go                Leave out the Go column
 ";
 
@@ -294,7 +295,7 @@ fn parse_bench(args: impl Iterator<Item = String>) -> Result<Command, String> {
                 args.no_value(&flag)?;
                 parsed.args.push(flag);
             }
-            "--out" | "--only" => {
+            "--out" | "--only" | "--stacks" => {
                 let value = args.value(&flag)?;
                 parsed.args.extend([flag, value]);
             }

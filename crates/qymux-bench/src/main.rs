@@ -37,13 +37,16 @@ use crate::report::{Cell, Figure, Row, Table, Target};
 use crate::stacks::{Certs, Client};
 
 const USAGE: &str = "\
-usage: qymux-bench [--smoke] [--out DIR] [--only LIST] [--no-go] [--connect-bench PATH]
+usage: qymux-bench [--smoke] [--out DIR] [--only LIST] [--stacks LIST] [--no-go]
+                   [--connect-bench PATH]
   --smoke              every measure for a fraction of a second (CI); writes to
                        target/bench-smoke unless --out is given
   --out DIR            where results.json, results.svg and results.md go
                        [default: docs/bench in the workspace]
   --only LIST          comma-separated measures: bulk,rtt,open-rtt,opens,streams,
                        grpc,idle,auto [default: all]
+  --stacks LIST        comma-separated columns of the stream measures: rustls,tcp,
+                       quinn,quic,go [default: all]
   --no-go              leave out the Go column
   --connect-bench PATH the connect_bench example of the qymux crate (Auto mode's
                        time to session) [default: examples/connect_bench next to
@@ -61,11 +64,18 @@ struct Args {
     smoke: bool,
     out: Option<PathBuf>,
     only: Option<Vec<String>>,
+    stacks: Option<Vec<String>>,
     no_go: bool,
     connect_bench: Option<PathBuf>,
 }
 
 impl Args {
+    fn wants_stack(&self, stack: &str) -> bool {
+        self.stacks
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|s| s == stack))
+    }
+
     fn wants(&self, measure: &str) -> bool {
         self.only
             .as_ref()
@@ -95,6 +105,18 @@ fn parse(args: &[String]) -> Result<Args> {
                     bail!("unknown measure {bad:?} (one of {})", MEASURES.join(","));
                 }
                 out.only = Some(list);
+            }
+            "--stacks" => {
+                let list: Vec<String> = it
+                    .next()
+                    .context("--stacks needs a list")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = list.iter().find(|s| !STACK_NAMES.contains(&s.as_str())) {
+                    bail!("unknown stack {bad:?} (one of {})", STACK_NAMES.join(","));
+                }
+                out.stacks = Some(list);
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -234,6 +256,8 @@ const STREAM_COLUMNS: [&str; 5] = [
     "Qymux QUIC",
     "Go yamux",
 ];
+/// Short names of the stream table's columns, for `--stacks`.
+const STACK_NAMES: [&str; 5] = ["rustls", "tcp", "quinn", "quic", "go"];
 const RAW_TLS: usize = 0;
 const QYMUX_TCP: usize = 1;
 const RAW_QUIC: usize = 2;
@@ -349,11 +373,15 @@ async fn stream_table(
 
     // Servers and clients of the Rust stacks.
     let mut servers = Vec::new();
-    let mut clients: Vec<Result<Arc<Client>, String>> = Vec::new();
+    let mut clients: Vec<Result<Arc<Client>, Cell>> = Vec::new();
     for (i, kind) in ["raw-tls", "qymux-tcp", "raw-quic", "qymux-quic"]
         .into_iter()
         .enumerate()
     {
+        if !args.wants_stack(STACK_NAMES[i]) {
+            clients.push(Err(Cell::Skipped("not selected (--stacks)".into())));
+            continue;
+        }
         let connected = async {
             let server = Server::ours(kind, certs).await?;
             let addr = server.addr;
@@ -367,9 +395,12 @@ async fn stream_table(
             Ok::<_, anyhow::Error>(Arc::new(client))
         }
         .await;
-        clients.push(connected.map_err(|e| format!("{kind}: {e:#}")));
+        clients.push(connected.map_err(|e| Cell::Failed(format!("{kind}: {e:#}"))));
     }
     let go = match go_bin {
+        _ if !args.wants_stack(STACK_NAMES[GO]) => {
+            Err(Cell::Skipped("not selected (--stacks)".into()))
+        }
         Ok(bin) => match Server::go(bin, certs).await {
             Ok(server) => {
                 let client = GoClient {
@@ -391,7 +422,7 @@ async fn stream_table(
         for client in &clients {
             cells.push(match client {
                 Ok(client) => rust_cell(m, client, p, &payload).await,
-                Err(e) => Cell::Failed(e.clone()),
+                Err(cell) => cell.clone(),
             });
         }
         cells.push(match &go {
