@@ -70,15 +70,15 @@ fuzz_target!(|data: &[u8]| {
     let (mut pieces, mut reads) = (sizes(data[0]), sizes(data[1]));
     let mut input = Vec::new();
     let big = data[2];
-    if big & 0xc0 == 0xc0 {
+    if big & 0xf0 == 0xf0 {
         // A DATA frame around or over the 1 MiB limit first (the input is never that
         // long by itself), then the fuzzer's bytes. Large pieces keep it fast; the
         // small ones are exercised on everything else.
         for size in pieces.iter_mut().chain(reads.iter_mut()) {
             *size = (*size).max(65536) - usize::from(data[3]);
         }
-        let mut length = MAX_BODY - 2 + u32::from(big & 0x0f) * 4099;
-        if big & 0x10 != 0 {
+        let mut length = MAX_BODY - 2 + u32::from(big & 0x07) * 4099;
+        if big & 0x08 != 0 {
             length += MAX_BODY;
         }
         let header = Header {
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             length,
         };
         input.extend_from_slice(&header.bytes());
-        let body = if big & 0x20 != 0 { length / 2 } else { length };
+        let body = if data[3] & 0x80 != 0 { length / 2 } else { length };
         input.resize(input.len() + body as usize, data[3]);
     }
     input.extend_from_slice(&data[4..]);
