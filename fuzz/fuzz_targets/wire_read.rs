@@ -89,7 +89,11 @@ fuzz_target!(|data: &[u8]| {
             length,
         };
         input.extend_from_slice(&header.bytes());
-        let body = if data[3] & 0x80 != 0 { length / 2 } else { length };
+        let body = if data[3] & 0x80 != 0 {
+            length / 2
+        } else {
+            length
+        };
         input.resize(input.len() + body as usize, data[3]);
     }
     input.extend_from_slice(&data[4..]);
