@@ -805,6 +805,9 @@ async fn run(args: Args) -> Result<bool> {
         match qymux_testsupport::build_go_program("go-bench") {
             Ok(bin) => Ok(bin),
             Err(qymux_testsupport::GoBuildError::Missing(why)) => {
+                if qymux_testsupport::peers_required() {
+                    bail!("{why} ({}=1 is set)", qymux_testsupport::REQUIRE_PEERS_VAR);
+                }
                 println!("Go column skipped: {why}");
                 Err(why)
             }
