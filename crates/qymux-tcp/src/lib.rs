@@ -29,6 +29,11 @@
 //! - Every socket gets `TCP_NODELAY`, TCP keep-alive probes at the keep-alive interval and
 //!   `TCP_USER_TIMEOUT` at the idle timeout, so the kernel also gives up on a peer that
 //!   stops acknowledging; that too is reported as `TimeoutKind::Idle`.
+//! - A peer that closes gracefully (GoAway, TLS close_notify, FIN) ends the session as
+//!   [`CloseReason::Peer`](qymux_transport::CloseReason::Peer), also when its socket is
+//!   already gone by the time this side writes (a window update, a ping, stream data):
+//!   the write's `EPIPE`/`ECONNRESET` is held back until what the peer sent before is
+//!   read, and only a connection that ends without the peer's GoAway fails with it.
 //!
 //! # Example
 //!

@@ -646,6 +646,103 @@ mod tests {
         assert_eq!(l.check(t1, 490 * MS), Verdict::Wait(t1 + 10 * MS));
     }
 
+    /// A connection whose peer already hung up: writes fail with `EPIPE`, and what the
+    /// peer sent before it went (`input`) can only be read once a write was tried, so the
+    /// driver meets the failed write before the peer's last frames.
+    struct HungUp {
+        input: std::io::Cursor<Vec<u8>>,
+        wrote: bool,
+        reader: Option<std::task::Waker>,
+    }
+
+    impl HungUp {
+        fn new(input: Vec<u8>) -> Self {
+            Self {
+                input: std::io::Cursor::new(input),
+                wrote: false,
+                reader: None,
+            }
+        }
+    }
+
+    impl AsyncRead for HungUp {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if !self.wrote {
+                self.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for HungUp {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.wrote = true;
+            if let Some(reader) = self.reader.take() {
+                reader.wake();
+            }
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Starts a session on `io` and opens a stream, which makes the driver write.
+    async fn session_on_hung_up(input: Vec<u8>) -> CloseReason {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let session = Session::start(Start {
+            io: HungUp::new(input),
+            mode: yamux::Mode::Server,
+            options: Options::default(),
+            local_addr: addr,
+            remote_addr: addr,
+            peer_identity: None,
+        });
+        // Whether the open gets through before the session ends does not matter.
+        let _ = session.open().await;
+        session.closed().await
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closed_gracefully_while_we_wrote_closed_the_session() {
+        // GoAway (normal termination); then the peer's socket closed.
+        let go_away = crate::wire::header_bytes(crate::wire::TYPE_GO_AWAY, 0, 0, 0);
+        let reason = session_on_hung_up(go_away.to_vec()).await;
+        assert!(
+            matches!(reason, CloseReason::Peer(None)),
+            "expected a close by the peer, got {reason:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hung_up_without_go_away_fails_the_session() {
+        let reason = session_on_hung_up(Vec::new()).await;
+        match reason {
+            CloseReason::Failed(Error::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}")
+            }
+            other => panic!("expected the broken pipe, got {other:?}"),
+        }
+    }
+
     #[test]
     fn without_keep_alive_only_the_idle_timeout_counts() {
         let mut l = liveness(None, 1000);

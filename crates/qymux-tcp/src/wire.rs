@@ -21,6 +21,15 @@
 //! the crate's frames; any yamux peer answers it with an ACK carrying the same value.
 //! Everything else passes through unchanged.
 //!
+//! When a write fails because the peer hung up (`EPIPE`, `ECONNRESET`: it closed its
+//! socket while we were sending a window update, a ping or stream data), the error is held
+//! back and writes are discarded from then on, so that the frames the peer sent before it
+//! hung up are still read (the yamux crate writes before it reads, and would otherwise end
+//! the session on the write error with the peer's GoAway unread). A peer that closed
+//! gracefully sent GoAway first, and the session ends as closed by the peer; if the input
+//! ends without a GoAway, reads fail with the held write error, and the session fails with
+//! it as before.
+//!
 //! It also ends the connection when the peer breaks the protocol. The yamux crate answers
 //! a violation (a stream id of the wrong parity, a window update that overflows, a first
 //! frame larger than the window, ...) with GoAway and an error code, but then keeps reading
@@ -235,6 +244,46 @@ pub(crate) struct WireIo<T> {
     /// The error code of a GoAway the yamux crate sent because the peer broke the
     /// protocol: reads fail from then on.
     violation: Option<u32>,
+    /// A write failed because the peer hung up; writes are discarded since, and the
+    /// error is reported by the reader if the input ends without the peer's GoAway.
+    hung_up: Option<io::Error>,
+}
+
+/// Whether a write error means that the peer closed its end of the connection.
+fn is_hang_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A copy of a held write error (`io::Error` is not `Clone`).
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Writes to `inner`, unless the peer hung up: then the bytes are discarded, and the
+/// first such error is kept in `hung_up`.
+fn write_or_discard<T: AsyncWrite + Unpin>(
+    inner: &mut T,
+    hung_up: &mut Option<io::Error>,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    if hung_up.is_some() {
+        return Poll::Ready(Ok(buf.len()));
+    }
+    match ready!(Pin::new(inner).poll_write(cx, buf)) {
+        Err(e) if is_hang_up(&e) => {
+            tracing::debug!("the peer hung up ({e}); reading what it sent before");
+            *hung_up = Some(e);
+            Poll::Ready(Ok(buf.len()))
+        }
+        other => Poll::Ready(other),
+    }
 }
 
 /// Where the writer is in the stream of frames the yamux crate writes.
@@ -270,6 +319,7 @@ impl<T> WireIo<T> {
             },
             ping: None,
             violation: None,
+            hung_up: None,
         }
     }
 }
@@ -279,6 +329,12 @@ impl<T> WireIo<T> {
     pub(crate) fn into_inner(self) -> T {
         self.inner
     }
+}
+
+/// A version 0 frame header.
+#[cfg(test)]
+pub(crate) fn header_bytes(kind: u8, flags: u16, stream_id: u32, length: u32) -> [u8; HEADER_LEN] {
+    header(0, kind, flags, stream_id, length)
 }
 
 fn header(version: u8, kind: u8, flags: u16, stream_id: u32, length: u32) -> [u8; HEADER_LEN] {
@@ -383,7 +439,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
                             if n == 0 {
                                 // EOF from the peer. Within a header it is a truncated
                                 // frame, which the yamux crate reports on its own.
-                                return Poll::Ready(Ok(()));
+                                return Poll::Ready(this.end_of_input());
                             }
                             *filled += n;
                             if *filled == HEADER_LEN {
@@ -437,7 +493,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
                         (Poll::Ready(Ok(())), 0) => {
                             // EOF inside a body: hand on what we have; yamux reports
                             // the truncated frame.
-                            return Poll::Ready(Ok(()));
+                            return Poll::Ready(this.end_of_input());
                         }
                         (Poll::Ready(Ok(())), n) => {
                             out.advance(n);
@@ -471,6 +527,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
 }
 
 impl<T> WireIo<T> {
+    /// What the reader reports when the peer's input ends: the end, or the held write
+    /// error if the peer hung up without a GoAway.
+    fn end_of_input(&self) -> io::Result<()> {
+        match &self.hung_up {
+            Some(e) if self.state.go_away().is_none() => Err(copy_error(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// The header to send for `h`: FIN becomes RST on a stream the application aborted
     /// after the peer's FIN.
     fn outgoing_header(&self, mut h: [u8; HEADER_LEN]) -> [u8; HEADER_LEN] {
@@ -527,7 +592,12 @@ impl<T: AsyncWrite + Unpin> WireIo<T> {
             self.ping = Some((header(0, TYPE_PING, FLAG_SYN, 0, value), 0));
         }
         while let Some((frame, sent)) = self.ping.as_mut() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*sent..]))?;
+            let n = ready!(write_or_discard(
+                &mut self.inner,
+                &mut self.hung_up,
+                cx,
+                &frame[*sent..]
+            ))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -565,13 +635,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
                 Some(h) => &h[at..at + len],
                 None => &buf[..len],
             };
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, chunk))?;
+            let n = ready!(write_or_discard(
+                &mut this.inner,
+                &mut this.hung_up,
+                cx,
+                chunk
+            ))?;
             let mut copy = [0u8; HEADER_LEN];
             copy[..n].copy_from_slice(&chunk[..n]);
             (copy, n)
         } else {
             let len = (this.write.body_left as usize).min(buf.len());
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..len]))?;
+            let n = ready!(write_or_discard(
+                &mut this.inner,
+                &mut this.hung_up,
+                cx,
+                &buf[..len]
+            ))?;
             ([0u8; HEADER_LEN], n)
         };
         this.wrote(n, &chunk);
@@ -585,10 +665,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
         if this.between_frames() {
             ready!(this.poll_ping(cx))?;
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        if this.hung_up.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_flush(cx)) {
+            Err(e) if is_hang_up(&e) => {
+                this.hung_up = Some(e);
+                Poll::Ready(Ok(()))
+            }
+            other => Poll::Ready(other),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.hung_up.is_some() {
+            // Nothing reaches the peer any more.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -666,5 +759,55 @@ mod tests {
         expected.extend_from_slice(&data);
         expected.extend_from_slice(b"ok");
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hung_up_after_go_away_is_read_to_the_end() {
+        let (ours, mut peer) = duplex(4096);
+        let state = Arc::new(WireState::new());
+        let mut wire = WireIo::new(ours, state.clone());
+        let go_away = header(0, TYPE_GO_AWAY, 0, 0, 0);
+        peer.write_all(&go_away).await.unwrap();
+        drop(peer);
+
+        // A window update, a ping and data to a peer that is gone: discarded, no error.
+        wire.write_all(&header(0, TYPE_WINDOW_UPDATE, 0, 1, 4096))
+            .await
+            .unwrap();
+        state.request_ping();
+        wire.flush().await.unwrap();
+        wire.write_all(&header(0, TYPE_DATA, 0, 1, 2))
+            .await
+            .unwrap();
+        wire.write_all(b"hi").await.unwrap();
+        wire.flush().await.unwrap();
+        wire.shutdown().await.unwrap();
+
+        // What the peer sent before it went is still read, then the input ends.
+        let mut got = Vec::new();
+        wire.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, go_away);
+        assert_eq!(state.go_away(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hung_up_without_go_away_fails_the_reader() {
+        let (ours, mut peer) = duplex(4096);
+        let mut wire = WireIo::new(ours, Arc::new(WireState::new()));
+        let data = header(0, TYPE_DATA, 0, 2, 2);
+        peer.write_all(&data).await.unwrap();
+        peer.write_all(b"ok").await.unwrap();
+        drop(peer);
+
+        wire.write_all(&header(0, TYPE_WINDOW_UPDATE, 0, 2, 4096))
+            .await
+            .unwrap();
+        let mut got = vec![0u8; HEADER_LEN + 2];
+        wire.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..HEADER_LEN], &data);
+        let mut rest = Vec::new();
+        let err = wire.read_to_end(&mut rest).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert!(rest.is_empty());
     }
 }
