@@ -29,6 +29,21 @@
 //!   in flight (send), for throughput on fast links while bounding the memory a session
 //!   may hold. UDP sockets ask the kernel for 4 MiB buffers (capped by
 //!   `net.core.rmem_max`), which keeps a fast stream from losing packets in bursts.
+//! - A listener serves all its sessions from one UDP socket and one quinn endpoint task:
+//!   when the sessions together send faster than that task reads, the kernel drops
+//!   datagrams at the socket (`RcvbufErrors`). Sessions recover from moderate loss; under
+//!   sustained overload their packets can be lost for the whole idle timeout, and then
+//!   the side that stopped hearing its peer forgets the connection, and the other side,
+//!   which kept hearing retransmissions, is answered with a stateless reset. Size the
+//!   load to the listener (the soak example of qymux-dialer measures a sustainable
+//!   rate).
+//! - Every [`dial`] makes its own endpoint, and quinn gives each endpoint a receive
+//!   buffer of about 3 MiB (max UDP payload x GRO segments x batch, allocated zeroed).
+//!   One dialed session in a process does not notice; a process that holds many dialed
+//!   sessions pays that per session while it is live, and with glibc's dynamic mmap
+//!   threshold the buffers soon come from the heap, are resident in full and are kept
+//!   by the allocator after the sessions end. Share an endpoint between sessions
+//!   ([`dial_with_endpoint`]) or fix the threshold (`MALLOC_MMAP_THRESHOLD_=131072`).
 //!
 //! Only the `ring` crypto provider is compiled in (quinn's `rustls-ring` feature).
 //!
@@ -87,7 +102,7 @@ mod stream;
 
 pub use dial::{dial, dial_with_endpoint};
 pub use listener::Listener;
-pub use session::Session;
+pub use session::{Session, WeakSession};
 pub use stream::Stream;
 
 pub use quinn;
