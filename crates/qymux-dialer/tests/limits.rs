@@ -170,3 +170,32 @@ fn a_zero_session_cap_is_a_configuration_error() {
     o.max_sessions(0);
     assert!(matches!(o.validate(), Err(Error::Config(m)) if m.contains("max_sessions")));
 }
+
+/// A grace beyond what the clock can add (`Duration::MAX`: "no deadline") is accepted:
+/// sessions without open streams close at once and the shutdown returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_without_a_deadline_closes_idle_sessions() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    );
+    let (agent, accepted) = tokio::join!(dialer.dial(), listener.accept());
+    let (agent, accepted) = (agent.unwrap(), accepted.unwrap());
+    guard("shutdown", listener.shutdown(Duration::MAX)).await;
+    assert!(matches!(accepted.close_reason(), Some(CloseReason::Local)));
+    assert!(
+        guard("the agent sees the close", agent.closed())
+            .await
+            .is_clean()
+    );
+}

@@ -102,7 +102,7 @@ mod stream;
 
 pub use dial::{dial, dial_with_endpoint};
 pub use listener::Listener;
-pub use session::Session;
+pub use session::{Session, WeakSession};
 pub use stream::Stream;
 
 pub use quinn;

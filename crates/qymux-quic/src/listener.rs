@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
 use qymux_tls::Side;
+use qymux_transport::registry::SessionRegistry;
 use qymux_transport::{Error, HandshakeError, Limit, Options, Result, TimeoutKind};
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -16,7 +17,7 @@ use tracing::{debug, warn};
 use crate::config::server_config;
 use crate::dial::negotiated_protocol;
 use crate::error::handshake_failure;
-use crate::session::{Session, Shared};
+use crate::session::Session;
 use crate::socket;
 
 /// How many finished handshakes may wait for [`Listener::accept`] before handshakes
@@ -40,48 +41,7 @@ pub struct Listener {
     local_addr: SocketAddr,
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
-    registry: Arc<Registry>,
-}
-
-/// How often a draining session is checked for open streams.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-
-/// The sessions a listener accepted, held weakly: a session the application dropped
-/// still closes as usual.
-#[derive(Default)]
-struct Registry {
-    sessions: std::sync::Mutex<Vec<Weak<Shared>>>,
-}
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Shared>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The sessions still alive, forgetting the others.
-    fn live(&self) -> Vec<Session> {
-        let mut sessions = self.lock();
-        let mut live = Vec::with_capacity(sessions.len());
-        sessions.retain(|weak| match Session::upgrade(weak) {
-            Some(s) if s.close_reason().is_none() => {
-                live.push(s);
-                true
-            }
-            _ => false,
-        });
-        live
-    }
-
-    /// Counts `session` in unless `max` sessions are already alive.
-    fn admit(&self, session: &Session, max: Option<usize>) -> bool {
-        let mut sessions = self.lock();
-        sessions.retain(|weak| Session::upgrade(weak).is_some_and(|s| s.close_reason().is_none()));
-        if max.is_some_and(|max| sessions.len() >= max) {
-            return false;
-        }
-        sessions.push(session.downgrade());
-        true
-    }
+    registry: Arc<SessionRegistry<Session>>,
 }
 
 impl fmt::Debug for Listener {
@@ -132,7 +92,7 @@ impl Listener {
         )?;
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(SessionRegistry::default());
         let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
         Ok(Listener {
             endpoint,
@@ -186,37 +146,22 @@ impl Listener {
     /// alone they go unanswered until their connect timeout.
     pub async fn shutdown(&self, grace: Duration) {
         self.task.abort();
-        let until = tokio::time::Instant::now() + grace;
-        let sessions = self.registry.live();
-        debug!(sessions = sessions.len(), ?grace, "listener shutting down");
-        let mut closing = tokio::task::JoinSet::new();
-        for session in sessions {
-            closing.spawn(drain_and_close(session, until));
-        }
+        debug!(?grace, "listener shutting down");
+        let draining = self.registry.shutdown(grace);
         let refuse = async {
             while let Some(incoming) = self.endpoint.accept().await {
                 debug!(peer = %incoming.remote_address(), "shutting down; refusing connection");
                 incoming.refuse();
             }
         };
+        // `refuse` ends only if the endpoint closes; draining goes on either way.
+        tokio::pin!(draining);
         tokio::select! {
-            () = async { while closing.join_next().await.is_some() {} } => {}
-            () = refuse => while closing.join_next().await.is_some() {},
+            () = &mut draining => {}
+            () = refuse => draining.await,
         }
         self.close();
     }
-}
-
-/// Waits until `session` has no open stream (or `until`), then closes it.
-async fn drain_and_close(session: Session, until: tokio::time::Instant) {
-    while session.open_streams() > 0 && tokio::time::Instant::now() < until {
-        tokio::select! {
-            () = tokio::time::sleep(DRAIN_POLL) => {}
-            () = tokio::time::sleep_until(until) => {}
-            _ = session.closed() => return,
-        }
-    }
-    session.close().await;
 }
 
 impl Drop for Listener {
@@ -243,7 +188,7 @@ async fn accept_loop(
     endpoint: Endpoint,
     options: Options,
     ready: mpsc::Sender<Session>,
-    registry: Arc<Registry>,
+    registry: Arc<SessionRegistry<Session>>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).

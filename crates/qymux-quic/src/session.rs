@@ -169,17 +169,6 @@ impl Session {
         }
     }
 
-    /// A reference that does not keep the session alive (for the listener's registry).
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
-        Arc::downgrade(&self.shared)
-    }
-
-    /// The session behind a [`downgrade`](Session::downgrade)d reference, while the
-    /// application still holds it (or one of its streams).
-    pub(crate) fn upgrade(weak: &std::sync::Weak<Shared>) -> Option<Session> {
-        weak.upgrade().map(|shared| Session { shared })
-    }
-
     /// Opens a stream; see [`qymux_transport::Session::open`].
     ///
     /// The stream is announced to the peer (an empty QUIC `STREAM` frame) before this
@@ -343,6 +332,27 @@ impl Session {
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// A reference to a [`Session`] that does not keep it alive (see
+/// [`Tracked`](qymux_transport::registry::Tracked)).
+#[derive(Debug, Clone)]
+pub struct WeakSession(std::sync::Weak<Shared>);
+
+impl qymux_transport::registry::Tracked for Session {
+    type Weak = WeakSession;
+
+    fn downgrade(&self) -> WeakSession {
+        WeakSession(Arc::downgrade(&self.shared))
+    }
+
+    fn upgrade(weak: &WeakSession) -> Option<Session> {
+        weak.0.upgrade().map(|shared| Session { shared })
+    }
+
+    fn open_streams(&self) -> usize {
+        Session::open_streams(self)
+    }
 }
 
 impl qymux_transport::Session for Session {

@@ -92,7 +92,7 @@ mod wire;
 
 pub use dial::dial;
 pub use listener::Listener;
-pub use session::Session;
+pub use session::{Session, WeakSession};
 pub use stream::Stream;
 
 pub use qymux_transport::{self as transport, Options};

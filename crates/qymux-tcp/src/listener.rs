@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use qymux_tls::Side;
+use qymux_transport::registry::SessionRegistry;
 use qymux_transport::{Error, HandshakeError, Limit, Options, PeerIdentity, Result, TimeoutKind};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -13,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::session::{Handle, Session, Start};
+use crate::session::{Session, Start};
 use crate::socket;
 
 /// How many finished handshakes may wait for [`Listener::accept`] before handshakes
@@ -32,48 +33,7 @@ pub struct Listener {
     local_addr: SocketAddr,
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
-    registry: Arc<Registry>,
-}
-
-/// How often a draining session is checked for open streams.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-
-/// The sessions a listener accepted, held weakly: a session the application dropped
-/// still closes as usual.
-#[derive(Default)]
-struct Registry {
-    sessions: std::sync::Mutex<Vec<Weak<Handle>>>,
-}
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Handle>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The sessions still alive, forgetting the others.
-    fn live(&self) -> Vec<Session> {
-        let mut sessions = self.lock();
-        let mut live = Vec::with_capacity(sessions.len());
-        sessions.retain(|weak| match Session::upgrade(weak) {
-            Some(s) if s.close_reason().is_none() => {
-                live.push(s);
-                true
-            }
-            _ => false,
-        });
-        live
-    }
-
-    /// Counts `session` in unless `max` sessions are already alive.
-    fn admit(&self, session: &Session, max: Option<usize>) -> bool {
-        let mut sessions = self.lock();
-        sessions.retain(|weak| Session::upgrade(weak).is_some_and(|s| s.close_reason().is_none()));
-        if max.is_some_and(|max| sessions.len() >= max) {
-            return false;
-        }
-        sessions.push(session.downgrade());
-        true
-    }
+    registry: Arc<SessionRegistry<Session>>,
 }
 
 impl fmt::Debug for Listener {
@@ -107,7 +67,7 @@ impl Listener {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(READY_QUEUE);
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(SessionRegistry::default());
         let task = tokio::spawn(accept_loop(
             tcp,
             TlsAcceptor::from(tls),
@@ -155,27 +115,9 @@ impl Listener {
     /// Sessions that finished their handshake but were never accepted are closed too.
     pub async fn shutdown(&self, grace: Duration) {
         self.close();
-        let until = tokio::time::Instant::now() + grace;
-        let sessions = self.registry.live();
-        debug!(sessions = sessions.len(), ?grace, "listener shutting down");
-        let mut closing = tokio::task::JoinSet::new();
-        for session in sessions {
-            closing.spawn(drain_and_close(session, until));
-        }
-        while closing.join_next().await.is_some() {}
+        debug!(?grace, "listener shutting down");
+        self.registry.shutdown(grace).await;
     }
-}
-
-/// Waits until `session` has no open stream (or `until`), then closes it.
-async fn drain_and_close(session: Session, until: tokio::time::Instant) {
-    while session.open_streams() > 0 && tokio::time::Instant::now() < until {
-        tokio::select! {
-            () = tokio::time::sleep(DRAIN_POLL) => {}
-            () = tokio::time::sleep_until(until) => {}
-            _ = session.closed() => return,
-        }
-    }
-    session.close().await;
 }
 
 impl Drop for Listener {
@@ -203,7 +145,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     options: Options,
     ready: mpsc::Sender<Session>,
-    registry: Arc<Registry>,
+    registry: Arc<SessionRegistry<Session>>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).

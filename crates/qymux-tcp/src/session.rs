@@ -167,17 +167,6 @@ impl Session {
         }
     }
 
-    /// A reference that does not keep the session alive (for the listener's registry).
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<Handle> {
-        Arc::downgrade(&self.handle)
-    }
-
-    /// The session behind a [`downgrade`](Session::downgrade)d reference, while the
-    /// application still holds it (or one of its streams).
-    pub(crate) fn upgrade(weak: &std::sync::Weak<Handle>) -> Option<Session> {
-        weak.upgrade().map(|handle| Session { handle })
-    }
-
     pub(crate) fn wire(&self) -> &WireState {
         &self.handle.shared.wire
     }
@@ -272,6 +261,27 @@ impl Session {
     /// Streams open right now, in both directions.
     pub fn open_streams(&self) -> usize {
         self.handle.shared.streams_open.load(Ordering::Relaxed)
+    }
+}
+
+/// A reference to a [`Session`] that does not keep it alive (see
+/// [`Tracked`](qymux_transport::registry::Tracked)).
+#[derive(Debug, Clone)]
+pub struct WeakSession(std::sync::Weak<Handle>);
+
+impl qymux_transport::registry::Tracked for Session {
+    type Weak = WeakSession;
+
+    fn downgrade(&self) -> WeakSession {
+        WeakSession(Arc::downgrade(&self.handle))
+    }
+
+    fn upgrade(weak: &WeakSession) -> Option<Session> {
+        weak.0.upgrade().map(|handle| Session { handle })
+    }
+
+    fn open_streams(&self) -> usize {
+        Session::open_streams(self)
     }
 }
 

@@ -36,6 +36,7 @@
 mod boxed;
 mod error;
 mod options;
+pub mod registry;
 mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};

@@ -1,0 +1,113 @@
+//! What a listener keeps of the sessions it accepted: the session cap and graceful
+//! shutdown, written once for every backend.
+//!
+//! Application code does not need this module; backends implement [`Tracked`] for their
+//! session type and hold a [`SessionRegistry`] in their listener.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::Session;
+
+/// How often a draining session is checked for open streams: neither backend signals
+/// "last stream finished", so [`SessionRegistry::shutdown`] polls the count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A session a listener can hold without keeping it alive, and drain before closing.
+pub trait Tracked: Session + Clone + Send + Sync + 'static {
+    /// A reference that does not keep the session alive.
+    type Weak: Send + 'static;
+
+    /// A reference that lets the session close as usual when the application drops it.
+    fn downgrade(&self) -> Self::Weak;
+
+    /// The session behind a [`downgrade`](Tracked::downgrade)d reference, while the
+    /// application still holds it (or one of its streams).
+    fn upgrade(weak: &Self::Weak) -> Option<Self>;
+
+    /// How many streams are open on the session, in both directions.
+    fn open_streams(&self) -> usize;
+}
+
+/// The sessions a listener accepted, held weakly: a session the application dropped
+/// still closes as usual, and one that ended is forgotten.
+pub struct SessionRegistry<S: Tracked> {
+    sessions: Mutex<Vec<S::Weak>>,
+}
+
+impl<S: Tracked> Default for SessionRegistry<S> {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<S: Tracked> std::fmt::Debug for SessionRegistry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRegistry")
+            .field("tracked", &self.lock().len())
+            .finish()
+    }
+}
+
+impl<S: Tracked> SessionRegistry<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<S::Weak>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sessions still alive and not closed, forgetting the others.
+    pub fn live(&self) -> Vec<S> {
+        let mut sessions = self.lock();
+        let mut live = Vec::with_capacity(sessions.len());
+        sessions.retain(|weak| match S::upgrade(weak) {
+            Some(s) if s.close_reason().is_none() => {
+                live.push(s);
+                true
+            }
+            _ => false,
+        });
+        live
+    }
+
+    /// Counts `session` in, unless `max` sessions are alive already (then `false`: the
+    /// caller refuses it).
+    pub fn admit(&self, session: &S, max: Option<usize>) -> bool {
+        let mut sessions = self.lock();
+        sessions.retain(|weak| S::upgrade(weak).is_some_and(|s| s.close_reason().is_none()));
+        if max.is_some_and(|max| sessions.len() >= max) {
+            return false;
+        }
+        sessions.push(session.downgrade());
+        true
+    }
+
+    /// Closes every live session gracefully as soon as it has no open stream, or when
+    /// `grace` has passed, whichever comes first; returns when all are closed.
+    pub async fn shutdown(&self, grace: Duration) {
+        // A grace too large for the clock means "no deadline".
+        let now = Instant::now();
+        let until = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let mut closing = tokio::task::JoinSet::new();
+        for session in self.live() {
+            closing.spawn(drain_and_close(session, until));
+        }
+        while closing.join_next().await.is_some() {}
+    }
+}
+
+/// Waits until `session` has no open stream (or `until`), then closes it.
+async fn drain_and_close<S: Tracked>(session: S, until: Instant) {
+    while session.open_streams() > 0 && Instant::now() < until {
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+            () = tokio::time::sleep_until(until) => {}
+            _ = session.closed() => return,
+        }
+    }
+    session.close().await;
+}
