@@ -57,14 +57,17 @@ cargo xtask fuzz [OPTIONS] [TARGET]...
 cargo xtask soak [OPTIONS]
     Builds and runs the soak example of qymux-dialer (release): sessions x streams
     cycling against one QUIC + TCP listener, printing RSS, open file descriptors, live
-    sessions and totals at start, warm-up, end and after tear-down. Fails on a data
-    mismatch, an error, or resources that grew beyond the tolerance.
+    sessions and totals at start, warm-up, end and after tear-down, and the rate
+    reached. Fails on a data mismatch, an error, or resources that grew beyond the
+    tolerance. The load is paced (--rate); --stress overloads on purpose.
 
     --minutes N            How long the load runs [default: 1]
     --seconds N            The same in seconds (for short CI runs)
     --sessions N           Concurrent session slots [default: 1000]
     --streams N            Concurrent streams per session [default: 10]
     --mode both|quic|tcp   Transports [default: both, half each]
+    --rate N               Streams started per second over all sessions [default: 1000]
+    --stress               No pacing: every session cycles flat out (overload mode)
     -- ARGS...             More options for the soak binary (--bytes, --warmup-seconds,
                            --rss-tolerance-mb, --fd-tolerance)
 
@@ -265,7 +268,8 @@ fn parse_soak(args: impl Iterator<Item = String>) -> Result<Command, String> {
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
-            "--minutes" | "--seconds" | "--sessions" | "--streams" | "--mode" => {
+            "--stress" => parsed.passthrough.push(flag),
+            "--minutes" | "--seconds" | "--sessions" | "--streams" | "--mode" | "--rate" => {
                 let value = args.value(&flag)?;
                 if flag == "--mode" && !["both", "quic", "tcp"].contains(&value.as_str()) {
                     return Err(format!("--mode: expected both, quic or tcp, not {value:?}"));
@@ -281,7 +285,7 @@ fn parse_soak(args: impl Iterator<Item = String>) -> Result<Command, String> {
             _ => return Err(format!("unknown option {flag:?} for `soak`")),
         }
     }
-    parsed.passthrough = args.rest;
+    parsed.passthrough.extend(args.rest);
     Ok(Command::Soak(parsed))
 }
 
@@ -496,6 +500,12 @@ mod tests {
             ]
         );
         assert_eq!(args.passthrough, ["--bytes", "1000"]);
+        let Ok(Command::Soak(args)) = parse_str("soak --rate 2000 --stress -- --bytes 10") else {
+            panic!()
+        };
+        assert_eq!(args.flags, [("--rate".to_owned(), "2000".to_owned())]);
+        assert_eq!(args.passthrough, ["--stress", "--bytes", "10"]);
+        assert!(parse_str("soak --rate 0").is_err());
         assert!(parse_str("soak --mode udp").is_err());
         assert!(parse_str("soak --minutes -1").is_err());
         assert!(parse_str("soak --streams").is_err());

@@ -6,6 +6,26 @@
 //! live sessions) are printed at the start, after the warm-up, at the end of the load and
 //! after tear-down, with the totals.
 //!
+//! The load is paced: the slots together start `--rate` streams per second (each slot
+//! one round every `sessions x streams / rate` seconds, their first dials spread over
+//! that time), and the rate reached is printed. The default rate is one that 1,000
+//! sessions x 10 streams hold on a 2-core machine with clients and server in this one
+//! process (see docs/reliability.md). `--stress` drops the pacing: every slot cycles
+//! flat out and all slots dial at once, which overloads a small machine on purpose
+//! (the server's single UDP socket then drops packets, and QUIC sessions time out or
+//! are reset); it is a separate mode, not the soak.
+//!
+//! `RUST_LOG` (for instance `quinn_proto::endpoint=debug,qymux_quic=debug`) logs to
+//! stderr.
+//!
+//! The server's UDP socket drops (from `/proc/net/udp`) are printed with every snapshot.
+//! glibc's malloc is set to a fixed mmap threshold (128 KiB) unless
+//! `--glibc-dynamic-mmap` is given: quinn gives every endpoint, so every dialed QUIC
+//! session, a ~3 MiB receive buffer (`calloc`); with glibc's dynamic threshold those
+//! buffers soon come from the heap, are touched whole, and stay resident after they are
+//! freed, so RSS climbs towards 3 MiB per live dialed session without any leak. (The
+//! program runs itself again with `MALLOC_MMAP_THRESHOLD_=131072` for that.)
+//!
 //! It exits non-zero on any data mismatch, on any error (nothing should fail on
 //! loopback), if RSS or file descriptors grew beyond the tolerance between the warm-up
 //! point and the end of the load, or if file descriptors or sessions are left over after
@@ -31,16 +51,26 @@ use tokio::sync::watch;
 /// Far beyond any wait on loopback: a stream, close or slot that takes this long hangs.
 const STREAM_HANG: Duration = Duration::from_secs(120);
 
+/// Streams started per second, over all slots, unless `--rate` or `--stress` is given.
+const DEFAULT_RATE: f64 = 1000.0;
+
+/// The first dials of the slots are spread over at most this long (paced runs).
+const MAX_RAMP: Duration = Duration::from_secs(10);
+
 const USAGE: &str = "\
 usage: soak [--minutes N | --seconds N] [--sessions 1000] [--streams 10] [--bytes 16384]
-            [--mode both|quic|tcp] [--warmup-seconds N] [--rss-tolerance-mb 64]
-            [--fd-tolerance N]
+            [--rate 1000 | --stress] [--mode both|quic|tcp] [--warmup-seconds N]
+            [--rss-tolerance-mb 64] [--fd-tolerance N] [--glibc-dynamic-mmap]
 
   --minutes, --seconds   how long the load runs [default: 1 minute]
   --sessions             concurrent session slots; each cycles its session [default: 1000]
   --streams              concurrent streams per session and round [default: 10]
   --bytes                largest payload of one stream; each stream sends a size up to it
                          [default: 16384]
+  --rate                 streams started per second over all slots: each slot runs one
+                         round every sessions x streams / rate seconds [default: 1000]
+  --stress               no pacing: every slot cycles flat out and all dial at once
+                         (overload on purpose; failures are expected on a small machine)
   --mode                 both (half QUIC, half TCP), quic or tcp [default: both]
   --warmup-seconds       the reference point for growth [default: a fifth of the run,
                          at least 5 s]
@@ -48,6 +78,9 @@ usage: soak [--minutes N | --seconds N] [--sessions 1000] [--streams 10] [--byte
                          10 % of the warm-up RSS]
   --fd-tolerance         allowed growth of open file descriptors [default: 2 % of the
                          descriptors at warm-up, at least 32]
+  --glibc-dynamic-mmap   keep glibc's dynamic mmap threshold (by default the soak runs
+                         with MALLOC_MMAP_THRESHOLD_=131072, so that quinn's ~3 MiB
+                         per-endpoint receive buffers are mapped and given back)
 ";
 
 #[derive(Debug, Clone)]
@@ -57,6 +90,9 @@ struct Args {
     streams: usize,
     bytes: usize,
     mode: Mode,
+    /// Streams per second over all slots; `None` is `--stress` (no pacing).
+    rate: Option<f64>,
+    glibc_dynamic_mmap: bool,
     warmup: Option<Duration>,
     rss_tolerance_mb: Option<u64>,
     fd_tolerance: Option<usize>,
@@ -69,6 +105,8 @@ fn parse_args() -> Result<Args, String> {
         streams: 10,
         bytes: 16 * 1024,
         mode: Mode::Auto,
+        rate: Some(DEFAULT_RATE),
+        glibc_dynamic_mmap: false,
         warmup: None,
         rss_tolerance_mb: None,
         fd_tolerance: None,
@@ -81,6 +119,14 @@ fn parse_args() -> Result<Args, String> {
         };
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--stress" {
+            args.rate = None;
+            continue;
+        }
+        if flag == "--glibc-dynamic-mmap" {
+            args.glibc_dynamic_mmap = true;
+            continue;
         }
         let value = match inline.or_else(|| it.next()) {
             Some(v) => v,
@@ -104,6 +150,13 @@ fn parse_args() -> Result<Args, String> {
             "--sessions" => args.sessions = count()?.max(1),
             "--streams" => args.streams = count()?.max(1),
             "--bytes" => args.bytes = count()?.max(1),
+            "--rate" => {
+                let rate = number()?;
+                if rate <= 0.0 {
+                    return Err("--rate must be above 0 (--stress runs unpaced)".into());
+                }
+                args.rate = Some(rate);
+            }
             "--mode" => {
                 args.mode = match value.as_str() {
                     "both" | "auto" => Mode::Auto,
@@ -130,6 +183,67 @@ struct Snapshot {
     fds: usize,
     client_sessions: usize,
     server_sessions: usize,
+    /// Datagrams the kernel dropped on the server's UDP socket (receive buffer full).
+    udp_drops: u64,
+}
+
+/// The drop counter of the UDP socket bound to `port`, from `/proc/net/udp` and `udp6`.
+fn udp_drops(port: u16) -> u64 {
+    let port = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local = fields.get(1)?;
+                    if !local.ends_with(&port) {
+                        return None;
+                    }
+                    fields.last()?.parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The system-wide count of UDP datagrams dropped for a full receive buffer.
+fn rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let at = names.iter().position(|n| *n == "RcvbufErrors")?;
+    values.get(at)?.parse().ok()
+}
+
+/// glibc reads this at start-up: a fixed mmap threshold (it also turns off the dynamic
+/// one), so that allocations of 128 KiB and more are mapped, and unmapped when freed.
+const MMAP_THRESHOLD_ENV: &str = "MALLOC_MMAP_THRESHOLD_";
+
+/// Runs this program again with a fixed glibc mmap threshold, unless it has one or
+/// `--glibc-dynamic-mmap` was given; the exit code of that run, if it ran.
+fn rerun_with_fixed_mmap_threshold(args: &Args) -> Option<ExitCode> {
+    if args.glibc_dynamic_mmap
+        || std::env::var_os(MMAP_THRESHOLD_ENV).is_some()
+        || !cfg!(all(target_os = "linux", target_env = "gnu"))
+    {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MMAP_THRESHOLD_ENV, "131072")
+        .status()
+        .ok()?;
+    Some(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
 
 fn rss_kib() -> u64 {
@@ -157,6 +271,8 @@ struct Totals {
     mismatches: AtomicU64,
     errors: AtomicU64,
     client_live: AtomicUsize,
+    /// The server's port (its UDP socket's drops are watched).
+    port: u16,
     /// Live server sessions, watched so that tear-down can wait for them to end.
     server_live: watch::Sender<usize>,
     /// Errors by kind (the message without addresses and numbers).
@@ -170,15 +286,18 @@ impl Totals {
             fds: open_fds(),
             client_sessions: self.client_live.load(Ordering::SeqCst),
             server_sessions: *self.server_live.borrow(),
+            udp_drops: udp_drops(self.port),
         }
     }
 
     fn error(&self, what: impl std::fmt::Display) {
         let what = what.to_string();
-        // The first few in full; the rest are counted by kind.
+        // The first few in full (all of them, with a time, under RUST_LOG); the rest are
+        // counted by kind.
         if self.errors.fetch_add(1, Ordering::SeqCst) < 10 {
             eprintln!("error: {what}");
         }
+        tracing::warn!(target: "soak", "error: {what}");
         let kind: String = what
             .chars()
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
@@ -187,10 +306,12 @@ impl Totals {
         *kinds.entry(kind).or_default() += 1;
     }
 
-    fn print(&self, label: &str, s: Snapshot, started: Instant) {
+    fn print(&self, label: &str, s: Snapshot, started: Instant, rate: Option<f64>) {
+        let rate = rate.map_or(String::new(), |r| format!("  {r:>6.0} streams/s"));
         println!(
             "[{:>7.1}s] {label:<9} rss {:>7.1} MiB  fds {:>6}  live sessions {:>5} client / {:>5} server  \
-             streams {:>9}  bytes verified {:>13}  sessions dialed {:>7}  mismatches {}  errors {}",
+             streams {:>9}{rate}  bytes verified {:>13}  sessions dialed {:>7}  udp drops {}  \
+             mismatches {}  errors {}",
             started.elapsed().as_secs_f64(),
             s.rss_kib as f64 / 1024.0,
             s.fds,
@@ -199,6 +320,7 @@ impl Totals {
             self.streams.load(Ordering::SeqCst),
             self.bytes.load(Ordering::SeqCst),
             self.sessions_dialed.load(Ordering::SeqCst),
+            s.udp_drops,
             self.mismatches.load(Ordering::SeqCst),
             self.errors.load(Ordering::SeqCst),
         );
@@ -234,7 +356,11 @@ impl Drop for Live {
 
 fn server_options() -> Options {
     let mut o = Options::default();
-    o.max_pending_handshakes(8192);
+    // As long as the clients wait: with a shorter bound the server gives up handshakes
+    // that the clients still wait for (under --stress), and the dials fail with the
+    // server's abort or a stateless reset.
+    o.max_pending_handshakes(8192)
+        .handshake_timeout(Duration::from_secs(60));
     o
 }
 
@@ -268,7 +394,10 @@ fn serve(listener: Arc<Listener>, totals: Arc<Totals>) -> tokio::task::JoinHandl
                 let reason = session.closed().await;
                 echo.abort();
                 if !reason.is_clean() {
-                    totals.error(format!("server session ended: {reason}"));
+                    totals.error(format!(
+                        "server session ended (client {}): {reason}",
+                        session.remote_addr()
+                    ));
                 }
             });
         }
@@ -330,7 +459,35 @@ async fn one_stream(session: &BoxSession, seed: u64, max_bytes: usize, totals: &
                 got.len()
             );
         }
-        Err(e) => totals.error(format!("stream: {e}")),
+        Err(e) => totals.error(format!(
+            "stream (client port {}): {e}",
+            session.local_addr().port()
+        )),
+    }
+}
+
+/// When a slot runs its rounds: one every `interval`, from `next` on. A round that ends
+/// late is not made up for (no bursts after a stall).
+struct Pace {
+    next: tokio::time::Instant,
+    interval: Duration,
+}
+
+impl Pace {
+    /// Waits for the next round; false if `stop` came first.
+    async fn wait(pace: &mut Option<Pace>, stop: &mut watch::Receiver<bool>) -> bool {
+        if let Some(pace) = pace {
+            let at = pace.next;
+            let now = tokio::time::Instant::now();
+            pace.next = at.max(now) + pace.interval;
+            if at > now {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    _ = stop.wait_for(|stop| *stop) => return false,
+                }
+            }
+        }
+        !*stop.borrow()
     }
 }
 
@@ -341,7 +498,8 @@ async fn slot(
     addr: String,
     pki: Arc<Pki>,
     totals: Arc<Totals>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    mut pace: Option<Pace>,
 ) {
     let quic = match args.mode {
         Mode::Quic => true,
@@ -349,6 +507,12 @@ async fn slot(
         _ => index.is_multiple_of(2),
     };
     let mut generation = 0u64;
+    // The first dial at this slot's place in the spread; the next dial follows each close
+    // at once, so the slot always holds a session, and the rounds keep the pace.
+    if !Pace::wait(&mut pace, &mut stop).await {
+        return;
+    }
+    let mut first_round = true;
     while !*stop.borrow() {
         let session = match dial(&addr, &pki, quic).await {
             Ok(s) => s,
@@ -362,7 +526,7 @@ async fn slot(
         // Sessions live for 1 to 8 rounds, so that they cycle at different times.
         let rounds = 1 + (index as u64 * 7 + generation) % 8;
         for round in 0..rounds {
-            if *stop.borrow() {
+            if !std::mem::take(&mut first_round) && !Pace::wait(&mut pace, &mut stop).await {
                 break;
             }
             let base = ((index as u64) << 40) | (generation << 20) | (round << 8);
@@ -393,17 +557,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(code) = rerun_with_fixed_mmap_threshold(&args) {
+        return code;
+    }
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let started = Instant::now();
-    let totals = Arc::new(Totals {
-        streams: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        sessions_dialed: AtomicU64::new(0),
-        mismatches: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        client_live: AtomicUsize::new(0),
-        server_live: watch::Sender::new(0),
-        kinds: Default::default(),
-    });
     let pki = Arc::new(Pki::new());
     let listener = Arc::new(
         Listener::bind(
@@ -416,6 +579,17 @@ async fn main() -> ExitCode {
         .expect("bind the listener"),
     );
     let addr = listener.local_addr().to_string();
+    let totals = Arc::new(Totals {
+        streams: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        sessions_dialed: AtomicU64::new(0),
+        mismatches: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        client_live: AtomicUsize::new(0),
+        port: listener.local_addr().port(),
+        server_live: watch::Sender::new(0),
+        kinds: Default::default(),
+    });
     let server = serve(listener.clone(), totals.clone());
     println!(
         "soak: {} sessions x {} streams (up to {} bytes each), mode {}, {:?}, server {addr}",
@@ -429,12 +603,41 @@ async fn main() -> ExitCode {
         },
         args.duration,
     );
+    // Each slot runs one round every `interval`; their first rounds are spread.
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64((args.sessions * args.streams) as f64 / rate));
+    match (args.rate, interval) {
+        (Some(rate), Some(interval)) => println!(
+            "pacing: target {rate} streams/s: each slot one round every {interval:.2?}, \
+             first dials spread over {:.2?}",
+            interval.min(MAX_RAMP)
+        ),
+        _ => println!("pacing: none (--stress): every slot cycles flat out"),
+    }
+    println!(
+        "allocator: {}",
+        match std::env::var(MMAP_THRESHOLD_ENV) {
+            Ok(v) => format!("glibc mmap threshold fixed at {v} bytes ({MMAP_THRESHOLD_ENV})"),
+            Err(_) => "glibc default (dynamic mmap threshold)".to_owned(),
+        }
+    );
+    let rcvbuf_errors_at_start = rcvbuf_errors();
     let start = totals.snapshot();
-    totals.print("start", start, started);
+    totals.print("start", start, started, None);
 
     let (stop, stop_rx) = watch::channel(false);
     let slots: Vec<_> = (0..args.sessions)
         .map(|i| {
+            let pace = interval.map(|interval| {
+                let spread = interval
+                    .min(MAX_RAMP)
+                    .mul_f64(i as f64 / args.sessions as f64);
+                Pace {
+                    next: tokio::time::Instant::now() + spread,
+                    interval,
+                }
+            });
             tokio::spawn(slot(
                 i,
                 args.clone(),
@@ -442,6 +645,7 @@ async fn main() -> ExitCode {
                 pki.clone(),
                 totals.clone(),
                 stop_rx.clone(),
+                pace,
             ))
         })
         .collect();
@@ -455,27 +659,47 @@ async fn main() -> ExitCode {
     let warm_at = started + warmup;
     let end_at = started + args.duration;
     let mut warm: Option<Snapshot> = None;
+    let mut warm_streams = (started, 0u64);
+    // The rate since the previous line.
+    let mut last = (Instant::now(), 0u64);
+    let mut rate_since_last = || {
+        let now = (Instant::now(), totals.streams.load(Ordering::SeqCst));
+        let secs = now.0.duration_since(last.0).as_secs_f64();
+        let rate = (now.1 - last.1) as f64 / secs.max(1e-3);
+        last = now;
+        Some(rate)
+    };
     loop {
         let next_tick = ticker.tick();
         tokio::pin!(next_tick);
         let now = Instant::now();
         if warm.is_none() && now >= warm_at {
             let s = totals.snapshot();
-            totals.print("warm-up", s, started);
+            totals.print("warm-up", s, started, rate_since_last());
             warm = Some(s);
+            warm_streams = (Instant::now(), totals.streams.load(Ordering::SeqCst));
         }
         if now >= end_at {
             break;
         }
         let wake = if warm.is_none() { warm_at } else { end_at };
         tokio::select! {
-            _ = &mut next_tick => totals.print("progress", totals.snapshot(), started),
+            _ = &mut next_tick => {
+                totals.print("progress", totals.snapshot(), started, rate_since_last())
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
     let end = totals.snapshot();
-    totals.print("end", end, started);
+    totals.print("end", end, started, rate_since_last());
     let warm = warm.unwrap_or(end);
+    let load_secs = started.elapsed().as_secs_f64();
+    let streams_at_end = totals.streams.load(Ordering::SeqCst);
+    let bytes_at_end = totals.bytes.load(Ordering::SeqCst);
+    let after_warmup = Instant::now().duration_since(warm_streams.0).as_secs_f64();
+    let rcvbuf_errors_during = rcvbuf_errors()
+        .zip(rcvbuf_errors_at_start)
+        .map(|(end, start)| end.saturating_sub(start));
 
     // Tear down: every slot finishes its round and closes its session; the server's
     // sessions end with them.
@@ -512,9 +736,25 @@ async fn main() -> ExitCode {
         tokio::time::sleep(Duration::from_millis(100)).await;
         settled = totals.snapshot();
     }
-    totals.print("torn down", settled, started);
+    totals.print("torn down", settled, started, None);
     listener.close();
     server.abort();
+    println!(
+        "achieved: {:.0} streams/s over the load ({:.0} streams/s after warm-up; target {}), \
+         {:.1} MB/s verified, {:.1} sessions dialed/s",
+        streams_at_end as f64 / load_secs,
+        streams_at_end.saturating_sub(warm_streams.1) as f64 / after_warmup.max(1e-3),
+        args.rate
+            .map_or("none, --stress".to_owned(), |r| format!("{r}")),
+        bytes_at_end as f64 / load_secs / 1e6,
+        totals.sessions_dialed.load(Ordering::SeqCst) as f64 / load_secs,
+    );
+    println!(
+        "udp drops: {} on the server's socket; {} in the whole system during the load \
+         (RcvbufErrors, other processes included)",
+        end.udp_drops,
+        rcvbuf_errors_during.map_or("unknown".to_owned(), |n| n.to_string()),
+    );
 
     // Verdict.
     let mut failed = Vec::new();
