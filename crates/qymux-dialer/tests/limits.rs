@@ -8,7 +8,7 @@ use std::time::Duration;
 use qymux_dialer::{Dialer, Listener};
 use qymux_transport::{CloseReason, Error, Limit, Mode, Options, Session};
 
-use support::{guard, pki, round_trip};
+use support::{guard, listen_and_dialer, pki, round_trip};
 
 fn capped(max_sessions: usize) -> Options {
     let mut o = Options::default();
@@ -176,19 +176,7 @@ fn a_zero_session_cap_is_a_configuration_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_a_deadline_closes_idle_sessions() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
-    let dialer = Dialer::new(
-        listener.local_addr().to_string(),
-        "localhost",
-        pki.client.clone(),
-    );
+    let (listener, dialer) = listen_and_dialer(&pki, Mode::Auto).await;
     let (agent, accepted) = tokio::join!(dialer.dial(), listener.accept());
     let (agent, accepted) = (agent.unwrap(), accepted.unwrap());
     guard("shutdown", listener.shutdown(Duration::MAX)).await;

@@ -15,7 +15,10 @@ use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use support::{Blackhole, GUARD, accept_peer_of, echo_streams, guard, pattern, pki, round_trip};
+use support::{
+    Blackhole, GUARD, accept_peer_of, echo_streams, guard, listen_and_dialer, pattern, pki,
+    round_trip,
+};
 
 /// A callback that echoes every stream the server opens and reports each new session.
 fn echo_and_report(
@@ -212,20 +215,7 @@ async fn reconnects_after_the_server_closes_and_after_a_restart_on_the_same_port
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_goes_connecting_connected_reconnecting_stopped() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Tcp,
-    )
-    .await
-    .unwrap();
-    let dialer = Dialer::new(
-        listener.local_addr().to_string(),
-        "localhost",
-        pki.client.clone(),
-    )
-    .mode(Mode::Tcp);
+    let (listener, dialer) = listen_and_dialer(&pki, Mode::Tcp).await;
     // A long backoff keeps the agent in Reconnecting (a draw below a few ms out of an
     // hour is ~1e-6), so the watch cannot skip that state.
     let config = ReconnectConfig::default().backoff(Backoff::new(
@@ -522,19 +512,7 @@ async fn graceful_shutdown_over_tcp_drains_and_the_agent_moves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_streams_that_outlive_the_grace_period() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
-    let dialer = Dialer::new(
-        listener.local_addr().to_string(),
-        "localhost",
-        pki.client.clone(),
-    );
+    let (listener, dialer) = listen_and_dialer(&pki, Mode::Auto).await;
     let (client, server) = tokio::join!(dialer.dial(), listener.accept());
     let (client, server) = (client.unwrap(), server.unwrap());
     let mut stuck = server.open().await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qymux_cert::CertificateAuthority;
 use qymux_tls::{ClientTls, ServerTls};
-use qymux_transport::{BoxSession, BoxStream, Session};
+use qymux_transport::{BoxSession, BoxStream, Mode, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A hang guard: generous, only there to turn a hang into a clear failure.
@@ -38,6 +38,29 @@ pub fn pki() -> Pki {
             .build()
             .unwrap(),
     }
+}
+
+/// A listener on a free loopback port with default options, and a dialer for it in the
+/// same mode (the dialer's own default is Auto too).
+pub async fn listen_and_dialer(
+    pki: &Pki,
+    mode: Mode,
+) -> (qymux_dialer::Listener, qymux_dialer::Dialer) {
+    let listener = qymux_dialer::Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        qymux_transport::Options::default(),
+        mode,
+    )
+    .await
+    .unwrap();
+    let dialer = qymux_dialer::Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    )
+    .mode(mode);
+    (listener, dialer)
 }
 
 /// Echoes every stream the peer opens on `session`, until the session ends.
