@@ -101,14 +101,16 @@ async fn auto_falls_back_to_tcp_promptly_and_remembers() {
             .is_some()
     );
 
-    // Remembered: the next dial goes straight to TCP, not a single datagram to the port.
-    let before = blackhole.received();
+    // Remembered: the next dial goes straight to TCP, no new QUIC attempt (a socket of its
+    // own) sends to the port. The dropped first attempt may still send its last datagram
+    // (CONNECTION_CLOSE) from its old port, so counting datagrams would race with that.
+    let before = blackhole.senders();
     let (client2, server2) = tokio::join!(dialer.dial(), listener.accept());
     let (client2, server2) = (client2.unwrap(), server2.unwrap());
     assert_eq!(client2.protocol(), Protocol::Tcp);
     exchange(&client2, &server2).await;
     assert_eq!(
-        blackhole.received(),
+        blackhole.senders(),
         before,
         "QUIC skipped while remembered as failing"
     );
@@ -139,12 +141,13 @@ async fn quic_is_tried_again_after_the_penalty_which_doubles() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(memory.quic_broken_until(dialer.addr()).is_none());
 
-    let before = blackhole.received();
+    // A new attempt is a new socket: a late datagram from the first cannot pass for it.
+    let before = blackhole.senders();
     let dialed_at = tokio::time::Instant::now();
     let (c, _s) = tokio::join!(dialer.dial(), listener.accept());
     assert_eq!(c.unwrap().protocol(), Protocol::Tcp);
     assert!(
-        blackhole.received() > before,
+        blackhole.senders().len() > before.len(),
         "QUIC tried again after the penalty"
     );
     let second = memory.quic_broken_until(dialer.addr()).unwrap();

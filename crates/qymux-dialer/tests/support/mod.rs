@@ -2,8 +2,9 @@
 //! UDP blackhole, hang guards.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -130,6 +131,7 @@ where
 pub struct Blackhole {
     port: u16,
     received: Arc<AtomicUsize>,
+    senders: Arc<Mutex<BTreeSet<u16>>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,16 +147,19 @@ impl Blackhole {
         let port = socket.local_addr()?.port();
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let received = Arc::new(AtomicUsize::new(0));
-        let count = received.clone();
+        let senders = Arc::new(Mutex::new(BTreeSet::new()));
+        let (count, seen) = (received.clone(), senders.clone());
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            while socket.recv_from(&mut buf).await.is_ok() {
+            while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+                seen.lock().unwrap().insert(from.port());
                 count.fetch_add(1, Ordering::SeqCst);
             }
         });
         Ok(Blackhole {
             port,
             received,
+            senders,
             task: Some(task),
         })
     }
@@ -166,6 +171,12 @@ impl Blackhole {
 
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// The source ports datagrams came from: each QUIC attempt has a socket of its own,
+    /// so a new port here is a new attempt.
+    pub fn senders(&self) -> BTreeSet<u16> {
+        self.senders.lock().unwrap().clone()
     }
 
     /// Stops and frees the port; returns once the socket is closed.
