@@ -327,7 +327,9 @@ fn yamux_config(options: &Options) -> yamux::Config {
     config
         .set_max_connection_receive_window(Some(window))
         .set_max_num_streams(backstop)
-        .set_split_send_size(64 * 1024);
+        // A frame's header goes out with its body (see `wire`): 12 + body = 4 full TLS
+        // records of 16 KiB, where 64 KiB of body would spill 12 bytes into a fifth.
+        .set_split_send_size(64 * 1024 - crate::wire::HEADER_LEN);
     config
 }
 

@@ -19,7 +19,10 @@
 //! (the crate's own pings are fixed at one per 10 s, and only while there is traffic), it
 //! sends a yamux Ping (SYN, stream 0, an opaque value with [`OWN_PING`] set) between two of
 //! the crate's frames; any yamux peer answers it with an ACK carrying the same value.
-//! Everything else passes through unchanged.
+//! Everything else passes through unchanged, but joined: the crate writes a frame's
+//! header and body separately, which over TLS makes a 12-byte record and a system call
+//! per frame; the writer holds a header back and sends it with its body in one vectored
+//! write (see [`WriteState`]).
 //!
 //! When a write fails because the peer hung up (`EPIPE`, `ECONNRESET`: it closed its
 //! socket while we were sending a window update, a ping or stream data), the error is held
@@ -231,7 +234,7 @@ struct Split {
 }
 
 /// The connection IO handed to the `yamux` crate: reads are parsed as above, writes
-/// pass straight through.
+/// are joined frame by frame as described at [`WriteState`].
 #[derive(Debug)]
 pub(crate) struct WireIo<T> {
     inner: T,
@@ -239,8 +242,6 @@ pub(crate) struct WireIo<T> {
     read: ReadState,
     split: Option<Split>,
     write: WriteState,
-    /// A keep-alive ping being written, and how many of its bytes went out.
-    ping: Option<([u8; HEADER_LEN], usize)>,
     /// The error code of a GoAway the yamux crate sent because the peer broke the
     /// protocol: reads fail from then on.
     violation: Option<u32>,
@@ -265,38 +266,59 @@ fn copy_error(e: &io::Error) -> io::Error {
     }
 }
 
-/// Writes to `inner`, unless the peer hung up: then the bytes are discarded, and the
-/// first such error is kept in `hung_up`.
+/// Writes `head` and then `body` to `inner` in one vectored write (one TLS record for a
+/// frame header and the start of its body, where two writes would make two), unless the
+/// peer hung up: then the bytes are discarded, and the first such error is kept in
+/// `hung_up`. Returns how many bytes of the two went out.
 fn write_or_discard<T: AsyncWrite + Unpin>(
     inner: &mut T,
     hung_up: &mut Option<io::Error>,
     cx: &mut Context<'_>,
-    buf: &[u8],
+    head: &[u8],
+    body: &[u8],
 ) -> Poll<io::Result<usize>> {
     if hung_up.is_some() {
-        return Poll::Ready(Ok(buf.len()));
+        return Poll::Ready(Ok(head.len() + body.len()));
     }
-    match ready!(Pin::new(inner).poll_write(cx, buf)) {
+    let written = if head.is_empty() {
+        Pin::new(inner).poll_write(cx, body)
+    } else if body.is_empty() {
+        Pin::new(inner).poll_write(cx, head)
+    } else {
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        Pin::new(inner).poll_write_vectored(cx, &slices)
+    };
+    match ready!(written) {
         Err(e) if is_hang_up(&e) => {
             tracing::debug!("the peer hung up ({e}); reading what it sent before");
             *hung_up = Some(e);
-            Poll::Ready(Ok(buf.len()))
+            Poll::Ready(Ok(head.len() + body.len()))
         }
         other => Poll::Ready(other),
     }
 }
 
+/// How many bytes of headers (frames without a body, keep-alive pings) are held before
+/// they are written even though no body or flush came to go with them.
+const OUT_CAP: usize = 64 * HEADER_LEN;
+
 /// Where the writer is in the stream of frames the yamux crate writes.
+///
+/// The crate writes a frame's header and its body with two separate writes. Written
+/// through as they come, each would be a TLS record and a system call of its own. So a
+/// header is taken into `out` and goes out with the body that follows (one vectored
+/// write), or with the next flush; the crate flushes after every batch of frames.
 #[derive(Debug)]
 struct WriteState {
-    /// The current header as it goes out (possibly rewritten), once all 12 bytes are known.
-    header: Option<[u8; HEADER_LEN]>,
-    /// Header bytes seen so far, when they arrive in pieces.
-    partial: [u8; HEADER_LEN],
-    /// Header bytes written so far.
-    written: usize,
+    /// Header bytes of the current frame seen so far (they may arrive in pieces).
+    head: [u8; HEADER_LEN],
+    /// How many bytes of `head` are known.
+    head_filled: usize,
     /// Body bytes of the current frame still to pass.
     body_left: u32,
+    /// Accepted bytes not written yet: complete (possibly rewritten) headers and our
+    /// keep-alive pings, in order.
+    out: Vec<u8>,
 }
 
 const NEW_HEADER: ReadState = ReadState::Header {
@@ -312,12 +334,11 @@ impl<T> WireIo<T> {
             read: NEW_HEADER,
             split: None,
             write: WriteState {
-                header: None,
-                partial: [0; HEADER_LEN],
-                written: 0,
+                head: [0; HEADER_LEN],
+                head_filled: 0,
                 body_left: 0,
+                out: Vec::new(),
             },
-            ping: None,
             violation: None,
             hung_up: None,
         }
@@ -550,61 +571,51 @@ impl<T> WireIo<T> {
         h
     }
 
-    /// Notes that `n` bytes of `sent` (the header or body bytes just written) went out.
-    fn wrote(&mut self, n: usize, sent: &[u8]) {
-        let w = &mut self.write;
-        if w.written < HEADER_LEN {
-            if w.header.is_none() {
-                w.partial[w.written..w.written + n].copy_from_slice(&sent[..n]);
-            }
-            w.written += n;
-            if w.written == HEADER_LEN {
-                let h = w.header.unwrap_or(w.partial);
-                let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-                w.body_left = if h[1] == TYPE_DATA { length } else { 0 };
-                if h[1] == TYPE_GO_AWAY && length != 0 {
-                    // Code 0 is a normal close; 1 and 2 answer a violation.
-                    self.violation = Some(length);
-                }
-            }
-        } else {
-            w.body_left -= n as u32;
+    /// Takes the complete header of the current frame: queues it (rewritten if need be)
+    /// and notes how much body follows.
+    fn header_done(&mut self) {
+        let h = self.outgoing_header(self.write.head);
+        let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        self.write.body_left = if h[1] == TYPE_DATA { length } else { 0 };
+        self.write.head_filled = 0;
+        if h[1] == TYPE_GO_AWAY && length != 0 {
+            // Code 0 is a normal close; 1 and 2 answer a violation.
+            self.violation = Some(length);
         }
-        if w.written == HEADER_LEN && w.body_left == 0 {
-            w.header = None;
-            w.written = 0;
-        }
+        self.write.out.extend_from_slice(&h);
     }
 }
 
 impl<T: AsyncWrite + Unpin> WireIo<T> {
     /// Whether no frame of the yamux crate is partly written.
     fn between_frames(&self) -> bool {
-        self.write.written == 0 && self.write.header.is_none()
+        self.write.head_filled == 0 && self.write.body_left == 0
     }
 
-    /// Writes the keep-alive ping the driver asked for, if any (call between frames only).
-    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.ping.is_none() {
-            let Some(value) = self.state.take_ping_request() else {
-                return Poll::Ready(Ok(()));
-            };
-            self.ping = Some((header(0, TYPE_PING, FLAG_SYN, 0, value), 0));
+    /// Queues the keep-alive ping the driver asked for, if any (between frames only).
+    fn queue_ping(&mut self) {
+        if self.between_frames()
+            && let Some(value) = self.state.take_ping_request()
+        {
+            let ping = header(0, TYPE_PING, FLAG_SYN, 0, value);
+            self.write.out.extend_from_slice(&ping);
         }
-        while let Some((frame, sent)) = self.ping.as_mut() {
+    }
+
+    /// Writes out what `out` holds.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.write.out.is_empty() {
             let n = ready!(write_or_discard(
                 &mut self.inner,
                 &mut self.hung_up,
                 cx,
-                &frame[*sent..]
+                &self.write.out,
+                &[]
             ))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            *sent += n;
-            if *sent == HEADER_LEN {
-                self.ping = None;
-            }
+            self.write.out.drain(..n);
         }
         Poll::Ready(Ok(()))
     }
@@ -617,54 +628,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.between_frames() {
-            ready!(this.poll_ping(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        if this.write.written == 0 && this.write.header.is_none() && buf.len() >= HEADER_LEN {
-            let mut h = [0u8; HEADER_LEN];
-            h.copy_from_slice(&buf[..HEADER_LEN]);
-            this.write.header = Some(this.outgoing_header(h));
+        if this.write.body_left == 0 {
+            // A header, or part of one: taken, it goes out with what follows.
+            this.queue_ping();
+            if this.write.out.len() >= OUT_CAP {
+                ready!(this.poll_drain(cx))?;
+            }
+            let at = this.write.head_filled;
+            let n = (HEADER_LEN - at).min(buf.len());
+            this.write.head[at..at + n].copy_from_slice(&buf[..n]);
+            this.write.head_filled += n;
+            if this.write.head_filled == HEADER_LEN {
+                this.header_done();
+            }
+            return Poll::Ready(Ok(n));
         }
-        // Never mix a header with what follows it in one write, so that a rewritten
-        // header is written from our copy and the body from the caller's buffer.
-        let (chunk, n) = if this.write.written < HEADER_LEN {
-            let at = this.write.written;
-            let len = (HEADER_LEN - at).min(buf.len());
-            let header = this.write.header;
-            let chunk: &[u8] = match &header {
-                Some(h) => &h[at..at + len],
-                None => &buf[..len],
-            };
+        // Body bytes, with whatever headers wait in front of them.
+        let body = &buf[..(this.write.body_left as usize).min(buf.len())];
+        loop {
+            let queued = this.write.out.len();
             let n = ready!(write_or_discard(
                 &mut this.inner,
                 &mut this.hung_up,
                 cx,
-                chunk
+                &this.write.out,
+                body
             ))?;
-            let mut copy = [0u8; HEADER_LEN];
-            copy[..n].copy_from_slice(&chunk[..n]);
-            (copy, n)
-        } else {
-            let len = (this.write.body_left as usize).min(buf.len());
-            let n = ready!(write_or_discard(
-                &mut this.inner,
-                &mut this.hung_up,
-                cx,
-                &buf[..len]
-            ))?;
-            ([0u8; HEADER_LEN], n)
-        };
-        this.wrote(n, &chunk);
-        Poll::Ready(Ok(n))
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n <= queued {
+                // Only queued bytes went out; no body byte is taken before they all did.
+                this.write.out.drain(..n);
+                continue;
+            }
+            this.write.out.clear();
+            let taken = n - queued;
+            this.write.body_left -= taken as u32;
+            return Poll::Ready(Ok(taken));
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         // The yamux crate flushes on every poll of the connection, also when it has
         // nothing to send: this is where a keep-alive goes out on an idle session.
-        if this.between_frames() {
-            ready!(this.poll_ping(cx))?;
-        }
+        this.queue_ping();
+        ready!(this.poll_drain(cx))?;
         if this.hung_up.is_some() {
             return Poll::Ready(Ok(()));
         }
@@ -678,6 +691,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         if self.hung_up.is_some() {
             // Nothing reaches the peer any more.
             return Poll::Ready(Ok(()));
@@ -730,6 +744,64 @@ mod tests {
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    /// Records every write it gets, each vectored write as one.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.0
+                .push(bufs.iter().flat_map(|b| b.iter().copied()).collect());
+            Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_goes_out_with_its_body_in_one_write() {
+        let mut wire = WireIo::new(Writes::default(), Arc::new(WireState::new()));
+        let update = header(0, TYPE_WINDOW_UPDATE, 0, 1, 4096);
+        let data = header(0, TYPE_DATA, 0, 1, 5);
+        // As the yamux crate writes: a window update, then a DATA header and its body in
+        // two writes (the header in two pieces here), then a flush.
+        wire.write_all(&update).await.unwrap();
+        wire.write_all(&data[..5]).await.unwrap();
+        wire.write_all(&data[5..]).await.unwrap();
+        wire.write_all(b"hello").await.unwrap();
+        wire.flush().await.unwrap();
+        // A frame without a body waits for the flush.
+        let fin = header(0, TYPE_DATA, FLAG_FIN, 1, 0);
+        wire.write_all(&fin).await.unwrap();
+        assert_eq!(wire.inner.0.len(), 1, "nothing written before the flush");
+        wire.flush().await.unwrap();
+
+        let mut first = Vec::new();
+        first.extend_from_slice(&update);
+        first.extend_from_slice(&data);
+        first.extend_from_slice(b"hello");
+        assert_eq!(wire.inner.0, vec![first, fin.to_vec()]);
     }
 
     #[tokio::test]
@@ -799,9 +871,11 @@ mod tests {
         peer.write_all(b"ok").await.unwrap();
         drop(peer);
 
+        // Written and flushed, as the yamux crate does (a header alone waits for a flush).
         wire.write_all(&header(0, TYPE_WINDOW_UPDATE, 0, 2, 4096))
             .await
             .unwrap();
+        wire.flush().await.unwrap();
         let mut got = vec![0u8; HEADER_LEN + 2];
         wire.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..HEADER_LEN], &data);
