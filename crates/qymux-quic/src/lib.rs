@@ -18,7 +18,12 @@
 //!   session that hears nothing for [`Options::idle_timeout`] fails with
 //!   [`TimeoutKind::Idle`](qymux_transport::TimeoutKind::Idle).
 //! - [`Options::max_streams`] caps the streams open on a session in both directions; it
-//!   is also the limit the peer is given for the streams it opens.
+//!   is also the limit the peer is given for the streams it opens. That grant starts at
+//!   128 and doubles whenever half of it is in use, so an idle session does not pay for
+//!   quinn's table of 1024 possible streams (about 80 KiB). A peer that has 128 streams
+//!   open which this side has not accepted yet waits for the next grant; its `open`
+//!   fails with [`Limit::PeerStreams`](qymux_transport::Limit) if none comes within a few
+//!   round trips.
 //! - The [`Listener`] runs at most [`Options::max_pending_handshakes`] handshakes at once
 //!   (others are refused), holds at most [`Options::max_sessions`] sessions (one beyond is
 //!   closed with the reason `limit reached: at most N sessions per listener`), and

@@ -15,6 +15,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
+use crate::config::INITIAL_STREAM_CREDIT;
 use crate::error::{SESSION_CLOSED, STREAM_ABORTED, close_reason};
 use crate::stream::Stream;
 
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     /// Streams this side opened that are still held (part of `streams_open`).
     pub(crate) outbound_open: AtomicUsize,
     max_streams: usize,
+    /// How many concurrent streams the peer is granted now (QUIC `MAX_STREAMS`).
+    stream_credit: AtomicUsize,
     idle_timeout: Duration,
     handshake_timeout: Duration,
     close_timeout: Duration,
@@ -69,6 +72,28 @@ impl Shared {
                 (n < self.max_streams).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// Doubles the peer's stream grant, up to `max_streams`, once half of it is in use:
+    /// the peer gets room for more before it runs out, and a session that never has many
+    /// streams keeps quinn's per-stream table small.
+    fn grow_stream_credit(&self) {
+        let open = self.streams_open.load(Ordering::Acquire);
+        let credit = self.stream_credit.load(Ordering::Acquire);
+        if credit >= self.max_streams || open * 2 < credit {
+            return;
+        }
+        let grown = credit.saturating_mul(2).min(self.max_streams);
+        if self
+            .stream_credit
+            .compare_exchange(credit, grown, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // `max_streams` was checked to fit a u32 when the session was configured.
+            let count = VarInt::from_u32(u32::try_from(grown).unwrap_or(u32::MAX));
+            self.connection.set_max_concurrent_bi_streams(count);
+            debug!(streams = grown, "granted the peer more concurrent streams");
+        }
     }
 
     /// Remembers a finished stream until the peer acknowledged all of its data.
@@ -157,6 +182,7 @@ impl Session {
                 streams_open: AtomicUsize::new(0),
                 outbound_open: AtomicUsize::new(0),
                 max_streams: options.max_streams,
+                stream_credit: AtomicUsize::new(options.max_streams.min(INITIAL_STREAM_CREDIT)),
                 idle_timeout: options.idle_timeout,
                 handshake_timeout: options.handshake_timeout,
                 close_timeout: options.close_timeout,
@@ -231,6 +257,7 @@ impl Session {
                 .map_err(|e| shared.error_for(&e))?;
             if let Some(reserved) = Reserved::new(shared) {
                 reserved.hand_over();
+                shared.grow_stream_credit();
                 return Ok(Stream::new(send, recv, shared.clone(), false));
             }
             debug!(

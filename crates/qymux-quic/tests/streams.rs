@@ -234,3 +234,45 @@ async fn dropping_every_handle_closes_the_session() {
     let reason = tokio::time::timeout(HANG, server.closed()).await.unwrap();
     assert!(matches!(reason, CloseReason::Peer(_)), "{reason:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_grant_grows_with_use_up_to_max_streams() {
+    // The peer is granted 128 streams at first (quinn keeps a table entry per stream it
+    // may open); accepting streams raises the grant, up to max_streams and no further.
+    let mut server_opts = options();
+    server_opts.max_streams(300);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = tokio::spawn(async move {
+        while let Ok(stream) = server.accept().await {
+            // Held open: every stream counts against the grant until the test ends.
+            if held_tx.send(stream).is_err() {
+                break;
+            }
+        }
+    });
+    let mut opened = Vec::new();
+    for i in 0..300 {
+        let stream = tokio::time::timeout(HANG, client.open())
+            .await
+            .unwrap_or_else(|_| panic!("open {i} hung"))
+            .unwrap_or_else(|e| panic!("open {i} failed: {e:?}"));
+        opened.push(stream);
+    }
+    match tokio::time::timeout(HANG, client.open()).await.unwrap() {
+        Err(Error::LimitReached(Limit::PeerStreams(300))) => {}
+        other => panic!("expected LimitReached(PeerStreams(300)), got {other:?}"),
+    }
+    // Every one of them is a working stream on the server.
+    let mut accepted = Vec::new();
+    for _ in 0..300 {
+        accepted.push(held_rx.recv().await.unwrap());
+    }
+    let (last_sent, last_got) = (opened.last_mut().unwrap(), accepted.last_mut().unwrap());
+    last_sent.write_all(b"last").await.unwrap();
+    last_sent.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    last_got.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"last");
+    acceptor.abort();
+}
