@@ -32,6 +32,11 @@ pub(crate) struct Shared {
     local_addr: SocketAddr,
     remote_addr: SocketAddr,
     peer_identity: Option<PeerIdentity>,
+    /// A yamux stream the driver opened ahead of time, for the next `open` to take without
+    /// a round trip through the driver task. Unannounced, it costs nothing on the wire
+    /// (the yamux crate sends SYN with a stream's first frame). Kept only once `open` was
+    /// used, so sessions that never open streams do not hold one.
+    ready: std::sync::Mutex<Option<yamux::Stream>>,
 }
 
 impl Shared {
@@ -83,6 +88,8 @@ impl Shared {
 
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream>>),
+    /// `open` took the stream opened ahead of time: open the next one.
+    Refill,
     Close(oneshot::Sender<()>),
 }
 
@@ -146,6 +153,7 @@ impl Session {
             local_addr: start.local_addr,
             remote_addr: start.remote_addr,
             peer_identity: start.peer_identity,
+            ready: std::sync::Mutex::new(None),
         });
         let driver = Driver {
             conn,
@@ -153,6 +161,7 @@ impl Session {
             inbound: inbound_tx,
             shared: shared.clone(),
             pending_opens: VecDeque::new(),
+            refill: false,
             liveness: Liveness::new(&start.options),
             close_timeout: start.options.close_timeout,
         };
@@ -180,11 +189,24 @@ impl Session {
         if !shared.try_reserve_stream() {
             return Err(Error::LimitReached(Limit::Streams(shared.max_streams)));
         }
-        let (tx, rx) = oneshot::channel();
-        let sent = self.handle.commands.send(Command::Open(tx)).await;
-        let opened = match sent {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(self.ended())),
-            Err(_) => Err(self.ended()),
+        let ready = shared
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let opened = match ready {
+            Some(inner) => {
+                // Open the next one ahead; if the queue is full, the next `Open` will.
+                let _ = self.handle.commands.try_send(Command::Refill);
+                Ok(inner)
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                match self.handle.commands.send(Command::Open(tx)).await {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err(self.ended())),
+                    Err(_) => Err(self.ended()),
+                }
+            }
         };
         let inner = match opened {
             Ok(inner) => inner,
@@ -341,6 +363,8 @@ struct Driver<T> {
     inbound: mpsc::Sender<Stream>,
     shared: Arc<Shared>,
     pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream>>>,
+    /// Whether to open a stream ahead of time for the next `open` (see `Shared::ready`).
+    refill: bool,
     liveness: Liveness,
     close_timeout: Duration,
 }
@@ -483,6 +507,12 @@ where
             }
         }
         self.fail_pending_opens();
+        // The stream opened ahead of time belongs to a connection that is gone.
+        self.shared
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Fails the opens that are still waiting, with the session's close reason.
@@ -508,7 +538,11 @@ where
         // Commands from handles.
         loop {
             match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(Command::Open(reply))) => self.pending_opens.push_back(reply),
+                Poll::Ready(Some(Command::Open(reply))) => {
+                    self.pending_opens.push_back(reply);
+                    self.refill = true;
+                }
+                Poll::Ready(Some(Command::Refill)) => self.refill = true,
                 Poll::Ready(Some(Command::Close(reply))) => {
                     return Poll::Ready(Stop::Close(Some(reply)));
                 }
@@ -533,6 +567,24 @@ where
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Stop::Ended(self.reason_for(e))),
                 Poll::Pending => break,
+            }
+        }
+        if self.refill && self.pending_opens.is_empty() {
+            let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+            if ready.is_some() {
+                self.refill = false;
+            } else {
+                match self.conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        *ready = Some(stream);
+                        self.refill = false;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        drop(ready);
+                        return Poll::Ready(Stop::Ended(self.reason_for(e)));
+                    }
+                    Poll::Pending => {}
+                }
             }
         }
 

@@ -30,6 +30,36 @@ async fn stream_ids_follow_the_hashicorp_roles_and_show_at_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_ahead_show_only_when_opened_and_close_cleanly() {
+    // After the first `open`, the driver keeps one yamux stream opened ahead of time so
+    // the next `open` needs no round trip through it. The peer must not notice: it sees
+    // exactly the streams opened, in order, and a graceful close stays graceful.
+    let (_l, client, server) = pair().await;
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        let mut opened = client.open().await.unwrap();
+        ids.push(opened.stream_id());
+        opened.write_all(&[i]).await.unwrap();
+        opened.shutdown().await.unwrap();
+        let mut accepted = server.accept().await.unwrap();
+        assert_eq!(accepted.stream_id(), opened.stream_id());
+        let mut got = Vec::new();
+        accepted.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [i]);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+    // The stream waiting to be opened is not one the server can accept.
+    let early = tokio::time::timeout(Duration::from_millis(200), server.accept()).await;
+    assert!(early.is_err(), "the server accepted a stream nobody opened");
+    client.close().await;
+    assert!(
+        matches!(server.closed().await, CloseReason::Peer(None)),
+        "{:?}",
+        server.close_reason()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_closes_the_session() {
     let (_l, client, server) = pair().await;
     drop(client);
