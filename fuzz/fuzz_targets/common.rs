@@ -78,6 +78,19 @@ impl Header {
 }
 
 /// The offsets of the complete headers in a byte stream of yamux frames.
+/// How many bytes at the end of `stream` are the start of a header that is cut short.
+pub fn partial_header_at_end(stream: &[u8]) -> usize {
+    let mut at = 0usize;
+    while at < stream.len() {
+        if stream.len() - at < HEADER_LEN {
+            return stream.len() - at;
+        }
+        let h = Header::parse(&stream[at..]);
+        at = at.saturating_add(HEADER_LEN).saturating_add(h.body_len());
+    }
+    0
+}
+
 pub fn header_offsets(stream: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut at = 0;

@@ -1,7 +1,8 @@
 //! The write side of the yamux frame adapter (qymux-tcp `wire.rs`): arbitrary bytes as
 //! the yamux crate would write them, in writes of arbitrary sizes onto a socket that takes
-//! arbitrary amounts, must reach the socket unchanged, except that the first FIN of a
-//! stream the application aborted becomes RST; and nothing panics.
+//! arbitrary amounts, must reach the socket unchanged (a header cut short at the end
+//! excepted: it waits for the rest), except that the first FIN of a stream the
+//! application aborted becomes RST; and nothing panics.
 #![no_main]
 
 #[path = "common.rs"]
@@ -29,6 +30,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     let out = write_side(input, &writes, &socket, &aborted);
+    // A header is written once it is complete (with its body, or on flush): one that the
+    // input cuts short stays back. The yamux crate only ever writes whole headers.
+    let input = &input[..input.len() - partial_header_at_end(input)];
     assert_eq!(out.len(), input.len(), "bytes lost or added");
     if aborted.is_empty() {
         assert!(out == input, "bytes changed without an aborted stream");

@@ -158,5 +158,11 @@ pub fn write_side(
             Poll::Pending => unreachable!("the in-memory socket is always ready"),
         }
     }
+    // Headers without a body wait for the flush, as the yamux crate flushes after writes.
+    match Pin::new(&mut io).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => panic!("in-memory writes cannot fail: {e}"),
+        Poll::Pending => unreachable!("the in-memory socket is always ready"),
+    }
     io.into_inner().out
 }
