@@ -318,19 +318,26 @@ impl Session {
         self.shared.close_reason()
     }
 
-    /// This side's address. For a dialed session this is the endpoint's bound address
-    /// (often unspecified, like `0.0.0.0:port`); it follows a rebind of the endpoint.
+    /// This side's address: the endpoint's port, and the IP the peer's packets reach (on
+    /// the server side) or the IP the OS sends from towards the peer (a dialed session,
+    /// whose socket is bound to `0.0.0.0` or `::`). It follows a rebind of the endpoint.
     pub fn local_addr(&self) -> SocketAddr {
         let bound = self
             .shared
             .endpoint
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let addr = match self.shared.connection.local_ip() {
-            Some(ip) => SocketAddr::new(ip, bound.port()),
-            None => bound,
+        let ip = match self.shared.connection.local_ip() {
+            Some(ip) => ip,
+            // quinn knows the local IP only on the server side. A dialed session's socket is
+            // bound to the wildcard address; the address the OS sends from is the source
+            // of a route to the peer.
+            None if bound.ip().is_unspecified() => {
+                route_source(self.shared.connection.remote_address()).unwrap_or(bound.ip())
+            }
+            None => bound.ip(),
         };
-        canonical(addr)
+        canonical(SocketAddr::new(ip, bound.port()))
     }
 
     /// The peer's address; it changes when the peer migrates (NAT rebinding).
@@ -357,6 +364,18 @@ impl Session {
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4.
+/// The local address the OS picks to send to `peer`: a UDP socket connected to it (which
+/// sends nothing) reports it.
+fn route_source(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    let any = match peer {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(peer).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

@@ -47,6 +47,9 @@ async fn addresses_and_identities() {
     assert_eq!(server.local_addr(), listener.local_addr());
     assert_eq!(server.remote_addr().port(), client.local_addr().port());
     assert!(server.remote_addr().ip().is_loopback());
+    // The dialed session's socket is bound to the wildcard address; its local address
+    // is the one the server sees, not 0.0.0.0.
+    assert_eq!(client.local_addr(), server.remote_addr());
     // The dialer always knows the server's certificate; without mTLS the server knows
     // no client identity.
     assert!(client.peer_identity().is_some());
