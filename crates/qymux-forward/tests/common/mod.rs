@@ -5,12 +5,11 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use qymux_conformance::Backend;
 use qymux_forward::{ForwardConfig, ForwardHandle, Stats, Stopped};
-use qymux_transport::{Listener, Options, Result};
+use qymux_transport::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -21,51 +20,8 @@ pub use qymux_conformance::{Pki, payload, sha256};
 /// Bound on anything a test waits for, so a bug fails the test instead of hanging it.
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// The TLS + yamux backend.
-pub struct Tcp;
-
-impl Backend for Tcp {
-    type Listener = qymux_tcp::Listener;
-
-    async fn listen(
-        tls: Arc<rustls::ServerConfig>,
-        options: Options,
-    ) -> Result<qymux_tcp::Listener> {
-        qymux_tcp::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_tcp::Session> {
-        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
-
-/// The QUIC backend.
-pub struct Quic;
-
-impl Backend for Quic {
-    type Listener = qymux_quic::Listener;
-
-    async fn listen(
-        tls: Arc<rustls::ServerConfig>,
-        options: Options,
-    ) -> Result<qymux_quic::Listener> {
-        qymux_quic::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_quic::Session> {
-        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
+#[allow(unused_imports)] // not every test file uses both
+pub use qymux_conformance_backends::{Quic, Tcp};
 
 pub type SessionOf<B> = <<B as Backend>::Listener as Listener>::Session;
 

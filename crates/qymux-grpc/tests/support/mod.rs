@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -18,7 +17,7 @@ use qymux_grpc_testproto::{
     EchoReply, EchoRequest, StallReply, StallRequest, StreamRequest, WhoAmIReply, WhoAmIRequest,
 };
 use qymux_tls::{ClientTls, ServerTls};
-use qymux_transport::{Listener, Options, Result};
+use qymux_transport::{Listener, Result};
 use tokio::sync::mpsc;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,45 +28,8 @@ pub const HANG_GUARD: Duration = Duration::from_secs(20);
 /// Message size limit of the test clients and servers (tonic decodes 4 MiB by default).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// TLS + yamux over TCP.
-pub struct Tcp;
-
-impl Backend for Tcp {
-    type Listener = qymux_tcp::Listener;
-
-    async fn listen(tls: Arc<rustls::ServerConfig>, options: Options) -> Result<Self::Listener> {
-        qymux_tcp::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_tcp::Session> {
-        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
-
-/// QUIC.
-pub struct Quic;
-
-impl Backend for Quic {
-    type Listener = qymux_quic::Listener;
-
-    async fn listen(tls: Arc<rustls::ServerConfig>, options: Options) -> Result<Self::Listener> {
-        qymux_quic::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_quic::Session> {
-        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
+#[allow(unused_imports)] // not every test file uses both
+pub use qymux_conformance_backends::{Quic, Tcp};
 
 pub type SessionOf<B> = <<B as Backend>::Listener as Listener>::Session;
 

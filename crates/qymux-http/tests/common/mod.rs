@@ -18,7 +18,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use qymux_conformance::{Backend, Pair};
 use qymux_http::{ProxyHandle, ProxyOptions};
-use qymux_transport::{CloseReason, Options, PeerIdentity, Protocol, Result, Session};
+use qymux_transport::{CloseReason, PeerIdentity, Protocol, Result, Session};
 use tokio::sync::{mpsc, oneshot};
 
 pub use qymux_conformance::Pki;
@@ -29,49 +29,8 @@ pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Bound on any single wait in a test, so a bug fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub struct Tcp;
-
-impl Backend for Tcp {
-    type Listener = qymux_tcp::Listener;
-
-    async fn listen(
-        tls: Arc<rustls::ServerConfig>,
-        options: Options,
-    ) -> Result<qymux_tcp::Listener> {
-        qymux_tcp::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_tcp::Session> {
-        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
-
-pub struct Quic;
-
-impl Backend for Quic {
-    type Listener = qymux_quic::Listener;
-
-    async fn listen(
-        tls: Arc<rustls::ServerConfig>,
-        options: Options,
-    ) -> Result<qymux_quic::Listener> {
-        qymux_quic::Listener::bind("127.0.0.1:0", tls, options).await
-    }
-
-    async fn dial(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: Arc<rustls::ClientConfig>,
-        options: Options,
-    ) -> Result<qymux_quic::Session> {
-        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
-    }
-}
+#[allow(unused_imports)] // not every test file uses both
+pub use qymux_conformance_backends::{Quic, Tcp};
 
 /// Generates one `#[tokio::test]` per backend for each generic scenario:
 /// `mod tcp { fn name() }` and `mod quic { fn name() }`.
