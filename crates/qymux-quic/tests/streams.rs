@@ -254,23 +254,26 @@ async fn the_stream_grant_grows_with_use_up_to_max_streams() {
             }
         }
     });
-    let mut opened = Vec::new();
-    for i in 0..300 {
-        let stream = tokio::time::timeout(HANG, client.open())
-            .await
-            .unwrap_or_else(|_| panic!("open {i} hung"))
-            .unwrap_or_else(|e| panic!("open {i} failed: {e:?}"));
-        opened.push(stream);
+    // In batches, each accepted before the next: the grant follows what was accepted,
+    // so no open waits on how fast the acceptor runs. 128 → 256 (at 64 accepted) → 300.
+    let (mut opened, mut accepted) = (Vec::new(), Vec::new());
+    for batch in 0..3 {
+        for i in 0..100 {
+            let stream = tokio::time::timeout(HANG, client.open())
+                .await
+                .unwrap_or_else(|_| panic!("open {batch}/{i} hung"))
+                .unwrap_or_else(|e| panic!("open {batch}/{i} failed: {e:?}"));
+            opened.push(stream);
+        }
+        for _ in 0..100 {
+            accepted.push(held_rx.recv().await.unwrap());
+        }
     }
     match tokio::time::timeout(HANG, client.open()).await.unwrap() {
         Err(Error::LimitReached(Limit::PeerStreams(300))) => {}
         other => panic!("expected LimitReached(PeerStreams(300)), got {other:?}"),
     }
     // Every one of them is a working stream on the server.
-    let mut accepted = Vec::new();
-    for _ in 0..300 {
-        accepted.push(held_rx.recv().await.unwrap());
-    }
     let (last_sent, last_got) = (opened.last_mut().unwrap(), accepted.last_mut().unwrap());
     last_sent.write_all(b"last").await.unwrap();
     last_sent.shutdown().await.unwrap();
