@@ -1,6 +1,6 @@
 //! Dialing: a QUIC handshake with ALPN `qymux`, bounded from the first packet on.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,10 +220,7 @@ async fn attempt(
     let (endpoint, owns_endpoint) = match endpoint {
         Some(endpoint) => (endpoint, false),
         None => {
-            let local = match candidate {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
+            let local = socket::unspecified_for(candidate);
             let socket = socket::client_socket(local).map_err(connect_error)?;
             let endpoint = Endpoint::new(
                 EndpointConfig::default(),

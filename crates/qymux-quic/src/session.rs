@@ -333,7 +333,8 @@ impl Session {
             // bound to the wildcard address; the address the OS sends from is the source
             // of a route to the peer.
             None if bound.ip().is_unspecified() => {
-                route_source(self.shared.connection.remote_address()).unwrap_or(bound.ip())
+                crate::socket::route_source(self.shared.connection.remote_address())
+                    .unwrap_or(bound.ip())
             }
             None => bound.ip(),
         };
@@ -364,18 +365,6 @@ impl Session {
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) as plain IPv4.
-/// The local address the OS picks to send to `peer`: a UDP socket connected to it (which
-/// sends nothing) reports it.
-fn route_source(peer: SocketAddr) -> Option<std::net::IpAddr> {
-    let any = match peer {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-    };
-    let socket = std::net::UdpSocket::bind(any).ok()?;
-    socket.connect(peer).ok()?;
-    Some(socket.local_addr().ok()?.ip())
-}
-
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

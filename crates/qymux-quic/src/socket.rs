@@ -1,6 +1,6 @@
 //! UDP socket settings every Qymux endpoint gets.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::debug;
@@ -34,4 +34,20 @@ pub(crate) fn client_socket(local: SocketAddr) -> std::io::Result<std::net::UdpS
     let socket = std::net::UdpSocket::from(socket);
     configure(&socket);
     Ok(socket)
+}
+
+/// The wildcard address (any port) of `peer`'s family: where a socket to reach it binds.
+pub(crate) fn unspecified_for(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// The local address the OS picks to send to `peer`: a UDP socket connected to it (which
+/// sends nothing) reports it.
+pub(crate) fn route_source(peer: SocketAddr) -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind(unspecified_for(peer)).ok()?;
+    socket.connect(peer).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
