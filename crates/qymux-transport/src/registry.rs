@@ -34,13 +34,40 @@ pub trait Tracked: Session + Clone + Send + Sync + 'static {
 /// The sessions a listener accepted, held weakly: a session the application dropped
 /// still closes as usual, and one that ended is forgotten.
 pub struct SessionRegistry<S: Tracked> {
-    sessions: Mutex<Vec<S::Weak>>,
+    sessions: Mutex<Tracking<S>>,
+}
+
+/// The references, and when to drop those of ended sessions next: pruning on every
+/// accept would scan every session per accept.
+struct Tracking<S: Tracked> {
+    weak: Vec<S::Weak>,
+    prune_at: usize,
+}
+
+/// The fewest references kept before ended sessions are pruned.
+const MIN_PRUNE_AT: usize = 64;
+
+impl<S: Tracked> Tracking<S> {
+    /// Forgets the sessions that ended or were dropped; calls `live` with the others.
+    fn prune(&mut self, mut live: impl FnMut(S)) {
+        self.weak.retain(|weak| match S::upgrade(weak) {
+            Some(s) if s.close_reason().is_none() => {
+                live(s);
+                true
+            }
+            _ => false,
+        });
+        self.prune_at = (self.weak.len() * 2).max(MIN_PRUNE_AT);
+    }
 }
 
 impl<S: Tracked> Default for SessionRegistry<S> {
     fn default() -> Self {
         Self {
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(Tracking {
+                weak: Vec::new(),
+                prune_at: MIN_PRUNE_AT,
+            }),
         }
     }
 }
@@ -48,39 +75,39 @@ impl<S: Tracked> Default for SessionRegistry<S> {
 impl<S: Tracked> std::fmt::Debug for SessionRegistry<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionRegistry")
-            .field("tracked", &self.lock().len())
+            .field("tracked", &self.lock().weak.len())
             .finish()
     }
 }
 
 impl<S: Tracked> SessionRegistry<S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<S::Weak>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracking<S>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The sessions still alive and not closed, forgetting the others.
     pub fn live(&self) -> Vec<S> {
-        let mut sessions = self.lock();
-        let mut live = Vec::with_capacity(sessions.len());
-        sessions.retain(|weak| match S::upgrade(weak) {
-            Some(s) if s.close_reason().is_none() => {
-                live.push(s);
-                true
-            }
-            _ => false,
-        });
+        let mut live = Vec::new();
+        self.lock().prune(|s| live.push(s));
         live
     }
 
     /// Counts `session` in, unless `max` sessions are alive already (then `false`: the
     /// caller refuses it).
+    ///
+    /// Ended sessions are forgotten when the references double since the last pruning, or
+    /// when there are `max` of them: fewer than `max` references mean fewer than `max`
+    /// live sessions, so the count is exact where it decides.
     pub fn admit(&self, session: &S, max: Option<usize>) -> bool {
-        let mut sessions = self.lock();
-        sessions.retain(|weak| S::upgrade(weak).is_some_and(|s| s.close_reason().is_none()));
-        if max.is_some_and(|max| sessions.len() >= max) {
+        let mut tracking = self.lock();
+        let at_max = |t: &Tracking<S>| max.is_some_and(|max| t.weak.len() >= max);
+        if tracking.weak.len() >= tracking.prune_at || at_max(&tracking) {
+            tracking.prune(drop);
+        }
+        if at_max(&tracking) {
             return false;
         }
-        sessions.push(session.downgrade());
+        tracking.weak.push(session.downgrade());
         true
     }
 
