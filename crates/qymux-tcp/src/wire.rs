@@ -288,13 +288,27 @@ fn write_or_discard<T: AsyncWrite + Unpin>(
         let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
         Pin::new(inner).poll_write_vectored(cx, &slices)
     };
-    match ready!(written) {
+    Poll::Ready(hold_hang_up(
+        hung_up,
+        ready!(written),
+        head.len() + body.len(),
+    ))
+}
+
+/// `result` of a write or flush, where a hang-up of the peer becomes `instead` and is kept
+/// in `hung_up` (reported by the reader later, see the module docs).
+fn hold_hang_up<T>(
+    hung_up: &mut Option<io::Error>,
+    result: io::Result<T>,
+    instead: T,
+) -> io::Result<T> {
+    match result {
         Err(e) if is_hang_up(&e) => {
             tracing::debug!("the peer hung up ({e}); reading what it sent before");
             *hung_up = Some(e);
-            Poll::Ready(Ok(head.len() + body.len()))
+            Ok(instead)
         }
-        other => Poll::Ready(other),
+        other => other,
     }
 }
 
@@ -681,13 +695,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
         if this.hung_up.is_some() {
             return Poll::Ready(Ok(()));
         }
-        match ready!(Pin::new(&mut this.inner).poll_flush(cx)) {
-            Err(e) if is_hang_up(&e) => {
-                this.hung_up = Some(e);
-                Poll::Ready(Ok(()))
-            }
-            other => Poll::Ready(other),
-        }
+        let flushed = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        Poll::Ready(hold_hang_up(&mut this.hung_up, flushed, ()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
