@@ -3,7 +3,8 @@
 //! tonic straight over TCP. Run it through `cargo xtask bench` (release build).
 //!
 //! ```text
-//! qymux-bench [--smoke] [--out DIR] [--only LIST] [--no-go] [--connect-bench PATH]
+//! qymux-bench [--smoke] [--out DIR] [--only LIST] [--stacks LIST] [--no-go] [--rounds N]
+//!             [--connect-bench PATH]
 //! qymux-bench server --kind KIND --certs DIR     (started by the above)
 //! ```
 //!
@@ -15,6 +16,7 @@
 //! status non-zero; a missed target never does.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod alt;
 mod grpc;
 mod idle;
 mod measure;
@@ -38,7 +40,7 @@ use crate::stacks::{Certs, Client};
 
 const USAGE: &str = "\
 usage: qymux-bench [--smoke] [--out DIR] [--only LIST] [--stacks LIST] [--no-go]
-                   [--connect-bench PATH]
+                   [--rounds N] [--connect-bench PATH]
   --smoke              every measure for a fraction of a second (CI); writes to
                        target/bench-smoke unless --out is given
   --out DIR            where results.json, results.svg and results.md go
@@ -46,8 +48,11 @@ usage: qymux-bench [--smoke] [--out DIR] [--only LIST] [--stacks LIST] [--no-go]
   --only LIST          comma-separated measures: bulk,rtt,open-rtt,opens,streams,
                        grpc,idle,auto [default: all]
   --stacks LIST        comma-separated columns of the stream measures: rustls,tcp,
-                       quinn,quic,go [default: all]
+                       quinn,quic,go,yamux,tokio-yamux [default: all]
   --no-go              leave out the Go column
+  --rounds N           run the stream and gRPC measures N times, each round with
+                       fresh servers; figures pool every round's samples, ratios
+                       show the range of the rounds' ratios [default: 1]
   --connect-bench PATH the connect_bench example of the qymux crate (Auto mode's
                        time to session) [default: examples/connect_bench next to
                        this binary]
@@ -59,7 +64,7 @@ const MEASURES: &[&str] = &[
     "bulk", "rtt", "open-rtt", "opens", "streams", "grpc", "idle", "auto",
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Args {
     smoke: bool,
     out: Option<PathBuf>,
@@ -67,6 +72,8 @@ struct Args {
     stacks: Option<Vec<String>>,
     no_go: bool,
     connect_bench: Option<PathBuf>,
+    /// Rounds of the stream and gRPC measures (0 from the command line is refused).
+    rounds: usize,
 }
 
 impl Args {
@@ -83,6 +90,20 @@ impl Args {
     }
 }
 
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            smoke: false,
+            out: None,
+            only: None,
+            stacks: None,
+            no_go: false,
+            connect_bench: None,
+            rounds: 1,
+        }
+    }
+}
+
 fn parse(args: &[String]) -> Result<Args> {
     let mut out = Args::default();
     let mut it = args.iter();
@@ -91,6 +112,14 @@ fn parse(args: &[String]) -> Result<Args> {
             "--smoke" => out.smoke = true,
             "--no-go" => out.no_go = true,
             "--out" => out.out = Some(it.next().context("--out needs a directory")?.into()),
+            "--rounds" => {
+                let n = it.next().context("--rounds needs a number")?;
+                out.rounds = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("--rounds needs a number above 0, not {n:?}"))?;
+            }
             "--connect-bench" => {
                 out.connect_bench = Some(it.next().context("--connect-bench needs a path")?.into())
             }
@@ -249,20 +278,59 @@ impl StreamMeasure {
     }
 }
 
-const STREAM_COLUMNS: [&str; 5] = [
+const STREAM_COLUMNS: [&str; 7] = [
     "raw rustls",
     "Qymux TCP",
     "raw quinn",
     "Qymux QUIC",
     "Go yamux",
+    "yamux crate",
+    "tokio-yamux",
 ];
 /// Short names of the stream table's columns, for `--stacks`.
-const STACK_NAMES: [&str; 5] = ["rustls", "tcp", "quinn", "quic", "go"];
+const STACK_NAMES: [&str; 7] = [
+    "rustls",
+    "tcp",
+    "quinn",
+    "quic",
+    "go",
+    "yamux",
+    "tokio-yamux",
+];
 const RAW_TLS: usize = 0;
 const QYMUX_TCP: usize = 1;
 const RAW_QUIC: usize = 2;
 const QYMUX_QUIC: usize = 3;
 const GO: usize = 4;
+const YAMUX_CRATE: usize = 5;
+const TOKIO_YAMUX: usize = 6;
+
+/// The server kind of each Rust column (Go's server is Go's).
+fn server_kind(column: usize) -> &'static str {
+    match column {
+        RAW_TLS => "raw-tls",
+        QYMUX_TCP => "qymux-tcp",
+        RAW_QUIC => "raw-quic",
+        QYMUX_QUIC => "qymux-quic",
+        YAMUX_CRATE => alt::Mux::YamuxCrate.server_kind(),
+        _ => alt::Mux::TokioYamux.server_kind(),
+    }
+}
+
+async fn connect(
+    column: usize,
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Client> {
+    Ok(match column {
+        RAW_TLS => Client::raw_tls(addr, tls).await,
+        QYMUX_TCP => Client::qymux_tcp(addr, tls).await?,
+        RAW_QUIC => Client::raw_quic(addr, tls).await?,
+        QYMUX_QUIC => Client::qymux_quic(addr, tls).await?,
+        YAMUX_CRATE => Client::Alt(alt::AltClient::connect(alt::Mux::YamuxCrate, addr, tls).await?),
+        _ => Client::Alt(alt::AltClient::connect(alt::Mux::TokioYamux, addr, tls).await?),
+    })
+}
 
 fn cell(result: Result<Samples>, latency: bool) -> Cell {
     match result {
@@ -343,7 +411,7 @@ async fn go_cell(m: StreamMeasure, go: &GoClient, p: &Params) -> Cell {
     cell(result, m.latency())
 }
 
-/// The single-session stream measures on the five stacks, interleaved: for each
+/// The single-session stream measures on the seven stacks, interleaved: for each
 /// measure, each stack in turn (all servers run throughout, idle when not measured).
 async fn stream_table(
     args: &Args,
@@ -362,6 +430,9 @@ async fn stream_table(
             ("TCP/rustls", QYMUX_TCP, RAW_TLS),
             ("TCP/Go", QYMUX_TCP, GO),
             ("QUIC/quinn", QYMUX_QUIC, RAW_QUIC),
+            ("TCP/yamux crate", QYMUX_TCP, YAMUX_CRATE),
+            ("yamux crate/rustls", YAMUX_CRATE, RAW_TLS),
+            ("tokio-yamux/rustls", TOKIO_YAMUX, RAW_TLS),
         ],
         rows: Vec::new(),
     };
@@ -371,31 +442,29 @@ async fn stream_table(
     let tls = certs.client_tls()?;
     let payload = Arc::new(Payload::new());
 
-    // Servers and clients of the Rust stacks.
+    // Servers and clients of the Rust stacks (none in Go's column).
     let mut servers = Vec::new();
-    let mut clients: Vec<Result<Arc<Client>, Cell>> = Vec::new();
-    for (i, kind) in ["raw-tls", "qymux-tcp", "raw-quic", "qymux-quic"]
-        .into_iter()
-        .enumerate()
-    {
-        if !args.wants_stack(STACK_NAMES[i]) {
-            clients.push(Err(Cell::Skipped("not selected (--stacks)".into())));
+    let mut clients: Vec<Option<Result<Arc<Client>, Cell>>> = Vec::new();
+    for (i, stack) in STACK_NAMES.into_iter().enumerate() {
+        if i == GO {
+            clients.push(None);
             continue;
         }
+        if !args.wants_stack(stack) {
+            clients.push(Some(Err(Cell::Skipped("not selected (--stacks)".into()))));
+            continue;
+        }
+        let kind = server_kind(i);
         let connected = async {
             let server = Server::ours(kind, certs).await?;
             let addr = server.addr;
             servers.push(server);
-            let client = match i {
-                RAW_TLS => Client::raw_tls(addr, tls.clone()).await,
-                QYMUX_TCP => Client::qymux_tcp(addr, tls.clone()).await?,
-                RAW_QUIC => Client::raw_quic(addr, tls.clone()).await?,
-                _ => Client::qymux_quic(addr, tls.clone()).await?,
-            };
-            Ok::<_, anyhow::Error>(Arc::new(client))
+            Ok::<_, anyhow::Error>(Arc::new(connect(i, addr, tls.clone()).await?))
         }
         .await;
-        clients.push(connected.map_err(|e| Cell::Failed(format!("{kind}: {e:#}"))));
+        clients.push(Some(
+            connected.map_err(|e| Cell::Failed(format!("{kind}: {e:#}"))),
+        ));
     }
     let go = match go_bin {
         _ if !args.wants_stack(STACK_NAMES[GO]) => {
@@ -421,14 +490,14 @@ async fn stream_table(
         let mut cells = Vec::new();
         for client in &clients {
             cells.push(match client {
-                Ok(client) => rust_cell(m, client, p, &payload).await,
-                Err(cell) => cell.clone(),
+                Some(Ok(client)) => rust_cell(m, client, p, &payload).await,
+                Some(Err(cell)) => cell.clone(),
+                None => match &go {
+                    Ok(go) => go_cell(m, go, p).await,
+                    Err(cell) => cell.clone(),
+                },
             });
         }
-        cells.push(match &go {
-            Ok(go) => go_cell(m, go, p).await,
-            Err(cell) => cell.clone(),
-        });
         for (column, cell) in STREAM_COLUMNS.iter().zip(&cells) {
             if let Cell::Failed(e) = cell {
                 eprintln!("FAILED: {} on {column}: {e}", m.key());
@@ -437,7 +506,7 @@ async fn stream_table(
         table.rows.push(m.row(cells));
     }
 
-    for client in clients.into_iter().flatten() {
+    for client in clients.into_iter().flatten().flatten() {
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;
         }
@@ -625,83 +694,77 @@ fn targets(tables: &[Table]) -> Vec<Target> {
     let find = |key: &str| tables.iter().find_map(|t| t.find(key));
     let value = |key: &str, col: usize| find(key).and_then(|r| r.cells.get(col)?.value());
     let mut out = Vec::new();
-    // a/b against a limit; `at_least` says which side is good.
-    let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, limit: f64, at_least: bool| {
-        let r = a.zip(b).map(|(a, b)| a / b);
+    // a/b against a limit; `at_least` says which side is good. With several rounds the
+    // figure shows the range of the rounds' ratios too.
+    let mut ratio = |name: &str, key: &str, a: usize, b: usize, limit: f64, at_least: bool| {
+        let cells = find(key).and_then(|row| Some((row.cells.get(a)?, row.cells.get(b)?)));
+        let r = cells.and_then(|(a, b)| Some(a.value()? / b.value()?));
+        let rounds = cells.map_or(Vec::new(), |(a, b)| report::round_ratios(a, b));
         out.push(Target {
             name: name.to_owned(),
-            figure: r.map_or("-".into(), |r| format!("{r:.2} ×")),
+            figure: r.map_or("-".into(), |r| {
+                format!("{r:.2} ×{}", report::spread(&rounds))
+            }),
             limit: format!("{} {limit:.2} ×", if at_least { "≥" } else { "≤" }),
             met: r.map(|r| if at_least { r >= limit } else { r <= limit }),
         });
     };
     ratio(
         "TCP bulk vs raw rustls",
-        value("bulk", QYMUX_TCP),
-        value("bulk", RAW_TLS),
+        "bulk",
+        QYMUX_TCP,
+        RAW_TLS,
         0.9,
         true,
     );
-    ratio(
-        "TCP bulk vs Go yamux",
-        value("bulk", QYMUX_TCP),
-        value("bulk", GO),
-        1.5,
-        true,
-    );
+    ratio("TCP bulk vs Go yamux", "bulk", QYMUX_TCP, GO, 1.5, true);
     ratio(
         "TCP 64 B round trip vs raw rustls",
-        value("rtt", QYMUX_TCP),
-        value("rtt", RAW_TLS),
+        "rtt",
+        QYMUX_TCP,
+        RAW_TLS,
         1.3,
         false,
     );
     ratio(
         "TCP open + round trip vs Go yamux",
-        value("open-rtt", QYMUX_TCP),
-        value("open-rtt", GO),
+        "open-rtt",
+        QYMUX_TCP,
+        GO,
         0.6,
         false,
     );
     for m in StreamMeasure::ALL {
         let name = format!("QUIC {} vs raw quinn", m.row(Vec::new()).title);
-        if m.latency() {
-            // 0.9 × the speed: at most 1/0.9 of the time.
-            ratio(
-                &name,
-                value(m.key(), QYMUX_QUIC),
-                value(m.key(), RAW_QUIC),
-                1.0 / 0.9,
-                false,
-            );
+        // 0.9 × the speed; for latencies at most 1/0.9 of the time.
+        let (limit, at_least) = if m.latency() {
+            (1.0 / 0.9, false)
         } else {
-            ratio(
-                &name,
-                value(m.key(), QYMUX_QUIC),
-                value(m.key(), RAW_QUIC),
-                0.9,
-                true,
-            );
-        }
+            (0.9, true)
+        };
+        ratio(&name, m.key(), QYMUX_QUIC, RAW_QUIC, limit, at_least);
     }
     ratio(
         "gRPC over a TCP session vs direct tonic",
-        value("grpc", 1),
-        value("grpc", 0),
+        "grpc",
+        1,
+        0,
         0.8,
         true,
     );
     ratio(
         "gRPC over a QUIC session vs direct tonic",
-        value("grpc", 2),
-        value("grpc", 0),
+        "grpc",
+        2,
+        0,
         0.8,
         true,
     );
     ratio(
         "QUIC idle memory per session vs raw quinn",
-        value("idle", 3),
-        value("idle", 2),
+        "idle",
+        3,
+        2,
         1.0 / 0.9,
         false,
     );
@@ -817,10 +880,23 @@ async fn run(args: Args) -> Result<bool> {
         Err("not measured".into())
     };
 
-    let mut tables = vec![stream_table(&args, &p, &certs, &go_bin).await?];
-    if args.wants("grpc") {
-        tables.push(grpc_table(&p, &certs).await?);
+    // The stream and gRPC measures, `--rounds` times, each round with fresh servers and
+    // connections; idle memory and Auto mode once.
+    let mut streams = stream_table(&args, &p, &certs, &go_bin).await?;
+    let mut grpc = if args.wants("grpc") {
+        Some(grpc_table(&p, &certs).await?)
+    } else {
+        None
+    };
+    for round in 2..=args.rounds {
+        println!("round {round} of {} ...", args.rounds);
+        streams.pool(&stream_table(&args, &p, &certs, &go_bin).await?);
+        if let Some(grpc) = &mut grpc {
+            grpc.pool(&grpc_table(&p, &certs).await?);
+        }
     }
+    let mut tables = vec![streams];
+    tables.extend(grpc);
     if args.wants("idle") {
         tables.push(idle_table(&p, &certs).await?);
     }
@@ -901,5 +977,8 @@ mod tests {
         let args = parse(&["--smoke".into(), "--only".into(), "bulk,idle".into()]).unwrap();
         assert!(args.smoke && args.wants("idle") && !args.wants("grpc"));
         assert!(parse(&["--only".into(), "nope".into()]).is_err());
+        assert_eq!(args.rounds, 1);
+        assert_eq!(parse(&["--rounds".into(), "3".into()]).unwrap().rounds, 3);
+        assert!(parse(&["--rounds".into(), "0".into()]).is_err());
     }
 }

@@ -13,6 +13,11 @@ pub(crate) struct Figure {
     pub(crate) min: f64,
     pub(crate) max: f64,
     pub(crate) n: usize,
+    /// The median of each round (`--rounds`), in order: the spread between rounds.
+    pub(crate) rounds: Vec<f64>,
+    /// Every sample, so that rounds can be pooled.
+    samples: Samples,
+    latency: bool,
 }
 
 impl Figure {
@@ -23,17 +28,23 @@ impl Figure {
             min: samples.min(),
             max: samples.max(),
             n: samples.0.len(),
+            rounds: vec![samples.median()],
+            samples: samples.clone(),
+            latency,
         }
     }
 
     pub(crate) fn single(value: f64) -> Self {
-        Self {
-            median: value,
-            p99: None,
-            min: value,
-            max: value,
-            n: 1,
-        }
+        Self::of(&Samples(vec![value]), false)
+    }
+
+    /// This figure and a later round's as one: the samples pooled, the rounds kept.
+    fn pooled(&self, later: &Self) -> Self {
+        let mut samples = self.samples.0.clone();
+        samples.extend_from_slice(&later.samples.0);
+        let mut out = Self::of(&Samples(samples), self.latency);
+        out.rounds = self.rounds.iter().chain(&later.rounds).copied().collect();
+        out
     }
 }
 
@@ -53,6 +64,41 @@ impl Cell {
             _ => None,
         }
     }
+
+    /// The median of each round, when there are figures.
+    pub(crate) fn rounds(&self) -> Option<&[f64]> {
+        match self {
+            Self::Value(f) => Some(&f.rounds),
+            _ => None,
+        }
+    }
+
+    /// This cell and a later round's as one. A failure in any round stays a failure.
+    fn pooled(&self, later: &Self) -> Self {
+        match (self, later) {
+            (Self::Value(a), Self::Value(b)) => Self::Value(a.pooled(b)),
+            (failed @ Self::Failed(_), _) | (_, failed @ Self::Failed(_)) => failed.clone(),
+            (Self::Skipped(_), other) | (other, Self::Skipped(_)) => other.clone(),
+        }
+    }
+}
+
+/// `a / b` for each round both have, in order.
+pub(crate) fn round_ratios(a: &Cell, b: &Cell) -> Vec<f64> {
+    match (a.rounds(), b.rounds()) {
+        (Some(a), Some(b)) => a.iter().zip(b).map(|(a, b)| a / b).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `" (lo–hi)"` over several rounds, or nothing for one.
+pub(crate) fn spread(values: &[f64]) -> String {
+    if values.len() < 2 {
+        return String::new();
+    }
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(" ({lo:.2}–{hi:.2})")
 }
 
 /// One measure across stacks.
@@ -79,6 +125,18 @@ pub(crate) struct Table {
 impl Table {
     pub(crate) fn find(&self, key: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.key == key)
+    }
+
+    /// Adds a later round of the same table: every cell's samples pooled.
+    pub(crate) fn pool(&mut self, later: &Table) {
+        for row in &mut self.rows {
+            let Some(later) = later.find(row.key) else {
+                continue;
+            };
+            for (cell, next) in row.cells.iter_mut().zip(&later.cells) {
+                *cell = cell.pooled(next);
+            }
+        }
     }
 }
 
@@ -138,7 +196,10 @@ fn grid(table: &Table) -> Vec<Vec<String>> {
         let mut line = vec![format!("{} ({})", row.title, row.unit)];
         line.extend(row.cells.iter().map(cell_text));
         for (_, num, den) in &table.ratios {
-            line.push(ratio(row, *num, *den).map_or("-".into(), |r| format!("{r:.2}")));
+            line.push(ratio(row, *num, *den).map_or("-".into(), |r| {
+                let rounds = round_ratios(&row.cells[*num], &row.cells[*den]);
+                format!("{r:.2}{}", spread(&rounds))
+            }));
         }
         out.push(line);
     }
@@ -280,12 +341,17 @@ pub(crate) fn json(
             for (ci, (column, cell)) in table.columns.iter().zip(&row.cells).enumerate() {
                 let value = match cell {
                     Cell::Value(f) => format!(
-                        "{{\"median\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"samples\": {}}}",
+                        "{{\"median\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"samples\": {}, \"round_medians\": [{}]}}",
                         json_number(f.median),
                         f.p99.map_or("null".into(), json_number),
                         json_number(f.min),
                         json_number(f.max),
-                        f.n
+                        f.n,
+                        f.rounds
+                            .iter()
+                            .map(|v| json_number(*v))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     Cell::Skipped(why) => format!("{{\"skipped\": {}}}", json_string(why)),
                     Cell::Failed(why) => format!("{{\"error\": {}}}", json_string(why)),
@@ -459,6 +525,25 @@ mod tests {
     fn ratios_divide_the_named_columns() {
         assert!(text(&[table()]).contains("0.90"));
         assert!(markdown(&[table()]).contains("| 0.90 |"));
+    }
+
+    #[test]
+    fn rounds_pool_samples_and_keep_their_spread() {
+        let mut pooled = table();
+        let mut later = table();
+        later.rows[0].cells[1] = Cell::Value(Figure::single(700.0));
+        pooled.pool(&later);
+        let cell = &pooled.rows[0].cells[1];
+        assert_eq!(cell.rounds(), Some(&[900.0, 700.0][..]));
+        assert_eq!(cell.value(), Some(800.0));
+        let ratios = round_ratios(cell, &pooled.rows[0].cells[0]);
+        assert_eq!(spread(&ratios), " (0.70–0.90)");
+        assert!(text(&[pooled]).contains("0.80 (0.70–0.90)"));
+        // A failure in any round is kept.
+        let mut failing = table();
+        failing.rows[0].cells[0] = Cell::Failed("boom".into());
+        later.pool(&failing);
+        assert!(matches!(later.rows[0].cells[0], Cell::Failed(_)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::alt;
 use crate::stacks::{self, Certs};
 
 /// Sessions (raw: connections) this server holds right now.
@@ -27,6 +28,8 @@ pub(crate) const KINDS: &[&str] = &[
     "grpc-direct",
     "grpc-qymux-tcp",
     "grpc-qymux-quic",
+    "yamux-crate",
+    "tokio-yamux",
 ];
 
 pub(crate) fn run(kind: &str, certs: &Certs) -> Result<()> {
@@ -110,6 +113,17 @@ async fn serve(kind: &str, certs: &Certs) -> Result<()> {
                     }));
                 }
             });
+            addr
+        }
+        "yamux-crate" | "tokio-yamux" => {
+            let mux = if kind == "yamux-crate" {
+                alt::Mux::YamuxCrate
+            } else {
+                alt::Mux::TokioYamux
+            };
+            let listener = TcpListener::bind(local).await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(alt::serve(mux, listener, tls, hold));
             addr
         }
         _ => unreachable!("checked in run"),

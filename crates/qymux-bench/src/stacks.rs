@@ -145,6 +145,8 @@ pub(crate) enum Client {
         endpoint: quinn::Endpoint,
     },
     QymuxQuic(qymux_quic::Session),
+    /// A bare yamux crate over TLS (see `alt`).
+    Alt(crate::alt::AltClient),
 }
 
 impl Client {
@@ -195,6 +197,7 @@ impl Client {
                 Box::new(tokio::io::join(recv, send))
             }
             Self::QymuxQuic(session) => Box::new(session.open().await?),
+            Self::Alt(client) => client.open().await?,
         })
     }
 
@@ -210,6 +213,7 @@ impl Client {
                 endpoint.wait_idle().await;
             }
             Self::QymuxQuic(session) => session.close().await,
+            Self::Alt(client) => client.close(),
         }
     }
 }
