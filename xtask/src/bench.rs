@@ -43,14 +43,23 @@ mod tests {
 
     #[test]
     fn flags_reach_the_binary() {
-        let args = ["bench", "--smoke", "--only=bulk,rtt", "--out", "x"].map(str::to_owned);
+        let args = [
+            "bench",
+            "--smoke",
+            "--only=bulk,rtt",
+            "--out",
+            "x",
+            "--rounds",
+            "3",
+        ]
+        .map(str::to_owned);
         let Ok(Task::Bench(args)) = parse(args) else {
             panic!("not a bench command");
         };
         let line = bench_command_args(&args).join(" ");
         assert_eq!(
             line,
-            "run --release -q -p qymux-bench -- --smoke --only bulk,rtt --out x"
+            "run --release -q -p qymux-bench -- --smoke --only bulk,rtt --out x --rounds 3"
         );
         assert!(parse(["bench", "--fast"].map(str::to_owned)).is_err());
     }

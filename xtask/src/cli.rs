@@ -82,8 +82,12 @@ cargo xtask bench [OPTIONS]
                            target/bench-smoke unless --out is given
     --out DIR              Where the results go [default: docs/bench]
     --only LIST            Comma-separated: bulk,rtt,open-rtt,opens,streams,grpc,idle,auto
-    --stacks LIST          Columns of the stream measures: rustls,tcp,quinn,quic,go
+    --stacks LIST          Columns of the stream measures: rustls,tcp,quinn,quic,go,
+                           yamux,tokio-yamux
     --no-go                Leave out the Go column
+    --rounds N             Run the stream and gRPC measures N times with fresh servers;
+                           figures pool all rounds, ratios show the rounds' range
+                           [default: 1]
 ";
 
 /// A parsed command line.
@@ -299,7 +303,7 @@ fn parse_bench(args: impl Iterator<Item = String>) -> Result<Command, String> {
                 args.no_value(&flag)?;
                 parsed.args.push(flag);
             }
-            "--out" | "--only" | "--stacks" => {
+            "--out" | "--only" | "--stacks" | "--rounds" => {
                 let value = args.value(&flag)?;
                 parsed.args.extend([flag, value]);
             }
