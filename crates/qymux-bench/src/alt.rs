@@ -176,37 +176,25 @@ pub(crate) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     hold: fn(BoxFuture) -> BoxFuture,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    while let Ok((tcp, _)) = listener.accept().await {
-        let acceptor = acceptor.clone();
-        tokio::spawn(hold(Box::pin(async move {
-            if tcp.set_nodelay(true).is_err() {
-                return;
+    crate::stacks::serve_tls(listener, tls, hold, move |tls| match mux {
+        Mux::YamuxCrate => Box::pin(async move {
+            let conn = yamux::Connection::new(tls.compat(), yamux_config(), yamux::Mode::Server);
+            // Nothing asks this side to open streams; keep the sender so the request
+            // channel stays open.
+            let (_opens, requests) = mpsc::unbounded_channel();
+            drive_yamux(conn, requests, |stream| {
+                tokio::spawn(crate::proto::serve(stream.compat()));
+            })
+            .await;
+        }),
+        Mux::TokioYamux => Box::pin(async move {
+            let mut session = tokio_yamux::Session::new_server(tls, tokio_yamux_config());
+            while let Some(Ok(stream)) = session.next().await {
+                tokio::spawn(crate::proto::serve(ReadWhileWriting::new(stream)));
             }
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            match mux {
-                Mux::YamuxCrate => {
-                    let conn =
-                        yamux::Connection::new(tls.compat(), yamux_config(), yamux::Mode::Server);
-                    // Nothing asks this side to open streams; keep the sender so the
-                    // request channel stays open.
-                    let (_opens, requests) = mpsc::unbounded_channel();
-                    drive_yamux(conn, requests, |stream| {
-                        tokio::spawn(crate::proto::serve(stream.compat()));
-                    })
-                    .await;
-                }
-                Mux::TokioYamux => {
-                    let mut session = tokio_yamux::Session::new_server(tls, tokio_yamux_config());
-                    while let Some(Ok(stream)) = session.next().await {
-                        tokio::spawn(crate::proto::serve(ReadWhileWriting::new(stream)));
-                    }
-                }
-            }
-        })));
-    }
+        }),
+    })
+    .await;
 }
 
 /// tokio-yamux takes in a stream's window updates only inside the stream's `poll_read`,

@@ -232,16 +232,37 @@ pub(crate) async fn serve_raw_tls(
     tls: Arc<rustls::ServerConfig>,
     hold: fn(BoxFuture) -> BoxFuture,
 ) {
+    serve_tls(listener, tls, hold, |tls| {
+        Box::pin(async move {
+            let _ = crate::proto::serve(tls).await;
+        })
+    })
+    .await;
+}
+
+/// A server-side TLS connection of the bench.
+pub(crate) type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Accepts TCP connections, completes TLS on each and hands it to `serve`, each in a
+/// task of its own; `hold` counts the connections while they last.
+pub(crate) async fn serve_tls<F>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hold: fn(BoxFuture) -> BoxFuture,
+    serve: F,
+) where
+    F: Fn(ServerTls) -> BoxFuture + Clone + Send + 'static,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     while let Ok((tcp, _)) = listener.accept().await {
-        let acceptor = acceptor.clone();
+        let (acceptor, serve) = (acceptor.clone(), serve.clone());
         tokio::spawn(hold(Box::pin(async move {
-            let served = async {
-                tcp.set_nodelay(true)?;
-                let tls = acceptor.accept(tcp).await?;
-                crate::proto::serve(tls).await
-            };
-            let _ = served.await;
+            if tcp.set_nodelay(true).is_err() {
+                return;
+            }
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                serve(tls).await;
+            }
         })));
     }
 }
