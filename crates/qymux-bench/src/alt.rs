@@ -4,9 +4,10 @@
 //! no limits, no stream announcement at open, no close reasons. They show how much of
 //! Qymux TCP's cost is the crate beneath it, and what the best alternative crate does.
 //!
-//! Both get the settings Qymux TCP gives the `yamux` crate where the crate has them: a
-//! 1 GiB connection receive window (tokio-yamux: a 16 MiB stream window, its largest
-//! useful setting here) and 64 KiB frames.
+//! The `yamux` crate gets about the settings Qymux TCP gives it: a 1 GiB connection
+//! receive window and 64 KiB frames (Qymux: 64 KiB − 12, see `qymux_tcp::wire`).
+//! tokio-yamux has no connection window; it gets a 16 MiB stream window, and sends each
+//! write as one frame, up to the window.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
