@@ -37,6 +37,13 @@ pub(crate) enum Mux {
 }
 
 impl Mux {
+    /// The crate whose bench server is `kind`, if it is one of these two.
+    pub(crate) fn from_server_kind(kind: &str) -> Option<Self> {
+        [Self::YamuxCrate, Self::TokioYamux]
+            .into_iter()
+            .find(|mux| mux.server_kind() == kind)
+    }
+
     /// The kind of its bench server.
     pub(crate) fn server_kind(self) -> &'static str {
         match self {

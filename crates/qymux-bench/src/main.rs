@@ -305,6 +305,15 @@ const GO: usize = 4;
 const YAMUX_CRATE: usize = 5;
 const TOKIO_YAMUX: usize = 6;
 
+/// The bare crate of a column, if it is one of theirs.
+fn bare_mux(column: usize) -> Option<alt::Mux> {
+    match column {
+        YAMUX_CRATE => Some(alt::Mux::YamuxCrate),
+        TOKIO_YAMUX => Some(alt::Mux::TokioYamux),
+        _ => None,
+    }
+}
+
 /// The server kind of each Rust column (Go's server is Go's).
 fn server_kind(column: usize) -> &'static str {
     match column {
@@ -312,8 +321,7 @@ fn server_kind(column: usize) -> &'static str {
         QYMUX_TCP => "qymux-tcp",
         RAW_QUIC => "raw-quic",
         QYMUX_QUIC => "qymux-quic",
-        YAMUX_CRATE => alt::Mux::YamuxCrate.server_kind(),
-        _ => alt::Mux::TokioYamux.server_kind(),
+        _ => bare_mux(column).map_or("go", alt::Mux::server_kind),
     }
 }
 
@@ -322,13 +330,13 @@ async fn connect(
     addr: std::net::SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Client> {
-    Ok(match column {
-        RAW_TLS => Client::raw_tls(addr, tls).await,
-        QYMUX_TCP => Client::qymux_tcp(addr, tls).await?,
-        RAW_QUIC => Client::raw_quic(addr, tls).await?,
-        QYMUX_QUIC => Client::qymux_quic(addr, tls).await?,
-        YAMUX_CRATE => Client::Alt(alt::AltClient::connect(alt::Mux::YamuxCrate, addr, tls).await?),
-        _ => Client::Alt(alt::AltClient::connect(alt::Mux::TokioYamux, addr, tls).await?),
+    Ok(match (column, bare_mux(column)) {
+        (RAW_TLS, _) => Client::raw_tls(addr, tls).await,
+        (QYMUX_TCP, _) => Client::qymux_tcp(addr, tls).await?,
+        (RAW_QUIC, _) => Client::raw_quic(addr, tls).await?,
+        (QYMUX_QUIC, _) => Client::qymux_quic(addr, tls).await?,
+        (_, Some(mux)) => Client::Alt(alt::AltClient::connect(mux, addr, tls).await?),
+        (_, None) => bail!("column {column} has no Rust client"),
     })
 }
 

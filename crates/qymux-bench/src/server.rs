@@ -115,18 +115,14 @@ async fn serve(kind: &str, certs: &Certs) -> Result<()> {
             });
             addr
         }
-        "yamux-crate" | "tokio-yamux" => {
-            let mux = if kind == "yamux-crate" {
-                alt::Mux::YamuxCrate
-            } else {
-                alt::Mux::TokioYamux
-            };
+        bare => {
+            let mux = alt::Mux::from_server_kind(bare)
+                .with_context(|| format!("unknown server kind {bare:?}"))?;
             let listener = TcpListener::bind(local).await?;
             let addr = listener.local_addr()?;
             tokio::spawn(alt::serve(mux, listener, tls, hold));
             addr
         }
-        _ => unreachable!("checked in run"),
     };
 
     let mut stdout = tokio::io::stdout();
