@@ -280,7 +280,7 @@ func verifyOpen(sess *yamux.Session, size int, stall time.Duration) (uint32, err
 		writeErr <- nil
 	}()
 
-	var readErr error
+	var readErr, updateErr error
 	buf := make([]byte, 64*1024)
 	got := 0
 	lastProgress := time.Now()
@@ -314,6 +314,9 @@ func verifyOpen(sess *yamux.Session, size int, stall time.Duration) (uint32, err
 				// EOF while our side is open: the peer really sent FIN.
 				readErr = firstErr(readErr, fmt.Errorf("short echo: %d of %d bytes before EOF", got, size))
 			}
+			if readErr == nil && updateErr != nil {
+				readErr = fmt.Errorf("short echo: %d of %d bytes, then the session closed: %w", got, size, updateErr)
+			}
 			if readErr != nil {
 				break
 			}
@@ -325,6 +328,15 @@ func verifyOpen(sess *yamux.Session, size int, stall time.Duration) (uint32, err
 			if backoff < 5*time.Millisecond {
 				backoff *= 2
 			}
+			continue
+		}
+		if err != nil && n > 0 {
+			// Read returns an error together with bytes only when the window
+			// update after them could not be sent: the session closed, as the
+			// peer does once its own side is done. What the stream already
+			// received can still be read, then EOF; whether the FIN came is for
+			// tracker.waitOpenedClosed.
+			updateErr = err
 			continue
 		}
 		if err != nil {
