@@ -18,14 +18,13 @@ use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-use crate::stacks::{BoxFuture, BoxIo, SERVER_NAME};
+use crate::stacks::{BoxFuture, BoxIo, connect_tls};
 
 /// Which of the two crates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +122,7 @@ impl AltClient {
         addr: std::net::SocketAddr,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::try_from(SERVER_NAME)?;
-        let tls = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await?;
+        let tls = connect_tls(addr, &tokio_rustls::TlsConnector::from(tls)).await?;
         Ok(match mux {
             Mux::YamuxCrate => {
                 let conn =

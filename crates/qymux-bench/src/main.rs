@@ -705,16 +705,14 @@ fn targets(tables: &[Table]) -> Vec<Target> {
     // a/b against a limit; `at_least` says which side is good. With several rounds the
     // figure shows the range of the rounds' ratios too.
     let mut ratio = |name: &str, key: &str, a: usize, b: usize, limit: f64, at_least: bool| {
-        let cells = find(key).and_then(|row| Some((row.cells.get(a)?, row.cells.get(b)?)));
-        let r = cells.and_then(|(a, b)| Some(a.value()? / b.value()?));
-        let rounds = cells.map_or(Vec::new(), |(a, b)| report::round_ratios(a, b));
+        let r = find(key).and_then(|row| report::ratio(row, a, b));
         out.push(Target {
             name: name.to_owned(),
-            figure: r.map_or("-".into(), |r| {
-                format!("{r:.2} ×{}", report::spread(&rounds))
-            }),
+            figure: r
+                .as_ref()
+                .map_or("-".into(), |(r, spread)| format!("{r:.2} ×{spread}")),
             limit: format!("{} {limit:.2} ×", if at_least { "≥" } else { "≤" }),
-            met: r.map(|r| if at_least { r >= limit } else { r <= limit }),
+            met: r.map(|(r, _)| if at_least { r >= limit } else { r <= limit }),
         });
     };
     ratio(

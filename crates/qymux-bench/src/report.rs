@@ -84,7 +84,7 @@ impl Cell {
 }
 
 /// `a / b` for each round both have, in order.
-pub(crate) fn round_ratios(a: &Cell, b: &Cell) -> Vec<f64> {
+fn round_ratios(a: &Cell, b: &Cell) -> Vec<f64> {
     match (a.rounds(), b.rounds()) {
         (Some(a), Some(b)) => a.iter().zip(b).map(|(a, b)| a / b).collect(),
         _ => Vec::new(),
@@ -92,7 +92,7 @@ pub(crate) fn round_ratios(a: &Cell, b: &Cell) -> Vec<f64> {
 }
 
 /// `" (lo–hi)"` over several rounds, or nothing for one.
-pub(crate) fn spread(values: &[f64]) -> String {
+fn spread(values: &[f64]) -> String {
     if values.len() < 2 {
         return String::new();
     }
@@ -180,9 +180,12 @@ fn cell_text(cell: &Cell) -> String {
     }
 }
 
-fn ratio(row: &Row, num: usize, den: usize) -> Option<f64> {
-    let (a, b) = (row.cells.get(num)?.value()?, row.cells.get(den)?.value()?);
-    (b != 0.0).then_some(a / b)
+/// `num / den` of a row's two columns, and the range of the rounds' own ratios as text
+/// (see [`spread`]); `None` when either column has no figure.
+pub(crate) fn ratio(row: &Row, num: usize, den: usize) -> Option<(f64, String)> {
+    let (a, b) = (row.cells.get(num)?, row.cells.get(den)?);
+    let (x, y) = (a.value()?, b.value()?);
+    (y != 0.0).then(|| (x / y, spread(&round_ratios(a, b))))
 }
 
 /// The cells of a table as text: a header line, then a line per row.
@@ -196,10 +199,9 @@ fn grid(table: &Table) -> Vec<Vec<String>> {
         let mut line = vec![format!("{} ({})", row.title, row.unit)];
         line.extend(row.cells.iter().map(cell_text));
         for (_, num, den) in &table.ratios {
-            line.push(ratio(row, *num, *den).map_or("-".into(), |r| {
-                let rounds = round_ratios(&row.cells[*num], &row.cells[*den]);
-                format!("{r:.2}{}", spread(&rounds))
-            }));
+            line.push(
+                ratio(row, *num, *den).map_or("-".into(), |(r, spread)| format!("{r:.2}{spread}")),
+            );
         }
         out.push(line);
     }
@@ -370,7 +372,7 @@ pub(crate) fn json(
                     "{}{}: {}",
                     if i == 0 { "" } else { ", " },
                     json_string(label),
-                    ratio(row, *num, *den).map_or("null".into(), json_number)
+                    ratio(row, *num, *den).map_or("null".into(), |(r, _)| json_number(r))
                 );
             }
             let _ = writeln!(

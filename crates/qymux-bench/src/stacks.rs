@@ -185,12 +185,7 @@ impl Client {
     /// Opens a stream (raw TLS: connects).
     pub(crate) async fn open(&self) -> Result<BoxIo> {
         Ok(match self {
-            Self::RawTls { addr, connector } => {
-                let tcp = TcpStream::connect(addr).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from(SERVER_NAME)?;
-                Box::new(connector.connect(name, tcp).await?)
-            }
+            Self::RawTls { addr, connector } => Box::new(connect_tls(*addr, connector).await?),
             Self::QymuxTcp(session) => Box::new(session.open().await?),
             Self::RawQuic { connection, .. } => {
                 let (send, recv) = connection.open_bi().await?;
@@ -238,6 +233,20 @@ pub(crate) async fn serve_raw_tls(
         })
     })
     .await;
+}
+
+/// A client-side TLS connection of the bench.
+pub(crate) type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects over TCP (no Nagle) and completes TLS for [`SERVER_NAME`].
+pub(crate) async fn connect_tls(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<ClientTls> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(SERVER_NAME)?;
+    Ok(connector.connect(name, tcp).await?)
 }
 
 /// A server-side TLS connection of the bench.
