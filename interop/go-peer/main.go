@@ -11,14 +11,16 @@
 // Modes:
 //
 //	go-peer server --listen 127.0.0.1:0 --cert C --key K [--ca CA] [--open N --bytes B]
-//	               [--watch-stdin=true]
+//	               [--watch-stdin=true] [--goaway-after B]
 //	go-peer client --connect H:P --ca CA [--cert C --key K] [--server-name localhost]
 //	               --streams N --bytes B [--expect-reverse K] [--timeout 60s]
 //
 // Both: --alpn qymux (the protocol offered and required; --alpn= offers none
-// and checks nothing), --stall-timeout 10s. TLS 1.2 at least. The server
-// exits when its stdin reaches EOF (unless --watch-stdin=false); with --ca it
-// requires and verifies client certificates.
+// and checks nothing), --stall-timeout 10s, --max-window B (yamux
+// MaxStreamWindowSize; 0, the default, keeps hashicorp's 256 KiB),
+// --report, --hold-fin N. TLS 1.2 at least. The server exits when its stdin
+// reaches EOF (unless --watch-stdin=false); with --ca it requires and
+// verifies client certificates.
 //
 // Both sides echo every stream the other side opens (io.Copy until EOF, then
 // Close, which sends FIN). A "verify-open" stream writes B bytes of
@@ -33,14 +35,39 @@
 // The data of a verify-open stream is splitmix64 seeded with the yamux
 // stream id, each 64-bit output written little-endian.
 //
+// --report prints "ECHOED <id> bytes=<n> sha256=<hex>" for every stream the
+// other side opened, once its FIN came: what we received (and echoed).
+//
+// --hold-fin N keeps our own side of the first N streams the other side
+// opens in a session open after its FIN (the echo is complete, our FIN is
+// held back) until it opens its next stream, the session ends, or
+// --stall-timeout passes. A second FIN on such a stream reaches hashicorp
+// while the stream is half-closed, which it answers with GoAway(protocol
+// error) and the end of the session: so a peer that sends FIN twice is seen.
+//
+// --goaway-after B (server): once a session has echoed B bytes in total over
+// the streams the client opened, send GoAway (hashicorp's Session.GoAway,
+// goAwayNormal: the client may open no new streams, the streams in flight go
+// on) and print GOAWAY-SENT; the GoAway frame is on the connection before that
+// line, and before any echo byte written after it. (GOAWAY-FAILED instead:
+// GoAway returned an error, as it can when the session ends while it waits,
+// even if the frame went out.) Then wait until the echo
+// of every stream is over, the peer's FIN and ours (at most --stall-timeout),
+// print "DRAINED open=<n>" (n: echoes still running), and close the session.
+//
 // Output, server (stdout, one line each):
 //
 //	LISTENING <host:port>           once, when listening
 //	HANDSHAKE-ERROR <err>           a TLS handshake (or ALPN check) failed
 //	REVERSE ok=<n> failed=<m>       per session, when its --open streams are done
+//	ECHOED <id> bytes=<n> sha256=<hex>  with --report
+//	GOAWAY-SENT                     with --goaway-after, per session
+//	GOAWAY-FAILED <err>             instead, if Session.GoAway returned an error
+//	DRAINED open=<n>                with --goaway-after, per session
 //	SESSION-END <reason>            per session, when it ended (after REVERSE)
 //
-// Output, client (stdout): RESULT ok=<n> failed=<m> reverse=<k>; exit status
+// Output, client (stdout): ECHOED lines with --report, then
+// RESULT ok=<n> failed=<m> reverse=<k>; exit status
 // 0 on success, 1 on failure, 2 on a TLS handshake failure (with
 // "ERROR handshake: <err>" on stdout and stderr). Other failures print
 // "ERROR <what>: <err>". Stream failures print "STREAM-ERROR <id> <err>" to
@@ -49,6 +76,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -56,6 +84,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -163,10 +192,34 @@ func checkALPN(conn *tls.Conn, alpn string) error {
 	return nil
 }
 
-func yamuxConfig() *yamux.Config {
+// sessionFlags are the session-level flags both modes share.
+type sessionFlags struct {
+	maxWindow uint64
+	report    bool
+	holdFin   int
+	stall     time.Duration
+}
+
+func (f *sessionFlags) register(fs *flag.FlagSet) {
+	fs.Uint64Var(&f.maxWindow, "max-window", 0, "yamux MaxStreamWindowSize in bytes (0: hashicorp's default, 256 KiB)")
+	fs.BoolVar(&f.report, "report", false, `print "ECHOED <id> bytes=<n> sha256=<hex>" for every stream the other side opened, once its FIN came`)
+	fs.IntVar(&f.holdFin, "hold-fin", 0, "hold our FIN on the first N streams the other side opens until it opens its next one")
+	fs.DurationVar(&f.stall, "stall-timeout", 10*time.Second, "fail a stream whose echo stops (or whose FIN does not come) for this long")
+}
+
+func (f *sessionFlags) yamuxConfig() (*yamux.Config, error) {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = os.Stderr
-	return cfg
+	if f.maxWindow > math.MaxUint32 {
+		return nil, fmt.Errorf("--max-window %d does not fit in 32 bits", f.maxWindow)
+	}
+	if f.maxWindow > 0 {
+		cfg.MaxStreamWindowSize = uint32(f.maxWindow)
+	}
+	if err := yamux.VerifyConfig(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // isTLSAlert tells whether err is a TLS alert from the peer, which is how a
@@ -199,31 +252,147 @@ func pattern(id uint32, buf []byte) {
 	}
 }
 
-// echo copies everything from the stream back to it until EOF, then closes
-// it (FIN). It returns nil on success.
-func echo(s *yamux.Stream) error {
-	_, err := io.Copy(s, s)
-	if err != nil {
-		s.Close()
-		return fmt.Errorf("echo: %w", err)
+// tracker follows the streams of one session, to check at the end that the
+// peer closed (FIN) every stream we opened, and runs the echo of the streams
+// the peer opens.
+type tracker struct {
+	sess *yamux.Session
+	opts *sessionFlags
+	// goAwayAfter (server, --goaway-after): echoed bytes that trigger GoAway.
+	goAwayAfter int64
+
+	// activeEcho counts inbound streams being echoed: they are in the
+	// session's stream table until our Close after the peer's FIN.
+	activeEcho int64
+	// echoed counts the bytes echoed on all inbound streams.
+	echoed     int64
+	goAwayOnce sync.Once
+
+	mu sync.Mutex
+	// inboundSeen counts the inbound streams accepted so far.
+	inboundSeen int
+	// next is closed when the next inbound stream is accepted (--hold-fin).
+	next chan struct{}
+}
+
+// inbound registers a stream the peer opened, just accepted. It tells the
+// stream's echo whether to hold its FIN (--hold-fin) and returns what releases
+// it: a channel closed when the next inbound stream is accepted.
+func (t *tracker) inbound() (hold bool, next <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.next != nil {
+		close(t.next)
+	}
+	t.next = make(chan struct{})
+	t.inboundSeen++
+	return t.inboundSeen <= t.opts.holdFin, t.next
+}
+
+// echoInbound copies everything from an accepted stream back to it until EOF
+// (the peer's FIN), then closes it (our FIN), keeping activeEcho up to date.
+// With hold, our FIN waits until next is closed (the peer opened another
+// stream), the session ends, or the stall timeout passes. With --report it
+// prints what it received. It returns nil on success.
+func (t *tracker) echoInbound(s *yamux.Stream, hold bool, next <-chan struct{}) error {
+	atomic.AddInt64(&t.activeEcho, 1)
+	defer atomic.AddInt64(&t.activeEcho, -1)
+
+	sum := sha256.New()
+	buf := make([]byte, 64*1024)
+	var total int64
+	for {
+		n, rerr := s.Read(buf)
+		if n > 0 {
+			sum.Write(buf[:n])
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				s.Close()
+				return fmt.Errorf("echo: write after %d bytes: %w", total, werr)
+			}
+			total += int64(n)
+			t.countEchoed(int64(n))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			s.Close()
+			return fmt.Errorf("echo: read after %d bytes: %w", total, rerr)
+		}
+	}
+	if t.opts.report {
+		say("ECHOED %d bytes=%d sha256=%x", s.StreamID(), total, sum.Sum(nil))
+	}
+	if hold {
+		select {
+		case <-next:
+		case <-t.sess.CloseChan():
+		case <-time.After(t.opts.stall):
+			warn("hold-fin: no further stream within %v; closing stream %d", t.opts.stall, s.StreamID())
+		}
 	}
 	return s.Close()
 }
 
-// tracker follows the streams of one session, to check at the end that the
-// peer closed (FIN) every stream we opened.
-type tracker struct {
-	sess *yamux.Session
-	// activeEcho counts inbound streams being echoed: they are in the
-	// session's stream table until our Close after the peer's FIN.
-	activeEcho int64
+// countEchoed adds n echoed bytes, and sends GoAway once --goaway-after is
+// reached.
+func (t *tracker) countEchoed(n int64) {
+	total := atomic.AddInt64(&t.echoed, n)
+	if t.goAwayAfter > 0 && total >= t.goAwayAfter {
+		t.goAwayOnce.Do(t.goAwayAndDrain)
+	}
 }
 
-// echoInbound echoes an accepted stream, keeping activeEcho up to date.
-func (t *tracker) echoInbound(s *yamux.Stream) error {
-	atomic.AddInt64(&t.activeEcho, 1)
-	defer atomic.AddInt64(&t.activeEcho, -1)
-	return echo(s)
+// goAwayAndDrain sends GoAway (normal: no new streams), prints GOAWAY-SENT
+// once the frame is on the connection, then in the background waits until
+// the echo of every stream is over (the peer's FIN came and ours went out),
+// prints DRAINED and closes the session.
+func (t *tracker) goAwayAndDrain() {
+	// Session.GoAway returns once the send loop wrote the frame.
+	if err := t.sess.GoAway(); err != nil {
+		warn("ERROR goaway: %v", err)
+		say("GOAWAY-FAILED %v", err)
+		return
+	}
+	say("GOAWAY-SENT")
+	go func() {
+		open := t.waitEchoesDone(t.opts.stall)
+		say("DRAINED open=%d", open)
+		// hashicorp yamux's Close drops frames still queued; a ping queues
+		// behind them and its answer comes after the peer read them all.
+		pong := make(chan struct{})
+		go func() {
+			t.sess.Ping()
+			close(pong)
+		}()
+		select {
+		case <-pong:
+		case <-time.After(t.opts.stall):
+		}
+		t.sess.Close()
+	}()
+}
+
+// waitEchoesDone waits until every inbound stream's echo is over (our FIN
+// sent after the peer's, or the echo failed), and returns how many are still
+// running after the timeout. Once the session is closed, the echoes end at
+// once; they get a second to say so.
+func (t *tracker) waitEchoesDone(timeout time.Duration) int64 {
+	deadline := time.Now().Add(timeout)
+	closedAt := time.Time{}
+	for {
+		open := atomic.LoadInt64(&t.activeEcho)
+		if open == 0 || time.Now().After(deadline) {
+			return open
+		}
+		if closedAt.IsZero() && t.sess.IsClosed() {
+			closedAt = time.Now()
+			if d := closedAt.Add(time.Second); d.Before(deadline) {
+				deadline = d
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // waitOpenedClosed waits until every stream we opened has been closed by the
@@ -400,14 +569,19 @@ func runServer(args []string) {
 	fs := flag.NewFlagSet("go-peer server", flag.ExitOnError)
 	var t tlsFlags
 	t.register(fs)
+	var sf sessionFlags
+	sf.register(fs)
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	open := fs.Int("open", 0, "streams to open to each client (verify-open)")
 	size := fs.Int("bytes", 1<<20, "bytes per stream opened with --open")
-	stall := fs.Duration("stall-timeout", 10*time.Second, "fail a stream whose echo stops (or whose FIN does not come) for this long")
 	watchStdin := fs.Bool("watch-stdin", true, "exit when stdin reaches EOF")
+	goAwayAfter := fs.Int64("goaway-after", 0, "send GoAway once a session echoed this many bytes, then close it when its streams are done (0: never)")
 	fs.Parse(args)
 	if fs.NArg() != 0 {
 		fail(1, "usage", fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if _, err := sf.yamuxConfig(); err != nil {
+		fail(1, "config", err)
 	}
 
 	cfg, err := t.baseConfig()
@@ -443,11 +617,11 @@ func runServer(args []string) {
 		if err != nil {
 			fail(1, "accept", err)
 		}
-		go serveConn(conn, cfg, t.alpn, *open, *size, *stall)
+		go serveConn(conn, cfg, t.alpn, &sf, *open, *size, *goAwayAfter)
 	}
 }
 
-func serveConn(raw net.Conn, cfg *tls.Config, alpn string, open, size int, stall time.Duration) {
+func serveConn(raw net.Conn, cfg *tls.Config, alpn string, sf *sessionFlags, open, size int, goAwayAfter int64) {
 	if tcp, ok := raw.(*net.TCPConn); ok {
 		tcp.SetNoDelay(true)
 	}
@@ -465,20 +639,24 @@ func serveConn(raw net.Conn, cfg *tls.Config, alpn string, open, size int, stall
 	}
 	raw.SetDeadline(time.Time{})
 
-	sess, err := yamux.Server(conn, yamuxConfig())
+	var sess *yamux.Session
+	ycfg, err := sf.yamuxConfig()
+	if err == nil {
+		sess, err = yamux.Server(conn, ycfg)
+	}
 	if err != nil {
 		warn("ERROR yamux: %v", err)
 		conn.Close()
 		return
 	}
 
-	t := &tracker{sess: sess}
+	t := &tracker{sess: sess, opts: sf, goAwayAfter: goAwayAfter}
 	var reverse sync.WaitGroup
 	if open > 0 {
 		reverse.Add(1)
 		go func() {
 			defer reverse.Done()
-			ok, failed := openVerified(t, open, size, stall)
+			ok, failed := openVerified(t, open, size, sf.stall)
 			say("REVERSE ok=%d failed=%d", ok, failed)
 		}()
 	}
@@ -490,8 +668,9 @@ func serveConn(raw net.Conn, cfg *tls.Config, alpn string, open, size int, stall
 			reason = err
 			break
 		}
+		hold, next := t.inbound()
 		go func() {
-			if err := t.echoInbound(s); err != nil {
+			if err := t.echoInbound(s, hold, next); err != nil {
 				warn("STREAM-ERROR %d %v", s.StreamID(), err)
 			}
 		}()
@@ -507,16 +686,22 @@ func runClient(args []string) {
 	fs := flag.NewFlagSet("go-peer client", flag.ExitOnError)
 	var t tlsFlags
 	t.register(fs)
+	var sf sessionFlags
+	sf.register(fs)
 	connect := fs.String("connect", "", "host:port to dial")
 	serverName := fs.String("server-name", "localhost", "name to verify the server certificate against (SNI)")
 	streams := fs.Int("streams", 1, "verify-open streams to open")
 	size := fs.Int("bytes", 1<<20, "bytes per verify-open stream")
 	expectReverse := fs.Int("expect-reverse", 0, "streams the server opens that must be echoed before closing")
 	timeout := fs.Duration("timeout", 60*time.Second, "fail if the whole run takes longer")
-	stall := fs.Duration("stall-timeout", 10*time.Second, "fail a stream whose echo stops (or whose FIN does not come) for this long")
 	fs.Parse(args)
 	if fs.NArg() != 0 {
 		fail(1, "usage", fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	stall := &sf.stall
+	ycfg, err := sf.yamuxConfig()
+	if err != nil {
+		fail(1, "config", err)
 	}
 	if *connect == "" {
 		fail(1, "usage", errors.New("client needs --connect"))
@@ -567,12 +752,12 @@ func runClient(args []string) {
 	}
 	raw.SetDeadline(time.Time{})
 
-	sess, err := yamux.Client(conn, yamuxConfig())
+	sess, err := yamux.Client(conn, ycfg)
 	if err != nil {
 		fail(1, "yamux", err)
 	}
 
-	tr := &tracker{sess: sess}
+	tr := &tracker{sess: sess, opts: &sf}
 
 	// Inbound streams: echo each one; report ok/failed per stream.
 	sessErr := make(chan error, 1)
@@ -584,8 +769,9 @@ func runClient(args []string) {
 				sessErr <- err
 				return
 			}
+			hold, next := tr.inbound()
 			go func() {
-				err := tr.echoInbound(s)
+				err := tr.echoInbound(s, hold, next)
 				if err != nil {
 					warn("STREAM-ERROR %d %v", s.StreamID(), err)
 				}

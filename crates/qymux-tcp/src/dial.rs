@@ -13,6 +13,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::engine::core::Role;
 use crate::session::{Session, Start};
 use crate::socket;
 
@@ -61,14 +62,14 @@ pub async fn dial(
 
     let session = Session::start(Start {
         io: tls_stream,
-        mode: yamux::Mode::Client,
+        role: Role::Client,
         options: options.clone(),
         local_addr,
         remote_addr,
         peer_identity,
     });
     let confirmed = tokio::select! {
-        () = session.wire().first_frame() => Ok(()),
+        () = session.first_frame() => Ok(()),
         reason = session.closed() => Err(reason),
         () = tokio::time::sleep_until(deadline) => {
             session.close().await;

@@ -81,14 +81,11 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 mod dial;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
+pub mod engine;
 mod listener;
 mod session;
 mod socket;
 mod stream;
-mod wire;
 
 pub use dial::dial;
 pub use listener::Listener;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::engine::core::Role;
 use crate::session::{Session, Start};
 use crate::socket;
 
@@ -218,7 +219,7 @@ async fn handshake(
         .and_then(|certs| PeerIdentity::new(certs.to_vec()));
     Ok(Session::start(Start {
         io: tls,
-        mode: yamux::Mode::Server,
+        role: Role::Server,
         options: options.clone(),
         local_addr,
         remote_addr: peer,

@@ -1,105 +1,391 @@
-//! A TLS + yamux connection as a Qymux [`Session`](qymux_transport::Session), and the one
-//! task that drives it.
+//! A TLS connection running Qymux's yamux engine, as a Qymux
+//! [`Session`](qymux_transport::Session), and the task that reads it.
+//!
+//! The engine's state ([`Connection`]) sits behind one mutex that the session's handles,
+//! its streams and one driver task share. Nothing is passed through the driver on the
+//! hot path:
+//!
+//! - **Writes** go out from the writing task itself: it takes the writer, reserves send
+//!   window, and hands the frame's header and the caller's buffer to TLS in one vectored
+//!   write. Whatever TLS does not take at once (the socket is full) is copied into the
+//!   writer's pending buffer, which is bounded by one frame plus the control frames, and
+//!   goes out first next time. Control frames (window updates, SYN, FIN, RST, pings,
+//!   GoAway) are queued in the engine and sent by whoever holds the writer next.
+//! - **Reads**: the driver reads TLS, feeds the bytes to the engine (which appends frame
+//!   bodies to their streams' buffers) and wakes the readers.
+//! - The socket has one write waker; it is a fan-out ([`WriteWake`]) that wakes the
+//!   driver and every task waiting for the writer, so no waiter is lost when several
+//!   tasks write.
+//! - Each stream has a waker per direction, so the two halves of a split stream each
+//!   wake; every waiter wakes when the session ends, and if the driver task ends for any
+//!   reason (its runtime dropped, a panic), the session ends with an error.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker, ready};
+use std::time::{Duration, Instant};
 
-use qymux_transport::{
-    CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result, TimeoutKind,
-};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-use tracing::{debug, trace};
+use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tracing::{Instrument, debug, trace};
 
+use crate::engine::core::{CONTROL_HIGH_WATER, Config, Connection, Role};
 use crate::stream::Stream;
-use crate::wire::{WireIo, WireState};
 
-/// State the driver, the handles and the streams share.
+/// What the driver reads into; freed whenever the connection goes quiet.
+const READ_BUF: usize = 32 * 1024;
+
+/// Reads per driver turn before it yields to other tasks.
+const READS_PER_TURN: usize = 16;
+
+/// The writer's pending buffer keeps at most this much capacity when it is empty.
+const PENDING_KEEP: usize = 64 * 1024;
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The socket's write waker: wakes the driver and every task waiting to write.
+#[derive(Default)]
+struct WriteWake {
+    wakers: Mutex<WakeList>,
+}
+
+#[derive(Default)]
+struct WakeList {
+    driver: Option<Waker>,
+    waiters: Vec<Waker>,
+}
+
+impl Wake for WriteWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (driver, waiters) = {
+            let mut list = lock(&self.wakers);
+            (list.driver.clone(), std::mem::take(&mut list.waiters))
+        };
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+        for waiter in waiters {
+            waiter.wake();
+        }
+    }
+}
+
+impl WriteWake {
+    fn add_waiter(&self, waker: &Waker) {
+        let mut list = lock(&self.wakers);
+        if !list.waiters.iter().any(|w| w.will_wake(waker)) {
+            list.waiters.push(waker.clone());
+        }
+    }
+
+    fn set_driver(&self, waker: &Waker) {
+        let mut list = lock(&self.wakers);
+        match &list.driver {
+            Some(d) if d.will_wake(waker) => {}
+            _ => list.driver = Some(waker.clone()),
+        }
+    }
+
+    fn wake_driver(&self) {
+        let driver = lock(&self.wakers).driver.clone();
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+    }
+}
+
+/// The write half of the connection and what is committed to it but not yet taken.
+struct Writer {
+    io: WriteHalf<BoxIo>,
+    pending: Vec<u8>,
+    pos: usize,
+    /// TLS may hold records the socket did not take yet.
+    unflushed: bool,
+    /// A write failed; later writes are discarded (see [`Shared::poll_drain`]).
+    failed: Option<io::Error>,
+    failed_seen: bool,
+}
+
+/// Everything the session's handles, streams and driver share.
 pub(crate) struct Shared {
-    pub(crate) wire: Arc<WireState>,
-    pub(crate) streams_open: AtomicUsize,
-    pub(crate) max_streams: usize,
-    reason: watch::Sender<Option<CloseReason>>,
+    pub(crate) conn: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    wake: Arc<WriteWake>,
+    fanout: Waker,
     local_addr: SocketAddr,
     remote_addr: SocketAddr,
     peer_identity: Option<PeerIdentity>,
-    /// A yamux stream the driver opened ahead of time, for the next `open` to take without
-    /// a round trip through the driver task. Unannounced, it costs nothing on the wire
-    /// (the yamux crate sends SYN with a stream's first frame). Kept only once `open` was
-    /// used, so sessions that never open streams do not hold one.
-    ready: std::sync::Mutex<Option<yamux::Stream>>,
+    close_timeout: Duration,
+    open_timeout: Duration,
+    done: Mutex<(bool, Vec<Waker>)>,
 }
 
 impl Shared {
+    /// Runs `f` on the engine, then wakes whoever it made ready (after unlocking).
+    pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let mut conn = lock(&self.conn);
+        let result = f(&mut conn);
+        if conn.has_wakers() {
+            let wakers = conn.take_wakers();
+            drop(conn);
+            for w in wakers {
+                w.wake();
+            }
+        }
+        result
+    }
+
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        self.reason.borrow().clone()
+        lock(&self.conn).ended().cloned()
     }
 
-    pub(crate) async fn closed(&self) -> CloseReason {
-        let mut rx = self.reason.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or(CloseReason::Local),
-            // The sender lives in `self`, so it cannot be gone.
-            Err(_) => CloseReason::Local,
+    pub(crate) fn wake_driver(&self) {
+        self.wake.wake_driver();
+    }
+
+    /// Sends the queued control frames now if the writer is free; otherwise the driver
+    /// does.
+    pub(crate) fn flush_control(&self) {
+        match self.writer.try_lock() {
+            Ok(mut w) => {
+                if let Poll::Ready(Err(_)) = self.poll_drain(&mut w, None) {
+                    self.wake_driver();
+                }
+            }
+            Err(_) => self.wake_driver(),
         }
     }
 
-    /// Records why the session ended; the first reason wins.
-    fn set_reason(&self, reason: CloseReason) {
-        self.reason.send_if_modified(|current| {
-            if current.is_none() {
-                debug!(remote = %self.remote_addr, %reason, "session ended");
-                *current = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Counts a new stream against the limit.
-    fn try_reserve_stream(&self) -> bool {
-        let mut n = self.streams_open.load(Ordering::Acquire);
+    /// Writes out everything committed (pending bytes, then the engine's control frames)
+    /// and flushes TLS. `Pending` registers `waiter` (and always the driver) for the
+    /// socket's write readiness.
+    fn poll_drain(&self, w: &mut Writer, waiter: Option<&Waker>) -> Poll<io::Result<()>> {
+        if w.failed.is_some() || w.failed_seen {
+            // Writes after a failure are discarded: the driver still reads what the peer
+            // sent before it hung up, then ends the session.
+            w.pending.clear();
+            w.pos = 0;
+            lock(&self.conn).take_control(&mut w.pending);
+            w.pending.clear();
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let mut cx = Context::from_waker(&self.fanout);
+        let mut registered = false;
         loop {
-            if n >= self.max_streams {
-                return false;
+            if w.pos < w.pending.len() {
+                match Pin::new(&mut w.io).poll_write(&mut cx, &w.pending[w.pos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return self.write_failed(w, io::ErrorKind::WriteZero.into());
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        w.pos += n;
+                        w.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) => return self.write_failed(w, e),
+                    Poll::Pending => {
+                        // Register, then look once more: readiness may have come between.
+                        match (waiter, registered) {
+                            (Some(waker), false) => {
+                                self.wake.add_waiter(waker);
+                                registered = true;
+                            }
+                            _ => return Poll::Pending,
+                        }
+                    }
+                }
+                continue;
             }
-            match self.streams_open.compare_exchange_weak(
-                n,
-                n + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => n = actual,
+            w.pending.clear();
+            w.pos = 0;
+            {
+                let mut conn = lock(&self.conn);
+                if conn.control_len() == 0 {
+                    break;
+                }
+                conn.take_control(&mut w.pending);
             }
         }
+        if w.pending.capacity() > PENDING_KEEP {
+            w.pending = Vec::new();
+        }
+        if w.unflushed {
+            loop {
+                match Pin::new(&mut w.io).poll_flush(&mut cx) {
+                    Poll::Ready(Ok(())) => {
+                        w.unflushed = false;
+                        break;
+                    }
+                    Poll::Ready(Err(e)) => return self.write_failed(w, e),
+                    Poll::Pending => match (waiter, registered) {
+                        (Some(waker), false) => {
+                            self.wake.add_waiter(waker);
+                            registered = true;
+                        }
+                        _ => return Poll::Pending,
+                    },
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn write_failed(&self, w: &mut Writer, err: io::Error) -> Poll<io::Result<()>> {
+        debug!("writing to the connection failed: {err}");
+        let kind = err.kind();
+        w.failed = Some(err);
+        w.pending.clear();
+        w.pos = 0;
+        self.wake_driver();
+        Poll::Ready(Err(kind.into()))
+    }
+
+    /// Writes one DATA frame on stream `id` from `buf`: header and body in one vectored
+    /// write, after everything committed before. Returns how much of `buf` the frame
+    /// carries; the part TLS did not take yet is kept in the pending buffer.
+    pub(crate) fn poll_write_frame(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize>> {
+        let mut guard = lock(&self.writer);
+        let w: &mut Writer = &mut guard;
+        if ready!(self.poll_drain(w, Some(cx.waker()))).is_err() {
+            // The session is failing; report why once the driver has decided.
+            drop(guard);
+            return self.poll_failure(cx);
+        }
+        let reserved = {
+            let mut conn = lock(&self.conn);
+            let r = conn.poll_write(id, cx.waker(), buf.len());
+            conn.take_control(&mut w.pending);
+            r
+        };
+        let (header, n) = match reserved {
+            Poll::Ready(Ok(frame)) => frame,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if !w.pending.is_empty() {
+                    let _ = self.poll_drain(w, None);
+                }
+                return Poll::Pending;
+            }
+        };
+        let body = &buf[..n];
+        let mut cx_io = Context::from_waker(&self.fanout);
+        let mut parts: [&[u8]; 3] = [&w.pending[w.pos..], &header, body];
+        let mut pending = false;
+        while parts.iter().any(|p| !p.is_empty()) {
+            let slices = [
+                io::IoSlice::new(parts[0]),
+                io::IoSlice::new(parts[1]),
+                io::IoSlice::new(parts[2]),
+            ];
+            match Pin::new(&mut w.io).poll_write_vectored(&mut cx_io, &slices) {
+                Poll::Ready(Ok(0)) => {
+                    let _ = self.write_failed(w, io::ErrorKind::WriteZero.into());
+                    drop(guard);
+                    return self.poll_failure(cx);
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    for part in parts.iter_mut() {
+                        let k = written.min(part.len());
+                        *part = &part[k..];
+                        written -= k;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    let _ = self.write_failed(w, e);
+                    drop(guard);
+                    return self.poll_failure(cx);
+                }
+                Poll::Pending => {
+                    pending = true;
+                    break;
+                }
+            }
+        }
+        // Keep what TLS did not take, in order, for the next writer (or the driver).
+        let rest_pending = parts[0].len();
+        let mut rest = Vec::with_capacity(parts[1].len() + parts[2].len());
+        rest.extend_from_slice(parts[1]);
+        rest.extend_from_slice(parts[2]);
+        let start = w.pending.len() - rest_pending;
+        w.pending.drain(..start);
+        w.pos = 0;
+        w.pending.extend_from_slice(&rest);
+        w.unflushed = true;
+        if !pending {
+            let _ = self.poll_drain(w, None);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes out everything committed so far (flush of a stream: its data and FIN are
+    /// in TLS and handed to the socket).
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let drained = {
+            let mut w = lock(&self.writer);
+            self.poll_drain(&mut w, Some(cx.waker()))
+        };
+        match ready!(drained) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(_) => self.poll_failure(cx),
+        }
+    }
+
+    /// Waits for the session's close reason (the driver sets it promptly after a write
+    /// failure) and reports it.
+    pub(crate) fn poll_failure<T>(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.with_conn(|c| {
+            if c.poll_end(cx.waker()) {
+                Poll::Ready(Err(c
+                    .ended()
+                    .map(CloseReason::to_error)
+                    .unwrap_or(Error::Closed)))
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut done = lock(&self.done);
+        if done.0 {
+            return Poll::Ready(());
+        }
+        if !done.1.iter().any(|w| w.will_wake(cx.waker())) {
+            done.1.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
-enum Command {
-    Open(oneshot::Sender<Result<yamux::Stream>>),
-    /// `open` took the stream opened ahead of time: open the next one.
-    Refill,
-    Close(oneshot::Sender<()>),
+/// What the application's session clones and streams share. When the last one is
+/// dropped, the session closes gracefully.
+pub(crate) struct Handle {
+    pub(crate) shared: Arc<Shared>,
 }
 
-/// What the application's session clones share. When the last one (and the last stream
-/// the application holds) is dropped, the session closes gracefully.
-pub(crate) struct Handle {
-    commands: mpsc::Sender<Command>,
-    inbound: tokio::sync::Mutex<mpsc::Receiver<Stream>>,
-    shared: Arc<Shared>,
-    close_timeout: Duration,
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.with_conn(Connection::close);
+        self.shared.wake_driver();
+    }
 }
 
 /// A TLS + yamux session; cheap to clone, usable from many tasks at once.
@@ -112,14 +398,13 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.handle.shared;
+        let conn = lock(&shared.conn);
         f.debug_struct("Session")
-            .field("local_addr", &self.handle.shared.local_addr)
-            .field("remote_addr", &self.handle.shared.remote_addr)
-            .field(
-                "streams_open",
-                &self.handle.shared.streams_open.load(Ordering::Relaxed),
-            )
-            .field("close_reason", &self.handle.shared.close_reason())
+            .field("local_addr", &shared.local_addr)
+            .field("remote_addr", &shared.remote_addr)
+            .field("streams_open", &conn.open_streams())
+            .field("close_reason", &conn.ended())
             .finish()
     }
 }
@@ -127,7 +412,7 @@ impl fmt::Debug for Session {
 /// Everything needed to start a session on an established TLS connection.
 pub(crate) struct Start<T> {
     pub(crate) io: T,
-    pub(crate) mode: yamux::Mode,
+    pub(crate) role: Role,
     pub(crate) options: Options,
     pub(crate) local_addr: SocketAddr,
     pub(crate) remote_addr: SocketAddr,
@@ -140,124 +425,139 @@ impl Session {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let wire = Arc::new(WireState::new());
-        let io = WireIo::new(start.io, wire.clone()).compat();
-        let conn = yamux::Connection::new(io, yamux_config(&start.options), start.mode);
-        let (commands_tx, commands_rx) = mpsc::channel(64);
-        let (inbound_tx, inbound_rx) = mpsc::channel(start.options.max_streams);
+        let io: BoxIo = Box::new(start.io);
+        let (reader, writer) = tokio::io::split(io);
+        let conn = Connection::new(
+            start.role,
+            Config::from_options(&start.options),
+            Instant::now(),
+        );
+        let wake = Arc::new(WriteWake::default());
         let shared = Arc::new(Shared {
-            wire,
-            streams_open: AtomicUsize::new(0),
-            max_streams: start.options.max_streams,
-            reason: watch::Sender::new(None),
+            conn: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                io: writer,
+                pending: Vec::new(),
+                pos: 0,
+                unflushed: false,
+                failed: None,
+                failed_seen: false,
+            }),
+            fanout: Waker::from(wake.clone()),
+            wake,
             local_addr: start.local_addr,
             remote_addr: start.remote_addr,
             peer_identity: start.peer_identity,
-            ready: std::sync::Mutex::new(None),
-        });
-        let driver = Driver {
-            conn,
-            commands: commands_rx,
-            inbound: inbound_tx,
-            shared: shared.clone(),
-            pending_opens: VecDeque::new(),
-            refill: false,
-            liveness: Liveness::new(&start.options),
             close_timeout: start.options.close_timeout,
+            open_timeout: start.options.open_timeout,
+            done: Mutex::new((false, Vec::new())),
+        });
+        let span = tracing::debug_span!(
+            "qymux_session",
+            protocol = "tcp",
+            role = ?start.role,
+            local = %start.local_addr,
+            remote = %start.remote_addr,
+        );
+        let driver = Driver {
+            shared: shared.clone(),
+            reader,
+            buf: Vec::new(),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
+            write_error: None,
         };
-        tokio::spawn(driver.run());
+        tokio::spawn(driver.run().instrument(span));
         Session {
-            handle: Arc::new(Handle {
-                commands: commands_tx,
-                inbound: tokio::sync::Mutex::new(inbound_rx),
-                shared,
-                close_timeout: start.options.close_timeout,
-            }),
+            handle: Arc::new(Handle { shared }),
         }
     }
 
-    pub(crate) fn wire(&self) -> &WireState {
-        &self.handle.shared.wire
+    /// Waits until the peer's first frame arrived (wait for [`Session::closed`] beside it).
+    pub(crate) async fn first_frame(&self) {
+        poll_fn(|cx| {
+            self.handle.shared.with_conn(|c| {
+                if c.poll_first_frame(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await
     }
 
-    /// Opens a stream; see [`qymux_transport::Session::open`].
+    /// Opens a stream; see [`qymux_transport::Session::open`]. The SYN is sent before
+    /// this returns (unless the socket is full, then right after). Waits at most
+    /// [`Options::open_timeout`] while the peer has 256 of our streams unacknowledged,
+    /// then fails with [`Limit::PeerStreams`]. Cancel-safe: a dropped `open` holds nothing.
     pub async fn open(&self) -> Result<Stream> {
         let shared = &self.handle.shared;
-        if let Some(reason) = shared.close_reason() {
-            return Err(reason.to_error());
-        }
-        if !shared.try_reserve_stream() {
-            return Err(Error::LimitReached(Limit::Streams(shared.max_streams)));
-        }
-        let ready = shared
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let opened = match ready {
-            Some(inner) => {
-                // Open the next one ahead; if the queue is full, the next `Open` will.
-                let _ = self.handle.commands.try_send(Command::Refill);
-                Ok(inner)
-            }
-            None => {
-                let (tx, rx) = oneshot::channel();
-                match self.handle.commands.send(Command::Open(tx)).await {
-                    Ok(()) => rx.await.unwrap_or_else(|_| Err(self.ended())),
-                    Err(_) => Err(self.ended()),
+        let first = shared.with_conn(|c| c.poll_open(Waker::noop()));
+        let id = match first {
+            Poll::Ready(result) => result?,
+            Poll::Pending => {
+                let opening = poll_fn(|cx| shared.with_conn(|c| c.poll_open(cx.waker())));
+                match tokio::time::timeout(shared.open_timeout, opening).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        let waiting = shared.with_conn(|c| c.unacked_opens());
+                        return Err(Error::LimitReached(Limit::PeerStreams(waiting)));
+                    }
                 }
             }
         };
-        let inner = match opened {
-            Ok(inner) => inner,
-            Err(e) => {
-                shared.streams_open.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
-        };
-        let mut stream = Stream::new(inner, shared.clone());
-        stream.attach(self.handle.clone());
-        // Announce the stream now (an empty DATA frame with SYN): the peer's accept must
-        // see it before we write, as hashicorp yamux peers expect. (`write_all(&[])`
-        // would not call the stream at all.)
-        let written = stream.write(&[]).await?;
-        debug_assert_eq!(written, 0);
+        // From here on the stream's Drop releases it.
+        let stream = Stream::new(id, self.handle.clone());
+        shared.flush_control();
         Ok(stream)
     }
 
     /// Accepts a stream the peer opened; see [`qymux_transport::Session::accept`].
+    /// Cancel-safe.
     pub async fn accept(&self) -> Result<Stream> {
-        let mut inbound = self.handle.inbound.lock().await;
-        match inbound.recv().await {
-            Some(mut stream) => {
-                stream.attach(self.handle.clone());
-                Ok(stream)
-            }
-            None => Err(self.ended()),
-        }
-    }
-
-    fn ended(&self) -> Error {
-        self.handle
-            .shared
-            .close_reason()
-            .map(|r| r.to_error())
-            .unwrap_or(Error::Closed)
+        let shared = &self.handle.shared;
+        let id = poll_fn(|cx| shared.with_conn(|c| c.poll_accept(cx.waker()))).await?;
+        Ok(Stream::new(id, self.handle.clone()))
     }
 
     /// Closes the session gracefully; see [`qymux_transport::Session::close`].
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.handle.commands.send(Command::Close(tx)).await.is_ok() {
-            // The driver bounds the close itself; this bound only guards against a
-            // driver that cannot run.
-            let _ = tokio::time::timeout(self.handle.close_timeout * 2, rx).await;
-        }
+        let shared = &self.handle.shared;
+        shared.with_conn(Connection::close);
+        shared.wake_driver();
+        // The driver bounds the close itself; this bound only guards against a driver
+        // that cannot run.
+        let _ = tokio::time::timeout(shared.close_timeout * 2, poll_fn(|cx| shared.poll_done(cx)))
+            .await;
+    }
+
+    /// Drains the session: a yamux GoAway tells the peer to open no more streams, streams
+    /// it opens anyway are reset, streams already open carry on, and the session closes
+    /// (as [`close`](Session::close)) once the last of them is dropped. Returns when it
+    /// has closed; bound it with a timeout and call `close` to cut it short.
+    pub async fn drain(&self) {
+        let shared = &self.handle.shared;
+        shared.with_conn(Connection::drain);
+        shared.wake_driver();
+        self.closed().await;
+        let _ = tokio::time::timeout(shared.close_timeout * 2, poll_fn(|cx| shared.poll_done(cx)))
+            .await;
     }
 
     /// Waits until the session has ended; see [`qymux_transport::Session::closed`].
     pub async fn closed(&self) -> CloseReason {
-        self.handle.shared.closed().await
+        let shared = &self.handle.shared;
+        poll_fn(|cx| {
+            shared.with_conn(|c| {
+                if c.poll_end(cx.waker()) {
+                    Poll::Ready(c.ended().cloned().unwrap_or(CloseReason::Local))
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await
     }
 
     /// Why the session ended, if it has.
@@ -280,9 +580,20 @@ impl Session {
         self.handle.shared.peer_identity.clone()
     }
 
-    /// Streams open right now, in both directions.
+    /// Streams open right now, in both directions (those waiting for `accept` included).
     pub fn open_streams(&self) -> usize {
-        self.handle.shared.streams_open.load(Ordering::Relaxed)
+        self.handle.shared.with_conn(|c| c.open_streams())
+    }
+
+    /// The round-trip time measured by the last answered ping.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.handle.shared.with_conn(|c| c.rtt())
+    }
+
+    /// The sum of the receive windows granted to the peer: the most stream data it can
+    /// make this session buffer right now (see [`Options::receive_budget`]).
+    pub fn granted_window(&self) -> u64 {
+        self.handle.shared.with_conn(|c| c.granted())
     }
 }
 
@@ -298,7 +609,7 @@ impl qymux_transport::registry::Tracked for Session {
         WeakSession(Arc::downgrade(&self.handle))
     }
 
-    fn upgrade(weak: &WeakSession) -> Option<Session> {
+    fn upgrade(weak: &WeakSession) -> Option<Self> {
         weak.0.upgrade().map(|handle| Session { handle })
     }
 
@@ -339,484 +650,156 @@ impl qymux_transport::Session for Session {
     }
 }
 
-fn yamux_config(options: &Options) -> yamux::Config {
-    // Qymux enforces `max_streams` itself (opens beyond it fail, inbound streams beyond
-    // it are reset). The yamux crate's own limit tears the whole connection down when
-    // reached, so it only serves as a generous backstop against a peer that ignores resets.
-    let backstop = options.max_streams.saturating_mul(2).saturating_add(256);
-    let window = (backstop.saturating_mul(256 * 1024)).max(1 << 30);
-    let mut config = yamux::Config::default();
-    config
-        .set_max_connection_receive_window(Some(window))
-        .set_max_num_streams(backstop)
-        // A frame's header goes out with its body (see `wire`): 12 + body = 4 full TLS
-        // records of 16 KiB, where 64 KiB of body would spill 12 bytes into a fifth.
-        .set_split_send_size(64 * 1024 - crate::wire::HEADER_LEN);
-    config
-}
-
-type Conn<T> = yamux::Connection<Compat<WireIo<T>>>;
-
-struct Driver<T> {
-    conn: Conn<T>,
-    commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Stream>,
+/// The task that reads the connection, runs the engine's timers and sends what the
+/// engine queues when nobody else does.
+struct Driver {
     shared: Arc<Shared>,
-    pending_opens: VecDeque<oneshot::Sender<Result<yamux::Stream>>>,
-    /// Whether to open a stream ahead of time for the next `open` (see `Shared::ready`).
-    refill: bool,
-    liveness: Liveness,
-    close_timeout: Duration,
+    reader: ReadHalf<BoxIo>,
+    buf: Vec<u8>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
+    write_error: Option<io::Error>,
 }
 
-/// Dead-peer detection: when to ping the peer, and when its silence means it is gone.
-///
-/// Any frame from the peer counts as a sign of life. After
-/// [`Options::keep_alive_interval`] of silence the driver sends a yamux Ping (one per
-/// interval while the silence lasts), which a live peer answers at once; after
-/// [`Options::idle_timeout`] of silence the session fails with [`TimeoutKind::Idle`].
-/// [`Options::validate`] ensures the interval is shorter than the timeout. Without
-/// keep-alive, a session on which neither side sends anything fails after the idle
-/// timeout, as a QUIC session does.
-#[derive(Debug)]
-struct Liveness {
-    keep_alive: Option<Duration>,
-    idle_timeout: Duration,
-    last_ping: Option<Instant>,
-}
+/// Ends the session if the driver stops without having ended it (a panic, or its
+/// runtime shutting down), and tells `close` that the driver is done.
+struct DriverGuard(Arc<Shared>);
 
-/// What to do after a [`Liveness`] check.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// The peer has been silent for the idle timeout.
-    Dead,
-    /// Send a keep-alive ping now, and check again at the given time.
-    Ping(Instant),
-    /// Check again at the given time.
-    Wait(Instant),
-}
-
-impl Liveness {
-    fn new(options: &Options) -> Self {
-        Self {
-            keep_alive: options.keep_alive_interval,
-            idle_timeout: options.idle_timeout,
-            last_ping: None,
-        }
-    }
-
-    /// The verdict at `now`, when the peer's last frame arrived `silent` ago.
-    fn check(&mut self, now: Instant, silent: Duration) -> Verdict {
-        if silent >= self.idle_timeout {
-            return Verdict::Dead;
-        }
-        let heard = now.checked_sub(silent).unwrap_or(now);
-        let dead_at = heard + self.idle_timeout;
-        let Some(interval) = self.keep_alive else {
-            return Verdict::Wait(dead_at.max(now + TICK));
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        self.0.with_conn(|c| {
+            if c.ended().is_none() {
+                c.fail(CloseReason::Failed(Error::io(io::Error::other(
+                    "the session's driver task stopped (its runtime shut down, or it panicked)",
+                ))));
+            }
+        });
+        let waiters = {
+            let mut done = lock(&self.0.done);
+            done.0 = true;
+            std::mem::take(&mut done.1)
         };
-        // Ping when the peer has been silent for an interval, and our last ping (if it
-        // came after the peer's last frame) is an interval old.
-        let quiet_since = self.last_ping.map_or(heard, |ping| ping.max(heard));
-        let ping_at = quiet_since + interval;
-        if now >= ping_at {
-            self.last_ping = Some(now);
-            Verdict::Ping(dead_at.min(now + interval).max(now + TICK))
-        } else {
-            Verdict::Wait(dead_at.min(ping_at).max(now + TICK))
+        for w in waiters {
+            w.wake();
         }
     }
 }
 
-/// The resolution of the peer's silence (it is measured in milliseconds): no check is
-/// scheduled closer than this, so that a check a hair too early does not spin.
-const TICK: Duration = Duration::from_millis(1);
-
-/// Why the driver's main loop stopped.
-enum Stop {
-    /// A handle asked to close; reply when done.
-    Close(Option<oneshot::Sender<()>>),
-    /// The connection ended.
-    Ended(CloseReason),
-}
-
-impl<T> Driver<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl Driver {
     async fn run(mut self) {
-        let first = Instant::now()
-            + self
-                .liveness
-                .keep_alive
-                .unwrap_or(self.liveness.idle_timeout);
-        let mut check = pin!(tokio::time::sleep_until(first));
-        let stop = poll_fn(|cx| {
-            // Read everything the peer sent before judging its silence: a driver that was
-            // not scheduled for a while must not take its own delay for the peer's.
-            if let Poll::Ready(stop) = self.poll_step(cx) {
-                return Poll::Ready(stop);
-            }
-            while check.as_mut().poll(cx).is_ready() {
-                let silent = self.shared.wire.silent_for();
-                match self.liveness.check(Instant::now(), silent) {
-                    Verdict::Dead => {
-                        debug!(?silent, "no frame from the peer within the idle timeout");
-                        return Poll::Ready(Stop::Ended(CloseReason::Failed(Error::Timeout {
-                            what: TimeoutKind::Idle,
-                            after: self.liveness.idle_timeout,
-                        })));
-                    }
-                    Verdict::Ping(next) => {
-                        trace!(?silent, "sending a keep-alive ping");
-                        self.shared.wire.request_ping();
-                        // The writer sends it when the connection is polled next.
-                        cx.waker().wake_by_ref();
-                        check.as_mut().reset(next);
-                    }
-                    Verdict::Wait(next) => check.as_mut().reset(next),
+        let guard = DriverGuard(self.shared.clone());
+        poll_fn(|cx| self.poll_run(cx)).await;
+        let reason = self.shared.close_reason();
+        trace!(?reason, "driver stopping");
+        let broken =
+            matches!(reason, Some(CloseReason::Failed(Error::Io(_)))) || self.write_error.is_some();
+        if !broken {
+            // Send what is queued (GoAway) and TLS close_notify, within the close timeout.
+            let shared = self.shared.clone();
+            let closing = poll_fn(|cx| {
+                shared.wake.set_driver(cx.waker());
+                let mut w = lock(&shared.writer);
+                if ready!(shared.poll_drain(&mut w, None)).is_err() {
+                    return Poll::Ready(());
                 }
-            }
-            Poll::Pending
-        })
-        .await;
-        match stop {
-            Stop::Ended(reason) => {
-                let idle = matches!(
-                    reason,
-                    CloseReason::Failed(Error::Timeout {
-                        what: TimeoutKind::Idle,
-                        ..
-                    })
-                );
-                self.shared.set_reason(reason);
-                if idle {
-                    // Everything waiting fails now; then a peer that was only idle, not
-                    // gone (no keep-alive), is told the session ended (GoAway, TLS
-                    // close_notify) rather than left to find a dropped connection.
-                    self.fail_pending_opens();
-                    self.close_connection().await;
-                }
-            }
-            Stop::Close(reply) => {
-                self.close_connection().await;
-                self.shared.set_reason(CloseReason::Local);
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
-                }
-            }
-        }
-        self.fail_pending_opens();
-        // The stream opened ahead of time belongs to a connection that is gone.
-        self.shared
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-    }
-
-    /// Fails the opens that are still waiting, with the session's close reason.
-    fn fail_pending_opens(&mut self) {
-        let reason = self.shared.close_reason().unwrap_or(CloseReason::Local);
-        for waiter in self.pending_opens.drain(..) {
-            let _ = waiter.send(Err(reason.to_error()));
-        }
-    }
-
-    /// Closes the connection gracefully (yamux GoAway, then TLS close_notify), within the
-    /// close timeout; after it the connection is dropped.
-    async fn close_connection(&mut self) {
-        let closing = poll_fn(|cx| self.conn.poll_close(cx));
-        match tokio::time::timeout(self.close_timeout, closing).await {
-            Ok(Ok(())) => trace!("session closed gracefully"),
-            Ok(Err(e)) => debug!("error while closing session: {e}"),
-            Err(_) => debug!("graceful close timed out; dropping the connection"),
-        }
-    }
-
-    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
-        // Commands from handles.
-        loop {
-            match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(Command::Open(reply))) => {
-                    self.pending_opens.push_back(reply);
-                    self.refill = true;
-                }
-                Poll::Ready(Some(Command::Refill)) => self.refill = true,
-                Poll::Ready(Some(Command::Close(reply))) => {
-                    return Poll::Ready(Stop::Close(Some(reply)));
-                }
-                // Every handle is gone: nobody can use the session any more.
-                Poll::Ready(None) => return Poll::Ready(Stop::Close(None)),
-                Poll::Pending => break,
-            }
-        }
-
-        // Outbound streams.
-        while let Some(waiter) = self.pending_opens.front() {
-            if waiter.is_closed() {
-                self.pending_opens.pop_front();
-                continue;
-            }
-            match self.conn.poll_new_outbound(cx) {
-                Poll::Ready(Ok(stream)) => {
-                    if let Some(waiter) = self.pending_opens.pop_front() {
-                        // If the opener gave up, dropping the stream resets it.
-                        let _ = waiter.send(Ok(stream));
-                    }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Stop::Ended(self.reason_for(e))),
-                Poll::Pending => break,
-            }
-        }
-        if self.refill && self.pending_opens.is_empty() {
-            let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
-            if ready.is_some() {
-                self.refill = false;
-            } else {
-                match self.conn.poll_new_outbound(cx) {
-                    Poll::Ready(Ok(stream)) => {
-                        *ready = Some(stream);
-                        self.refill = false;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        drop(ready);
-                        return Poll::Ready(Stop::Ended(self.reason_for(e)));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-        }
-
-        // Inbound streams and, underneath, all reading and writing of the connection.
-        loop {
-            match self.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => self.on_inbound(stream, cx),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Stop::Ended(self.reason_for(e))),
-                Poll::Ready(None) => {
-                    let reason = match self.shared.wire.go_away() {
-                        Some(0) | None => None,
-                        Some(code) => Some(format!("yamux GoAway code {code}")),
-                    };
-                    return Poll::Ready(Stop::Ended(CloseReason::Peer(reason)));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn on_inbound(&mut self, mut stream: yamux::Stream, cx: &mut Context<'_>) {
-        if !self.shared.try_reserve_stream() {
-            debug!(
-                id = stream.id().val(),
-                max = self.shared.max_streams,
-                "peer opened a stream beyond max_streams; resetting it"
-            );
-            // Dropping an unacknowledged stream sends RST.
-            drop(stream);
-            return;
-        }
-        // Acknowledge now, not at first use: a hashicorp yamux peer stops opening
-        // streams after 256 unacknowledged ones.
-        // If the stream's command queue is full (rare), the ACK goes with its first frame.
-        let _ = ack(&mut stream, cx);
-        let wrapped = Stream::new(stream, self.shared.clone());
-        if let Err(e) = self.inbound.try_send(wrapped) {
-            // Cannot happen while streams are counted against max_streams (the queue
-            // has that capacity); if it does, the stream is reset by dropping it.
-            debug!("inbound queue full: {e}");
-        }
-    }
-
-    /// The close reason for a connection error from the yamux crate.
-    fn reason_for(&self, err: yamux::ConnectionError) -> CloseReason {
-        use yamux::ConnectionError as E;
-        match err {
-            E::Closed => CloseReason::Peer(None),
-            // The kernel gave up on a peer that stopped acknowledging (TCP_USER_TIMEOUT or
-            // keep-alive probes, both set from the idle timeout): a dead peer.
-            E::Io(io) | E::Decode(yamux::FrameDecodeError::Io(io))
-                if io.kind() == std::io::ErrorKind::TimedOut =>
+                let mut io_cx = Context::from_waker(&shared.fanout);
+                Pin::new(&mut w.io).poll_shutdown(&mut io_cx).map(|_| ())
+            });
+            if tokio::time::timeout(self.shared.close_timeout, closing)
+                .await
+                .is_err()
             {
-                CloseReason::Failed(Error::Timeout {
-                    what: TimeoutKind::Idle,
-                    after: self.liveness.idle_timeout,
-                })
+                debug!("graceful close timed out; dropping the connection");
             }
-            E::Io(io) | E::Decode(yamux::FrameDecodeError::Io(io)) => {
-                CloseReason::Failed(Error::io(io))
-            }
-            E::Decode(e) => CloseReason::Failed(Error::Protocol(format!("yamux: {e}"))),
-            E::InvalidWindowUpdate => {
-                CloseReason::Failed(Error::Protocol("yamux: invalid window update".into()))
-            }
-            E::TooManyStreams => CloseReason::Failed(Error::Protocol(
-                "yamux: the peer opened far more streams than allowed".into(),
-            )),
-            other => CloseReason::Failed(Error::Protocol(format!("yamux: {other}"))),
         }
+        drop(guard);
     }
-}
 
-/// Queues the ACK of an inbound stream (an empty DATA frame).
-fn ack(stream: &mut yamux::Stream, cx: &mut Context<'_>) -> Poll<()> {
-    use futures::io::AsyncWrite as _;
-    match std::pin::Pin::new(stream).poll_write(cx, &[]) {
-        Poll::Ready(_) => Poll::Ready(()),
-        Poll::Pending => Poll::Pending,
+    /// The error of a failed write, once (later writes are discarded).
+    fn take_write_error(&mut self) -> Option<io::Error> {
+        let mut w = lock(&self.shared.writer);
+        let err = w.failed.take()?;
+        w.failed_seen = true;
+        self.write_error = Some(err.kind().into());
+        Some(err)
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = self.shared.clone();
+        shared.wake.set_driver(cx.waker());
+        // Reads, handing every byte to the engine.
+        let mut reads = 0;
+        loop {
+            if shared.with_conn(|c| c.ended().is_some() || c.control_len() > CONTROL_HIGH_WATER) {
+                // Ended, or the peer does not read the answers it asks for: stop reading
+                // until they are out (the write waker wakes the driver).
+                break;
+            }
+            if reads == READS_PER_TURN {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            reads += 1;
+            if self.buf.is_empty() {
+                self.buf.resize(READ_BUF, 0);
+            }
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        match self.take_write_error() {
+                            Some(err) => shared.with_conn(|c| c.handle_eof_after_write_error(err)),
+                            None => shared.with_conn(Connection::handle_eof),
+                        }
+                        break;
+                    }
+                    let now = Instant::now();
+                    shared.with_conn(|c| c.handle_input(&self.buf[..n], now));
+                }
+                Poll::Ready(Err(e)) => {
+                    shared.with_conn(|c| c.handle_io_error(e));
+                    break;
+                }
+                Poll::Pending => {
+                    self.buf = Vec::new();
+                    break;
+                }
+            }
+        }
+        // A write failed: what the peer sent before it went is read above; if that did
+        // not end the session (a GoAway, a clean close), the write error does.
+        if let Some(err) = self.take_write_error() {
+            shared.with_conn(|c| c.handle_io_error(err));
+        }
+        // Timers: keep-alive pings and dead-peer detection.
+        for _ in 0..4 {
+            let next = shared.with_conn(|c| {
+                c.handle_timeout(Instant::now());
+                c.poll_timeout()
+            });
+            let Some(next) = next else { break };
+            if self.timer_at != Some(next) {
+                self.timer_at = Some(next);
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(next));
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+        }
+        // Send what the input and the timers queued.
+        {
+            let mut w = lock(&shared.writer);
+            let _ = shared.poll_drain(&mut w, None);
+        }
+        if shared.with_conn(|c| c.ended().is_some()) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn liveness(keep_alive: Option<u64>, idle: u64) -> Liveness {
-        let mut options = Options::default();
-        options
-            .idle_timeout(Duration::from_millis(idle))
-            .keep_alive_interval(keep_alive.map(Duration::from_millis));
-        Liveness::new(&options)
-    }
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn pings_once_per_interval_of_silence_then_declares_the_peer_dead() {
-        let mut l = liveness(Some(500), 2000);
-        let t0 = Instant::now();
-        // Heard 100 ms ago: wait for the interval to pass.
-        assert_eq!(l.check(t0, 100 * MS), Verdict::Wait(t0 + 400 * MS));
-        // Silent for an interval: ping, and look again an interval later.
-        assert_eq!(l.check(t0, 500 * MS), Verdict::Ping(t0 + 500 * MS));
-        // Still silent just after: no second ping yet.
-        let t1 = t0 + 100 * MS;
-        assert_eq!(l.check(t1, 600 * MS), Verdict::Wait(t0 + 500 * MS));
-        let t2 = t0 + 500 * MS;
-        assert_eq!(l.check(t2, 1000 * MS), Verdict::Ping(t2 + 500 * MS));
-        // The next check after the last ping is capped by the dead-peer deadline.
-        let t3 = t0 + 1400 * MS;
-        assert_eq!(l.check(t3, 1900 * MS), Verdict::Ping(t3 + 100 * MS));
-        assert_eq!(l.check(t3 + 100 * MS, 2000 * MS), Verdict::Dead);
-    }
-
-    #[test]
-    fn an_answer_resets_the_schedule() {
-        let mut l = liveness(Some(500), 2000);
-        let t0 = Instant::now();
-        assert!(matches!(l.check(t0, 500 * MS), Verdict::Ping(_)));
-        // The answer came 10 ms after the ping: next ping an interval after it.
-        let t1 = t0 + 500 * MS;
-        assert_eq!(l.check(t1, 490 * MS), Verdict::Wait(t1 + 10 * MS));
-    }
-
-    /// A connection whose peer already hung up: writes fail with `EPIPE`, and what the
-    /// peer sent before it went (`input`) can only be read once a write was tried, so the
-    /// driver meets the failed write before the peer's last frames.
-    struct HungUp {
-        input: std::io::Cursor<Vec<u8>>,
-        wrote: bool,
-        reader: Option<std::task::Waker>,
-    }
-
-    impl HungUp {
-        fn new(input: Vec<u8>) -> Self {
-            Self {
-                input: std::io::Cursor::new(input),
-                wrote: false,
-                reader: None,
-            }
-        }
-    }
-
-    impl AsyncRead for HungUp {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            if !self.wrote {
-                self.reader = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for HungUp {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.wrote = true;
-            if let Some(reader) = self.reader.take() {
-                reader.wake();
-            }
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// Starts a session on `io` and opens a stream, which makes the driver write.
-    async fn session_on_hung_up(input: Vec<u8>) -> CloseReason {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let session = Session::start(Start {
-            io: HungUp::new(input),
-            mode: yamux::Mode::Server,
-            options: Options::default(),
-            local_addr: addr,
-            remote_addr: addr,
-            peer_identity: None,
-        });
-        // Whether the open gets through before the session ends does not matter.
-        let _ = session.open().await;
-        session.closed().await
-    }
-
-    #[tokio::test]
-    async fn a_peer_that_closed_gracefully_while_we_wrote_closed_the_session() {
-        // GoAway (normal termination); then the peer's socket closed.
-        let go_away = crate::wire::header_bytes(crate::wire::TYPE_GO_AWAY, 0, 0, 0);
-        let reason = session_on_hung_up(go_away.to_vec()).await;
-        assert!(
-            matches!(reason, CloseReason::Peer(None)),
-            "expected a close by the peer, got {reason:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_peer_that_hung_up_without_go_away_fails_the_session() {
-        let reason = session_on_hung_up(Vec::new()).await;
-        match reason {
-            CloseReason::Failed(Error::Io(e)) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}")
-            }
-            other => panic!("expected the broken pipe, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn without_keep_alive_only_the_idle_timeout_counts() {
-        let mut l = liveness(None, 1000);
-        let t0 = Instant::now();
-        assert_eq!(l.check(t0, 300 * MS), Verdict::Wait(t0 + 700 * MS));
-        assert_eq!(l.check(t0, 1000 * MS), Verdict::Dead);
-        // A check a hair early does not spin.
-        assert_eq!(
-            l.check(t0, 1000 * MS - Duration::from_micros(10)),
-            Verdict::Wait(t0 + MS)
-        );
-    }
-}
+mod tests;

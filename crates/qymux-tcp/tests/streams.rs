@@ -96,3 +96,90 @@ async fn a_lost_connection_is_an_error_not_eof() {
     ));
     assert!(!client.close_reason().unwrap().is_clean());
 }
+
+/// A session whose driver task is gone (its runtime shut down) fails every waiter with a
+/// typed error instead of leaving it hanging: a read, a write blocked on flow control, an
+/// accept and `closed()`, each in a task of another runtime.
+#[test]
+fn waiters_fail_when_the_driver_task_is_gone() {
+    let peer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let driver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The listener and the peer's session live in `peer_rt`; the dialed session's driver
+    // task in `driver_rt`.
+    let pki = Pki::new();
+    let listener = peer_rt
+        .block_on(qymux_tcp::Listener::bind(
+            "127.0.0.1:0",
+            pki.server_tls(),
+            options(),
+        ))
+        .unwrap();
+    let addr = listener.local_addr().to_string();
+    let client = driver_rt
+        .block_on(qymux_tcp::dial(
+            &addr,
+            "localhost",
+            pki.client_tls(),
+            &options(),
+        ))
+        .unwrap();
+    let server = peer_rt.block_on(listener.accept()).unwrap();
+    let (mut reading, mut writing) = peer_rt.block_on(async {
+        let reading = client.open().await.unwrap();
+        let writing = client.open().await.unwrap();
+        (reading, writing)
+    });
+    // The peer accepts both streams and never reads nor writes.
+    let held = peer_rt.block_on(async {
+        let a = server.accept().await.unwrap();
+        let b = server.accept().await.unwrap();
+        (a, b)
+    });
+    let waiters = peer_rt.spawn({
+        let client = client.clone();
+        async move {
+            let read = tokio::spawn(async move {
+                let mut buf = [0u8; 16];
+                reading.read(&mut buf).await
+            });
+            let write = tokio::spawn(async move {
+                let chunk = vec![0u8; 64 * 1024];
+                loop {
+                    writing.write_all(&chunk).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            });
+            let accept = tokio::spawn({
+                let client = client.clone();
+                async move { client.accept().await.map(|_| ()) }
+            });
+            let closed = tokio::spawn(async move { client.closed().await });
+            (read.await, write.await, accept.await, closed.await)
+        }
+    });
+    // Let the waiters block, then take the driver's runtime away.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(driver_rt);
+    let (read, write, accept, closed) = peer_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), waiters).await })
+        .expect("every waiter must wake when the driver is gone")
+        .unwrap();
+    let driver_gone = |e: &std::io::Error| e.to_string().contains("driver task stopped");
+    let read = read.unwrap().expect_err("read must fail");
+    assert!(driver_gone(&read), "{read}");
+    let write = write.unwrap().expect_err("write must fail");
+    assert!(driver_gone(&write), "{write}");
+    let accept = accept.unwrap().expect_err("accept must fail");
+    assert!(matches!(accept, Error::Io(_)), "{accept:?}");
+    assert!(matches!(closed.unwrap(), CloseReason::Failed(Error::Io(_))));
+    drop(held);
+}

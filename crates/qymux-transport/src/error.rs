@@ -202,6 +202,12 @@ pub enum Limit {
     Sessions(usize),
     /// The listener already has its maximum number of handshakes in progress.
     PendingHandshakes(usize),
+    /// A new stream would take the session's receive buffers past
+    /// [`Options::receive_budget`](crate::Options::receive_budget) (this many bytes).
+    ReceiveBudget(u64),
+    /// This side used up the session's stream ids (about two billion streams); open a
+    /// new session.
+    StreamIds,
 }
 
 impl fmt::Display for Limit {
@@ -216,6 +222,10 @@ impl fmt::Display for Limit {
             }
             Limit::Sessions(n) => write!(f, "at most {n} sessions per listener"),
             Limit::PendingHandshakes(n) => write!(f, "at most {n} handshakes in progress"),
+            Limit::ReceiveBudget(n) => {
+                write!(f, "at most {n} bytes of receive windows per session")
+            }
+            Limit::StreamIds => f.write_str("the session has used up its stream ids"),
         }
     }
 }

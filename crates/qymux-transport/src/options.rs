@@ -56,6 +56,26 @@ pub struct Options {
     /// or every handle to it is dropped. In Auto mode the cap covers QUIC and TCP
     /// together.
     pub max_sessions: Option<usize>,
+    /// How long [`Session::open`](crate::Session::open) waits for the peer to make room
+    /// for another stream (a hashicorp yamux peer acknowledges at most 256 streams ahead
+    /// of its application's accepts; QUIC peers grant streams in batches) before it fails
+    /// with [`Limit::PeerStreams`](crate::Limit::PeerStreams).
+    pub open_timeout: Duration,
+    /// Streams the peer opened that may wait for the application's `accept`; streams
+    /// beyond it are reset (TCP; 256 by default, as hashicorp yamux).
+    pub accept_backlog: usize,
+    /// The most stream data a peer can make one session buffer, in bytes: the sum of the
+    /// receive windows granted to it (256 MiB by default, enough for the default
+    /// 1024 streams at their initial 256 KiB). Each TCP stream takes 256 KiB of it while
+    /// it is open, so at most `receive_budget / 256 KiB` streams are open at once however
+    /// high [`max_streams`](Options::max_streams) is; windows grow within what is left,
+    /// keeping room for 64 more streams. Opens beyond it fail with
+    /// [`Limit::ReceiveBudget`](crate::Limit::ReceiveBudget), the peer's are reset.
+    pub receive_budget: usize,
+    /// The largest receive window one stream grows to (16 MiB by default). Windows start
+    /// at 256 KiB and double while the reader keeps up with the round-trip time, so a
+    /// fast stream over a long path is not held to 256 KiB per round trip.
+    pub max_stream_window: u32,
 }
 
 impl Default for Options {
@@ -69,6 +89,10 @@ impl Default for Options {
             close_timeout: Duration::from_secs(5),
             max_pending_handshakes: 1024,
             max_sessions: None,
+            open_timeout: Duration::from_secs(10),
+            accept_backlog: 256,
+            receive_budget: 256 * 1024 * 1024,
+            max_stream_window: 16 * 1024 * 1024,
         }
     }
 }
@@ -122,6 +146,34 @@ impl Options {
         self
     }
 
+    /// Sets [`Options::open_timeout`].
+    pub fn open_timeout(&mut self, value: Duration) -> &mut Self {
+        self.open_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::accept_backlog`].
+    pub fn accept_backlog(&mut self, value: usize) -> &mut Self {
+        self.accept_backlog = value;
+        self
+    }
+
+    /// Sets [`Options::receive_budget`].
+    pub fn receive_budget(&mut self, value: usize) -> &mut Self {
+        self.receive_budget = value;
+        self
+    }
+
+    /// Sets [`Options::max_stream_window`].
+    pub fn max_stream_window(&mut self, value: u32) -> &mut Self {
+        self.max_stream_window = value;
+        self
+    }
+
+    /// The window every yamux stream starts with (fixed by the protocol): the least
+    /// [`Options::receive_budget`] and [`Options::max_stream_window`] can be.
+    pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+
     /// The largest timeout [`Options::validate`] accepts: one year.
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
@@ -133,6 +185,7 @@ impl Options {
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", self.close_timeout),
+            ("open_timeout", self.open_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -170,6 +223,22 @@ impl Options {
             return Err(Error::Config(
                 "max_pending_handshakes must be at least 1".into(),
             ));
+        }
+        if self.accept_backlog == 0 {
+            return Err(Error::Config("accept_backlog must be at least 1".into()));
+        }
+        let initial = Self::INITIAL_STREAM_WINDOW;
+        if self.receive_budget < initial as usize {
+            return Err(Error::Config(format!(
+                "receive_budget ({}) must be at least one stream's initial window ({initial})",
+                self.receive_budget
+            )));
+        }
+        if self.max_stream_window < initial {
+            return Err(Error::Config(format!(
+                "max_stream_window ({}) must be at least the initial window ({initial})",
+                self.max_stream_window
+            )));
         }
         if self.max_sessions == Some(0) {
             return Err(Error::Config(
