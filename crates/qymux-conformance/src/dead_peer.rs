@@ -198,6 +198,39 @@ pub async fn frozen_peer_fails_waiting_operations<B: Backend>(transport: Transpo
     );
 }
 
+/// The two halves of one stream split with [`tokio::io::split`], each waiting in its own
+/// task (the reader for data, the writer on flow control), when the peer freezes: both
+/// fail with `TimeoutKind::Idle` within the idle timeout. Each half is woken, not only
+/// the one that waited last.
+pub async fn frozen_peer_fails_both_split_halves<B: Backend>(transport: Transport) {
+    let p = proxied_pair::<B>(transport, short_idle_options()).await;
+    let stream = p.client.open().await.expect("open");
+    let _peer = p.server.accept().await.expect("accept");
+    p.proxy.set(Fault::Drop);
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        read_half.read_to_end(&mut buf).await.map(drop)
+    });
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            write_half.write_all(&chunk).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), io::Error>(())
+    });
+    assert_idle_io(
+        "the read half of a split stream",
+        guard("the read half", reader).await.expect("reader task"),
+    );
+    assert_idle_io(
+        "the write half of a split stream",
+        guard("the write half", writer).await.expect("writer task"),
+    );
+    assert_idle_reason("client", &p.client.close_reason().expect("a close reason"));
+}
+
 /// A session without application traffic, through a healthy path, outlives several idle
 /// timeouts: keep-alives cross the proxy both ways, and the session still carries
 /// streams afterwards.

@@ -6,16 +6,20 @@
 //!
 //! - [`round_trips_both_directions`], [`stream_visible_before_any_write`],
 //!   [`many_concurrent_streams`] (100 × 2 MiB, checksummed), [`half_close`];
-//! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop);
+//! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop),
+//!   [`abort_after_shutdown_fails_the_peers_writes`], [`double_shutdown_is_harmless`];
 //! - [`close_is_clean_and_fails_pending_operations`], [`local_close_fails_waiting_operations`],
-//!   [`acknowledged_data_survives_close`];
-//! - [`max_streams_is_enforced`];
+//!   [`local_close_fails_both_split_halves`], [`acknowledged_data_survives_close`];
+//! - [`drain_finishes_streams_in_flight`];
+//! - [`max_streams_is_enforced`], [`cancelled_open_holds_no_stream`],
+//!   [`accept_backlog_overflow_refuses_the_excess`];
 //! - [`refuses_untrusted_server`], [`refuses_wrong_server_name`],
 //!   [`pinning_accepts_exactly_the_pinned_certificate`],
 //!   [`mtls_refuses_missing_client_certificate`], [`mtls_checks_the_client_certificate`].
 //!
 //! Dead-peer detection needs a proxy between the two sides, so its checks live in
-//! [`dead_peer`] and each backend calls them with its transport (TCP or UDP).
+//! [`dead_peer`] (among them split halves on an idle timeout) and each backend calls them
+//! with its transport (TCP or UDP).
 //!
 //! ```ignore
 //! struct Tcp;
@@ -29,13 +33,16 @@ pub mod dead_peer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use qymux_cert::{CertificateAuthority, Identity, self_signed};
 use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::{
-    CloseReason, Error, HandshakeError, Limit, Listener, Options, Result, Session, Stream,
+    CloseReason, Error, HandshakeError, Limit, Listener, Options, Protocol, Result, Session, Stream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -196,6 +203,64 @@ pub async fn round_trip<S: Session>(session: &S, data: &[u8]) -> Vec<u8> {
     tokio::join!(writer, reader).1
 }
 
+/// Like [`round_trip`], returning the first error instead of panicking.
+pub async fn try_round_trip<S: Session>(session: &S, data: &[u8]) -> Result<Vec<u8>> {
+    let mut stream = session.open().await?;
+    let (mut r, mut w) = tokio::io::split(&mut stream);
+    let writer = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    };
+    let (written, read) = tokio::join!(writer, reader);
+    written.map_err(Error::io)?;
+    read.map_err(Error::io)
+}
+
+/// How long an outcome of these checks may take before it counts as a hang.
+pub const HANG_GUARD: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG_GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing after {HANG_GUARD:?}"))
+}
+
+/// Writes `chunk`s on `w` until a write fails (counting what was written in `written`),
+/// and returns that error.
+async fn write_until_error<W: AsyncWriteExt + Unpin>(
+    mut w: W,
+    written: Arc<AtomicUsize>,
+) -> io::Error {
+    let chunk = vec![0x5a; 64 * 1024];
+    loop {
+        if let Err(e) = w.write_all(&chunk).await {
+            return e;
+        }
+        written.fetch_add(chunk.len(), Ordering::Relaxed);
+    }
+}
+
+/// Waits until a writer counting into `written` has written something and then made no
+/// progress for a while: it is blocked on flow control.
+async fn stalled(what: &str, written: &AtomicUsize) {
+    within(what, async {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = written.load(Ordering::Relaxed);
+            if now > 0 && now == last {
+                return;
+            }
+            last = now;
+        }
+    })
+    .await;
+}
+
 fn qymux_error(err: &io::Error) -> Option<&Error> {
     err.get_ref().and_then(|e| e.downcast_ref::<Error>())
 }
@@ -314,6 +379,100 @@ pub async fn abort_is_an_error_for_the_peer<B: Backend>() {
     }
 }
 
+/// Dropping or aborting a stream after our own `shutdown` is still a reset for the peer
+/// while it writes: its writer, blocked on flow control because this side does not read,
+/// fails promptly with [`Error::StreamReset`] rather than waiting for credit that never
+/// comes (and its `shutdown` would have been answered the same way).
+///
+/// What the peer reads: our side was finished before the abort, so it may read our data,
+/// complete, and EOF (QUIC does not reset a receive side that has all its data; Qymux's
+/// yamux engine keeps a finished side readable after a RST too), or fail with
+/// `StreamReset` (a QUIC abort that overtook the FIN; hashicorp yamux, which discards a
+/// reset stream). Never a truncated stream that ends in EOF. The session is unharmed
+/// either way.
+pub async fn abort_after_shutdown_fails_the_peers_writes<B: Backend>() {
+    let p = pair::<B>().await;
+    for explicit in [true, false] {
+        let mut ours = p.client.open().await.expect("open");
+        ours.write_all(b"request").await.expect("write");
+        ours.shutdown().await.expect("shutdown");
+        let theirs = p.server.accept().await.expect("accept");
+        let (mut their_reader, their_writer) = tokio::io::split(theirs);
+        let written = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write_until_error(their_writer, written.clone()));
+        stalled("the peer's writer filling our window", &written).await;
+        if explicit {
+            ours.abort();
+        } else {
+            drop(ours);
+        }
+        let err = within(
+            "the peer's blocked write after our abort (it must fail, not wait for credit)",
+            writer,
+        )
+        .await
+        .expect("writer task");
+        assert_reset(err);
+        let mut got = Vec::new();
+        let read = within(
+            "the peer's read after our abort",
+            their_reader.read_to_end(&mut got),
+        )
+        .await;
+        match read {
+            Ok(_) => assert_eq!(got, b"request", "our finished side, complete"),
+            Err(e) => assert_reset(e),
+        }
+    }
+    let _echo = echo_all(p.server.clone());
+    let data = payload(6, 100_000);
+    assert_eq!(
+        round_trip(&p.client, &data).await,
+        data,
+        "the session goes on"
+    );
+    assert!(p.client.close_reason().is_none() && p.server.close_reason().is_none());
+}
+
+/// `shutdown` twice is `Ok` and finishes the stream once: the peer reads the data, then
+/// EOF (again EOF if it reads on, never an error), and can still reply. A hashicorp peer
+/// answers a second FIN with GoAway(protocol error), so this guards the session too: it
+/// stays up and carries another stream.
+pub async fn double_shutdown_is_harmless<B: Backend>() {
+    let p = pair::<B>().await;
+    let data = payload(7, 100_000);
+    let mut stream = p.client.open().await.expect("open");
+    stream.write_all(&data).await.expect("write");
+    stream.shutdown().await.expect("first shutdown");
+    stream.shutdown().await.expect("a second shutdown is Ok");
+    let mut accepted = p.server.accept().await.expect("accept");
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.expect("read");
+    assert_eq!(sha256(&got), sha256(&data));
+    let mut more = [0u8; 16];
+    assert_eq!(
+        accepted.read(&mut more).await.expect("a read after EOF"),
+        0,
+        "EOF stays EOF"
+    );
+    accepted.write_all(b"reply").await.expect("reply");
+    accepted.shutdown().await.expect("shutdown reply");
+    accepted.shutdown().await.expect("shutdown reply again");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.expect("read reply");
+    assert_eq!(reply, b"reply");
+    drop((stream, accepted));
+
+    let _echo = echo_all(p.server.clone());
+    let data = payload(8, 100_000);
+    assert_eq!(
+        round_trip(&p.client, &data).await,
+        data,
+        "the session goes on"
+    );
+    assert!(p.client.close_reason().is_none() && p.server.close_reason().is_none());
+}
+
 /// A graceful close is clean for the peer; operations afterwards fail with typed errors.
 pub async fn close_is_clean_and_fails_pending_operations<B: Backend>() {
     let p = pair::<B>().await;
@@ -374,6 +533,34 @@ pub async fn local_close_fails_waiting_operations<B: Backend>() {
         .expect("a waiting write must fail when the session closes, not hang")
         .expect("writer task");
     assert!(write.is_err());
+}
+
+/// The two halves of one stream split with [`tokio::io::split`], each waiting in its own
+/// task (the reader for data that never comes, the writer on flow control because the
+/// peer never reads), both fail with [`Error::Closed`] when this side closes the
+/// session: each half is woken, not only the one that waited last.
+pub async fn local_close_fails_both_split_halves<B: Backend>() {
+    let p = pair::<B>().await;
+    let stream = p.client.open().await.expect("open");
+    let _silent_peer = p.server.accept().await.expect("accept");
+    let (mut read_half, write_half) = tokio::io::split(stream);
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        read_half.read_to_end(&mut buf).await
+    });
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_until_error(write_half, written.clone()));
+    stalled("the write half filling the peer's window", &written).await;
+    p.client.close().await;
+    let read = within("the read half after a local close", reader)
+        .await
+        .expect("reader task");
+    let err = read.expect_err("no EOF: the peer never finished the stream");
+    assert!(matches!(qymux_error(&err), Some(Error::Closed)), "{err:?}");
+    let err = within("the write half after a local close", writer)
+        .await
+        .expect("writer task");
+    assert!(matches!(qymux_error(&err), Some(Error::Closed)), "{err:?}");
 }
 
 /// Data the peer acknowledged (it read it and said so) is never lost to a close.
@@ -451,6 +638,291 @@ pub async fn max_streams_is_enforced<B: Backend>() {
         s.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"ok", "stream {i} within the limit is unharmed");
     }
+}
+
+/// Opens that are cancelled (the future dropped before or while it runs, or cut by a
+/// zero or tiny timeout) hold no stream slot: with `max_streams` 3 on the dialer, six
+/// such opens while nothing is open and six while the listener's limit (2) makes opens
+/// wait (over QUIC they wait for a stream grant; over TCP they complete and the listener
+/// resets them) leave every slot free: a third open is not refused locally, and streams
+/// keep round-tripping afterwards.
+pub async fn cancelled_open_holds_no_stream<B: Backend>() {
+    const MAX: usize = 3;
+    let mut client = options();
+    client.max_streams(MAX);
+    let mut server = options();
+    server.max_streams(2);
+    let p = pair_with::<B>(client, server).await;
+    let _echo = echo_all(p.server.clone());
+    let mut cx = Context::from_waker(Waker::noop());
+    for i in 0..2 * MAX {
+        match i % 3 {
+            0 => drop(p.client.open()),
+            1 => {
+                let mut opening = pin!(p.client.open());
+                // Completed or not, the future (or the stream) goes.
+                let _ = opening.as_mut().poll(&mut cx);
+            }
+            _ => drop(tokio::time::timeout(Duration::ZERO, p.client.open()).await),
+        }
+    }
+
+    // Two streams the listener holds: its limit is reached.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(held_stream(&p.client).await);
+    }
+    for i in 0..2 * MAX {
+        let tiny = Duration::from_millis(if i % 2 == 0 { 0 } else { 20 });
+        drop(tokio::time::timeout(tiny, p.client.open()).await);
+    }
+    // The dialer's third slot is free: the open is not refused locally (the listener
+    // may still refuse it: QUIC withholds the grant, TCP resets the stream).
+    match within("an open at the listener's limit", p.client.open()).await {
+        Err(Error::LimitReached(Limit::Streams(n))) => {
+            panic!("a cancelled open kept a slot: refused locally at {n}")
+        }
+        Ok(_) | Err(Error::LimitReached(Limit::PeerStreams(_))) => {}
+        Err(e) => panic!("expected a stream or Limit::PeerStreams, got {e:?}"),
+    }
+    drop(held);
+    for i in 0..2 * MAX {
+        let data = payload(20 + i as u64, 10_000);
+        assert_eq!(
+            patient_round_trip(&p.client, &data).await,
+            data,
+            "round trip {i}"
+        );
+    }
+}
+
+/// A stream the peer (an echo) has accepted and holds, tried again while the peer still
+/// releases the streams of a moment ago.
+async fn held_stream<S: Session>(session: &S) -> S::Stream {
+    within("a stream within the peer's limit", async {
+        loop {
+            let attempt = async {
+                let mut s = session.open().await?;
+                s.write_all(b"held").await.map_err(Error::io)?;
+                let mut echo = [0u8; 4];
+                s.read_exact(&mut echo).await.map_err(Error::io)?;
+                Ok::<_, Error>(s)
+            };
+            match attempt.await {
+                Ok(s) => return s,
+                Err(Error::StreamReset | Error::LimitReached(Limit::PeerStreams(_))) => {}
+                Err(e) => panic!("open: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// A round trip on a new stream, tried again while the peer still releases the streams
+/// of a moment ago (it then refuses: a reset over TCP, no grant over QUIC).
+async fn patient_round_trip<S: Session>(session: &S, data: &[u8]) -> Vec<u8> {
+    within("a round trip within the peer's limit", async {
+        loop {
+            match try_round_trip(session, data).await {
+                Ok(got) => return got,
+                Err(Error::StreamReset | Error::LimitReached(Limit::PeerStreams(_))) => {}
+                Err(e) => panic!("round trip: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Streams the peer opens while [`Options::accept_backlog`] of them wait for an
+/// application that does not accept are refused, and those within the backlog work
+/// once accepted. Over TCP the excess streams are reset ([`Error::StreamReset`]); over
+/// QUIC the backlog caps the stream grant, so the excess opens wait for a grant and fail
+/// with [`Limit::PeerStreams`]. Once the application accepted, new streams get through.
+pub async fn accept_backlog_overflow_refuses_the_excess<B: Backend>() {
+    const BACKLOG: usize = 4;
+    let mut server = options();
+    server.accept_backlog(BACKLOG);
+    let p = pair_with::<B>(options(), server).await;
+    let mut waiting = Vec::new();
+    for i in 0..BACKLOG {
+        let mut s = p.client.open().await.expect("open within the backlog");
+        s.write_all(format!("stream {i}").as_bytes())
+            .await
+            .expect("write");
+        s.flush().await.expect("flush");
+        waiting.push(s);
+    }
+    for _ in 0..2 {
+        let excess = within("a stream beyond the backlog", async {
+            let mut s = p.client.open().await?;
+            let _ = s.write_all(b"excess").await;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.map_err(Error::io)
+        })
+        .await;
+        match (p.client.protocol(), excess) {
+            (Protocol::Tcp, Err(Error::StreamReset)) => {}
+            (Protocol::Quic, Err(Error::LimitReached(Limit::PeerStreams(_)))) => {}
+            (protocol, other) => panic!("{protocol}: a stream beyond the backlog, got {other:?}"),
+        }
+    }
+    let mut accepted = Vec::new();
+    for _ in 0..BACKLOG {
+        let mut s = within("accepting a stream of the backlog", p.server.accept())
+            .await
+            .expect("accept");
+        let mut greeting = [0u8; 8];
+        s.read_exact(&mut greeting).await.expect("read");
+        s.write_all(&greeting).await.expect("reply");
+        s.shutdown().await.expect("shutdown");
+        accepted.push(s);
+    }
+    for (i, mut s) in waiting.into_iter().enumerate() {
+        s.shutdown().await.expect("shutdown");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.expect("read reply");
+        assert_eq!(reply, format!("stream {i}").as_bytes(), "stream {i}");
+    }
+    drop(accepted);
+    let _echo = echo_all(p.server.clone());
+    let data = payload(9, 10_000);
+    assert_eq!(
+        patient_round_trip(&p.client, &data).await,
+        data,
+        "a new stream once the backlog was accepted"
+    );
+}
+
+/// The listener drains its session ([`Session::drain`]) while the dialer has streams in
+/// flight: they complete with all their data (SHA-256 checked); new opens from the
+/// dialer fail with a typed error (TCP: [`Error::ClosedByPeer`] once the GoAway is
+/// there, a reset before; QUIC: a reset while its grant lasts, then
+/// [`Limit::PeerStreams`]); the listener's own opens fail with [`Error::Closed`];
+/// `drain` returns only after the last stream is done, and promptly then (within 3 s,
+/// not on some timer), and both sides see a clean close.
+pub async fn drain_finishes_streams_in_flight<B: Backend>() {
+    const STREAMS: usize = 4;
+    const SIZE: usize = 1 << 20;
+    const HEAD: usize = 4096;
+    let mut server = options();
+    // Over QUIC the dialer keeps its grant: a small one refuses fewer streams one by one.
+    server.max_streams(8);
+    let p = pair_with::<B>(options(), server).await;
+    let _echo = echo_all(p.server.clone());
+    let mut in_flight = Vec::new();
+    for i in 0..STREAMS {
+        let data = payload(40 + i as u64, SIZE);
+        let mut s = p.client.open().await.expect("open");
+        s.write_all(&data[..HEAD]).await.expect("write");
+        let mut head = vec![0u8; HEAD];
+        s.read_exact(&mut head).await.expect("echo of the head");
+        assert_eq!(head, data[..HEAD]);
+        in_flight.push((s, data));
+    }
+    let draining = tokio::spawn({
+        let server = p.server.clone();
+        async move { server.drain().await }
+    });
+
+    within("the dialer's opens being refused", async {
+        for _ in 0..1000 {
+            match p.client.open().await {
+                Err(Error::ClosedByPeer(_)) => return,
+                Err(Error::LimitReached(Limit::PeerStreams(_)))
+                    if p.client.protocol() == Protocol::Quic =>
+                {
+                    return;
+                }
+                // Opened before the refusal reached this side: the peer resets it, unless
+                // it arrived before the drain began; then it is in flight like the others.
+                Err(Error::StreamReset) => {}
+                Err(e) => panic!("an open during the peer's drain: {e:?}"),
+                Ok(mut s) => match finish_checked(&mut s, b"late").await {
+                    Ok(echo) => assert_eq!(echo, b"late", "a stream that beat the drain"),
+                    Err(Error::StreamReset) => {}
+                    Err(e) => panic!("a stream opened during the peer's drain: {e:?}"),
+                },
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the dialer could still open streams");
+    })
+    .await;
+    assert!(
+        matches!(p.server.open().await, Err(Error::Closed)),
+        "the draining side opens no stream"
+    );
+
+    let (mut last, last_data) = in_flight.pop().expect("streams");
+    for (i, (mut s, data)) in in_flight.into_iter().enumerate() {
+        let got = finish(&mut s, &data[HEAD..]).await;
+        assert_eq!(sha256(&got), sha256(&data[HEAD..]), "stream {i}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !draining.is_finished() && p.server.close_reason().is_none(),
+        "the drain ended with a stream in flight"
+    );
+    let got = finish(&mut last, &last_data[HEAD..]).await;
+    assert_eq!(sha256(&got), sha256(&last_data[HEAD..]), "the last stream");
+    drop(last);
+    // The close is one message away: far less than the keep-alive interval or the close
+    // timeout, whose timers must not be what ends the drain.
+    let prompt = Duration::from_secs(3);
+    let dropped = tokio::time::Instant::now();
+    within("drain after the last stream", draining)
+        .await
+        .expect("drain task");
+    let took = dropped.elapsed();
+    assert!(
+        took < prompt,
+        "drain returned {took:?} after the last stream was dropped"
+    );
+    // The drainer closes once its last stream is gone (`Local`); over TCP the dialer, told
+    // by the GoAway, may close first once its own streams are gone (`Peer` then).
+    match p.server.close_reason() {
+        Some(CloseReason::Local | CloseReason::Peer(_)) => {}
+        other => panic!("the drained side must end cleanly, got {other:?}"),
+    }
+    match within("the dialer seeing the end", p.client.closed()).await {
+        CloseReason::Peer(_) => {}
+        other => panic!("the dialer must see a clean close, got {other:?}"),
+    }
+}
+
+/// Like [`finish`], returning the first error instead of panicking.
+async fn finish_checked<S: Stream>(stream: &mut S, rest: &[u8]) -> Result<Vec<u8>> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = async {
+        w.write_all(rest).await?;
+        w.shutdown().await
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    };
+    let (written, read) = tokio::join!(writer, reader);
+    // A refused stream may fail the write first; the read says why.
+    let got = read.map_err(Error::io)?;
+    written.map_err(Error::io)?;
+    Ok(got)
+}
+
+/// Writes `rest` on `stream`, finishes it, and returns everything read until EOF.
+async fn finish<S: Stream>(stream: &mut S, rest: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = async {
+        w.write_all(rest).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    tokio::join!(writer, reader).1
 }
 
 async fn refused<B: Backend>(
@@ -598,10 +1070,16 @@ macro_rules! conformance_suite {
             many_concurrent_streams,
             half_close,
             abort_is_an_error_for_the_peer,
+            abort_after_shutdown_fails_the_peers_writes,
+            double_shutdown_is_harmless,
             close_is_clean_and_fails_pending_operations,
             local_close_fails_waiting_operations,
+            local_close_fails_both_split_halves,
             acknowledged_data_survives_close,
+            drain_finishes_streams_in_flight,
             max_streams_is_enforced,
+            cancelled_open_holds_no_stream,
+            accept_backlog_overflow_refuses_the_excess,
             refuses_untrusted_server,
             refuses_wrong_server_name,
             pinning_accepts_exactly_the_pinned_certificate,

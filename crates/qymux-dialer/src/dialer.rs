@@ -251,7 +251,7 @@ impl Dialer {
     }
 }
 
-/// A dialed session with its backend's type, which knows how many streams are open.
+/// A dialed session with its backend's type.
 #[derive(Debug, Clone)]
 pub(crate) enum Concrete {
     Tcp(qymux_tcp::Session),
@@ -263,13 +263,6 @@ impl Concrete {
         match self {
             Concrete::Tcp(s) => BoxSession::new(s.clone()),
             Concrete::Quic(s) => BoxSession::new(s.clone()),
-        }
-    }
-
-    pub(crate) fn open_streams(&self) -> usize {
-        match self {
-            Concrete::Tcp(s) => s.open_streams(),
-            Concrete::Quic(s) => s.open_streams(),
         }
     }
 }

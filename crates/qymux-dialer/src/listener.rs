@@ -29,8 +29,10 @@ const PORT_ATTEMPTS: usize = 16;
 /// # Shutting down
 ///
 /// [`close`](Listener::close) only stops accepting. [`shutdown`](Listener::shutdown)
-/// also closes every session accepted, each as soon as its streams are finished (or
-/// when the grace period ends), so that agents see a clean close and reconnect.
+/// also drains every session accepted (no new streams; see
+/// [`Session::drain`](qymux_transport::Session::drain)) and closes each as soon as its
+/// streams are finished (or when the grace period ends), so that agents see a clean
+/// close and reconnect.
 pub struct Listener {
     tcp: Option<qymux_tcp::Listener>,
     quic: Option<qymux_quic::Listener>,
@@ -149,10 +151,10 @@ impl Listener {
             + self.quic.as_ref().map_or(0, |q| q.session_count())
     }
 
-    /// Shuts down gracefully on both transports: stops accepting at once, then closes
-    /// every session accepted (yamux GoAway + TLS close_notify, or QUIC
-    /// `CONNECTION_CLOSE`) as soon as it has no open stream, or when `grace` has passed.
-    /// Returns when every session is closed.
+    /// Shuts down gracefully on both transports: stops accepting at once, then drains
+    /// every session accepted (a yamux GoAway; over QUIC no more stream grants) and
+    /// closes it (TLS close_notify, or QUIC `CONNECTION_CLOSE`) as soon as it has no open
+    /// stream, or when `grace` has passed. Returns when every session is closed.
     pub async fn shutdown(&self, grace: Duration) {
         let tcp = async {
             if let Some(t) = &self.tcp {

@@ -11,9 +11,6 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::dialer::{Concrete, Dialer};
 
-/// How often a session that is being retired is checked for open streams.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-
 /// How a [`Reconnecting`] session behaves.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
@@ -137,8 +134,10 @@ impl ReconnectState {
 ///   QUIC again in the background once the dialer's
 ///   [`TransportMemory`](crate::TransportMemory) penalty for that server has expired
 ///   (a failure doubles the penalty). When QUIC connects, the new session is handed out
-///   (state, callback), and the TCP session is closed gracefully once its open streams
-///   have finished (at most [`ReconnectConfig::drain_timeout`] later).
+///   (state, callback), and the TCP session is drained
+///   ([`Session::drain`](qymux_transport::Session::drain): the server opens no new
+///   streams on it) and closed once its open streams have finished (at most
+///   [`ReconnectConfig::drain_timeout`] later).
 /// - **Backoff.** A failed dial, or a session that ended before
 ///   [`Backoff::reset_after`], makes the next wait longer; only an invalid configuration
 ///   ([`Error::Config`]) stops the loop.
@@ -442,16 +441,12 @@ where
     }
 }
 
-/// Waits until `session` has no open stream (at most `timeout`), then closes it.
+/// Drains `session` (the server may open no new streams on it; the open ones finish)
+/// for at most `timeout`, then closes it.
 async fn drain_and_close(session: Concrete, timeout: Duration) {
     let boxed = session.boxed();
-    let until = Instant::now() + timeout;
-    while session.open_streams() > 0 && Instant::now() < until {
-        tokio::select! {
-            () = tokio::time::sleep(DRAIN_POLL) => {}
-            () = tokio::time::sleep_until(until) => {}
-            _ = boxed.closed() => return,
-        }
+    if tokio::time::timeout(timeout, boxed.drain()).await.is_err() {
+        debug!(protocol = %boxed.protocol(), "the replaced session's streams outlived the drain timeout");
     }
     debug!(protocol = %boxed.protocol(), "closing the replaced session");
     boxed.close().await;

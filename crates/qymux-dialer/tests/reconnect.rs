@@ -472,9 +472,12 @@ async fn graceful_shutdown_moves_the_agent_to_the_second_server(mode: Mode) {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
+    // Over TCP the agent got a GoAway: its session may end as soon as its own side of
+    // every stream is done (it closes cleanly then), never before.
     assert!(
-        agent_a.close_reason().is_none(),
-        "closed before the stream finished"
+        agent_a.close_reason().is_none_or(|r| r.is_clean()),
+        "cut before the stream finished: {:?}",
+        agent_a.close_reason()
     );
     drop(stream);
 

@@ -17,19 +17,28 @@ pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
 /// How much unacknowledged data this side may have in flight over all streams.
 pub(crate) const SEND_WINDOW: u64 = 32 * 1024 * 1024;
 
-/// How many concurrent streams the peer is granted at first. quinn keeps an entry per
-/// stream the peer may open, so granting all of [`Options::max_streams`] (1024 by default)
-/// up front cost about 80 KiB on every session, used or not (128 cost about 10 KiB). The
-/// grant doubles as streams are accepted (see `Shared::grow_stream_credit`), up to
-/// `max_streams`.
+/// How many concurrent streams the peer is granted at first, at most. quinn keeps an
+/// entry per stream the peer may open, so granting all of [`Options::max_streams`] (1024
+/// by default) up front cost about 80 KiB on every session, used or not (128 cost about
+/// 10 KiB). The grant doubles as streams are accepted (see `Shared::grow_stream_credit`),
+/// up to `max_streams`.
 pub(crate) const INITIAL_STREAM_CREDIT: usize = 128;
+
+/// The peer's first stream grant: [`INITIAL_STREAM_CREDIT`], or less if
+/// [`Options::max_streams`] or [`Options::accept_backlog`] is smaller (none of its streams
+/// is accepted yet, so all of them would wait in the backlog).
+pub(crate) fn initial_stream_credit(options: &Options) -> usize {
+    INITIAL_STREAM_CREDIT
+        .min(options.max_streams)
+        .min(options.accept_backlog)
+}
 
 /// quinn's transport settings for `options`.
 ///
 /// - The peer's limit of concurrent bidirectional streams (QUIC `MAX_STREAMS`) starts at
-///   [`INITIAL_STREAM_CREDIT`] (or [`Options::max_streams`] if smaller) and grows with
-///   use up to [`Options::max_streams`]; Qymux also counts the streams this side opens
-///   against `max_streams`.
+///   [`initial_stream_credit`] and grows with use up to [`Options::max_streams`], and no
+///   further than [`Options::accept_backlog`] beyond the streams accepted; Qymux also
+///   counts the streams this side opens against `max_streams`.
 /// - [`Options::keep_alive_interval`] sends PINGs while idle.
 /// - [`Options::idle_timeout`] is the QUIC idle timeout (the smaller of both sides' values
 ///   applies).
@@ -41,7 +50,7 @@ pub(crate) fn transport_config(options: &Options) -> Result<TransportConfig> {
             options.idle_timeout
         ))
     })?;
-    let max_streams = u32::try_from(options.max_streams.min(INITIAL_STREAM_CREDIT))
+    let max_streams = u32::try_from(initial_stream_credit(options))
         .map_err(|_| Error::Config("max_streams is too large".into()))?;
     let mut config = TransportConfig::default();
     config

@@ -24,10 +24,19 @@
 //!   open which this side has not accepted yet waits for the next grant; its `open`
 //!   fails with [`Limit::PeerStreams`](qymux_transport::Limit) if none comes within a few
 //!   round trips.
+//! - [`Options::accept_backlog`] is that grant's cap, QUIC's form of an accept backlog:
+//!   the grant starts at no more than the backlog and grows no further than the backlog
+//!   beyond the streams accepted at that moment (grants are never taken back, so after
+//!   accepted streams end, as many may wait as were granted). Where TCP resets a stream
+//!   beyond its backlog, the QUIC peer's `open` waits for a grant and fails with
+//!   `Limit::PeerStreams`.
+//! - [`Session::drain`] stops granting streams and resets those the peer still opens
+//!   with its earlier grant, lets the open ones finish, then closes (QUIC has no GoAway
+//!   on Qymux's wire).
 //! - The [`Listener`] runs at most [`Options::max_pending_handshakes`] handshakes at once
 //!   (others are refused), holds at most [`Options::max_sessions`] sessions (one beyond is
 //!   closed with the reason `limit reached: at most N sessions per listener`), and
-//!   [`Listener::shutdown`] closes its sessions gracefully once their streams are done.
+//!   [`Listener::shutdown`] drains its sessions and closes each once its streams are done.
 //! - Sessions survive a change of the client's address (NAT rebinding, QUIC connection
 //!   migration).
 //! - Flow control windows: 8 MiB per stream, 32 MiB per connection (receive) and 32 MiB

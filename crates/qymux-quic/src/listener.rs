@@ -136,8 +136,9 @@ impl Listener {
     }
 
     /// Shuts down gracefully: stops accepting at once (like [`close`](Listener::close)),
-    /// then closes every session this listener accepted (`CONNECTION_CLOSE`, as
-    /// [`Session::close`]) as soon as it has no open stream, or when `grace` has passed,
+    /// then drains every session this listener accepted ([`Session::drain`]: no new
+    /// streams, the open ones finish) and closes it (`CONNECTION_CLOSE`, as
+    /// [`Session::close`]) once its last stream is done, or when `grace` has passed,
     /// whichever comes first. Returns when every session is closed. Sessions that
     /// finished their handshake but were never accepted are closed too.
     ///

@@ -1,21 +1,23 @@
 //! A QUIC connection as a Qymux [`Session`](qymux_transport::Session).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use quinn::{ConnectionError, VarInt};
+use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
 use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result};
 use rustls_pki_types::CertificateDer;
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
-use crate::config::INITIAL_STREAM_CREDIT;
+use crate::config::initial_stream_credit;
 use crate::error::{SESSION_CLOSED, STREAM_ABORTED, close_reason};
 use crate::stream::Stream;
 
@@ -33,6 +35,9 @@ pub(crate) struct Shared {
     /// Streams this side opened that are still held (part of `streams_open`).
     pub(crate) outbound_open: AtomicUsize,
     max_streams: usize,
+    /// How many streams the peer may open beyond those this side accepted: the grant
+    /// grows no further than that.
+    accept_backlog: usize,
     /// How many concurrent streams the peer is granted now (QUIC `MAX_STREAMS`).
     stream_credit: AtomicUsize,
     idle_timeout: Duration,
@@ -42,6 +47,52 @@ pub(crate) struct Shared {
     /// Finished streams whose data the peer has not acknowledged yet; `close` lets them
     /// complete first.
     finishing: Mutex<Finishing>,
+    /// Set when a drain begins: no new streams either way.
+    draining: AtomicBool,
+    /// The drain, if one began. Also held while the stream grant grows, so that no grant
+    /// follows the drain's "no more streams".
+    drain: Mutex<Drain>,
+    /// What the drain task, `drain` and `accept` wait on.
+    drain_signals: Arc<DrainSignals>,
+}
+
+#[derive(Default)]
+struct Drain {
+    started: bool,
+    /// Streams the peer opened before the drain began, waiting for `accept`; each holds
+    /// its slot in `streams_open`.
+    waiting: VecDeque<(SendStream, RecvStream)>,
+    /// Dropped with [`Shared`]: tells the drain task that nothing holds the session any
+    /// more.
+    alive: Option<oneshot::Sender<()>>,
+}
+
+struct DrainSignals {
+    /// Notified when a drain begins and when the last stream of a draining session is
+    /// released.
+    events: Notify,
+    /// Becomes `true` when the drain task is done (the session is closed).
+    done: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Refuses a stream the peer opened: resets it both ways.
+fn refuse(mut send: SendStream, mut recv: RecvStream) {
+    let _ = send.reset(VarInt::from_u32(STREAM_ABORTED));
+    let _ = recv.stop(VarInt::from_u32(STREAM_ABORTED));
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // quinn would finish these on drop; the peer must see them refused, not empty.
+        let drain = self.drain.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (send, recv) in drain.waiting.drain(..) {
+            refuse(send, recv);
+        }
+    }
 }
 
 struct Finishing {
@@ -74,16 +125,40 @@ impl Shared {
             .is_ok()
     }
 
+    /// Gives back a stream's slot of `max_streams`; the last one of a draining session
+    /// wakes the drain.
+    pub(crate) fn release_stream(&self) {
+        // SeqCst pairs with `start_drain`: either this sees the drain, or the drain task
+        // sees the count this leaves.
+        if self.streams_open.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.draining.load(Ordering::SeqCst)
+        {
+            self.drain_signals.events.notify_waiters();
+        }
+    }
+
     /// Doubles the peer's stream grant, up to `max_streams`, once half of it is in use:
     /// the peer gets room for more before it runs out, and a session that never has many
-    /// streams keeps quinn's per-stream table small.
+    /// streams keeps quinn's per-stream table small. The grant stays within the accepted
+    /// streams plus `accept_backlog`, and never grows once a drain began.
     fn grow_stream_credit(&self) {
         let open = self.streams_open.load(Ordering::Acquire);
         let credit = self.stream_credit.load(Ordering::Acquire);
         if credit >= self.max_streams || open * 2 < credit {
             return;
         }
-        let grown = credit.saturating_mul(2).min(self.max_streams);
+        let accepted = open.saturating_sub(self.outbound_open.load(Ordering::Acquire));
+        let grown = credit
+            .saturating_mul(2)
+            .min(self.max_streams)
+            .min(accepted.saturating_add(self.accept_backlog));
+        if grown <= credit {
+            return;
+        }
+        let drain = lock(&self.drain);
+        if drain.started {
+            return;
+        }
         if self
             .stream_credit
             .compare_exchange(credit, grown, Ordering::AcqRel, Ordering::Acquire)
@@ -94,6 +169,59 @@ impl Shared {
             self.connection.set_max_concurrent_bi_streams(count);
             debug!(streams = grown, "granted the peer more concurrent streams");
         }
+        drop(drain);
+    }
+
+    /// Begins a drain (once): no more stream grants, the streams already waiting for
+    /// `accept` kept, and a task that refuses the peer's new streams and closes the
+    /// session when its last stream is released. Returns whether a drain runs or ran
+    /// (`false`: the session had ended before any drain).
+    fn start_drain(self: &Arc<Self>) -> bool {
+        let mut drain = lock(&self.drain);
+        if drain.started {
+            return true;
+        }
+        if self.connection.close_reason().is_some() {
+            return false;
+        }
+        drain.started = true;
+        self.draining.store(true, Ordering::SeqCst);
+        // MAX_STREAMS never shrinks in QUIC: what the peer was granted stays usable, and
+        // the task below refuses those streams. No grant follows any more.
+        self.connection
+            .set_max_concurrent_bi_streams(VarInt::from_u32(0));
+        // Streams that reached this side before the drain carry on: take them from quinn
+        // now, before the task refuses whatever comes next.
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let mut accepting = pin!(self.connection.accept_bi());
+            let Poll::Ready(Ok((send, recv))) = accepting.as_mut().poll(&mut cx) else {
+                break;
+            };
+            if self.try_reserve_stream() {
+                drain.waiting.push_back((send, recv));
+            } else {
+                refuse(send, recv);
+            }
+        }
+        let (alive, gone) = oneshot::channel();
+        drain.alive = Some(alive);
+        drop(drain);
+        debug!("draining: no new streams; closing when the last one is done");
+        // `accept` calls waiting on quinn switch to the waiting streams.
+        self.drain_signals.events.notify_waiters();
+        tokio::spawn(drain_task(
+            self.connection.clone(),
+            Arc::downgrade(self),
+            self.drain_signals.clone(),
+            gone,
+        ));
+        true
+    }
+
+    /// A stream that was waiting for `accept` when the drain began.
+    fn next_waiting(&self) -> Option<(SendStream, RecvStream)> {
+        lock(&self.drain).waiting.pop_front()
     }
 
     /// Remembers a finished stream until the peer acknowledged all of its data.
@@ -116,15 +244,61 @@ impl Shared {
     }
 }
 
+/// Sets the drain's `done` when the drain task ends, however it ends.
+struct DrainDone(Arc<DrainSignals>);
+
+impl Drop for DrainDone {
+    fn drop(&mut self) {
+        self.0.done.send_replace(true);
+    }
+}
+
+/// Refuses the streams the peer opens while the session drains, and closes it (as
+/// [`Session::close`]) once no stream is open. Holds the session only weakly: if every
+/// handle and stream is dropped (`gone`), quinn closes the connection as usual.
+async fn drain_task(
+    connection: quinn::Connection,
+    shared: Weak<Shared>,
+    signals: Arc<DrainSignals>,
+    mut gone: oneshot::Receiver<()>,
+) {
+    let _done = DrainDone(signals.clone());
+    loop {
+        let released = signals.events.notified();
+        let mut released = pin!(released);
+        released.as_mut().enable();
+        match shared.upgrade() {
+            None => return,
+            Some(shared) if shared.streams_open.load(Ordering::SeqCst) == 0 => {
+                Session { shared }.close().await;
+                return;
+            }
+            Some(_) => {}
+        }
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    debug!(id = %send.id(), "draining: refusing a stream the peer opened");
+                    refuse(send, recv);
+                }
+                // The session ended (closed, or lost).
+                Err(_) => return,
+            },
+            () = &mut released => {}
+            _ = &mut gone => return,
+        }
+    }
+}
+
 /// A slot of `max_streams`, given back if the open does not complete (error or
 /// cancellation).
 struct Reserved<'a>(Option<&'a Shared>);
 
 impl<'a> Reserved<'a> {
     fn new(shared: &'a Shared) -> Option<Self> {
-        shared
-            .try_reserve_stream()
-            .then_some(Reserved(Some(shared)))
+        // `then`, not `then_some`: a guard made for a failed reservation would give back
+        // a slot it never took when dropped.
+        shared.try_reserve_stream().then(|| Reserved(Some(shared)))
     }
 
     /// The slot now belongs to a [`Stream`], which gives it back when dropped.
@@ -136,7 +310,7 @@ impl<'a> Reserved<'a> {
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         if let Some(shared) = self.0 {
-            shared.streams_open.fetch_sub(1, Ordering::AcqRel);
+            shared.release_stream();
         }
     }
 }
@@ -182,7 +356,8 @@ impl Session {
                 streams_open: AtomicUsize::new(0),
                 outbound_open: AtomicUsize::new(0),
                 max_streams: options.max_streams,
-                stream_credit: AtomicUsize::new(options.max_streams.min(INITIAL_STREAM_CREDIT)),
+                accept_backlog: options.accept_backlog,
+                stream_credit: AtomicUsize::new(initial_stream_credit(options)),
                 idle_timeout: options.idle_timeout,
                 handshake_timeout: options.handshake_timeout,
                 close_timeout: options.close_timeout,
@@ -190,6 +365,12 @@ impl Session {
                 finishing: Mutex::new(Finishing {
                     pending: Vec::new(),
                     prune_at: 64,
+                }),
+                draining: AtomicBool::new(false),
+                drain: Mutex::new(Drain::default()),
+                drain_signals: Arc::new(DrainSignals {
+                    events: Notify::new(),
+                    done: watch::Sender::new(false),
                 }),
             }),
         }
@@ -204,10 +385,14 @@ impl Session {
     /// session, and with [`Limit::PeerStreams`] when the peer's own stream limit stays
     /// exhausted for a few round trips (the peer grants new streams as it finishes old
     /// ones); `n` is then the number of streams this side has open towards the peer.
+    /// Fails with [`Error::Closed`] once [`drain`](Session::drain) began.
     pub async fn open(&self) -> Result<Stream> {
         let shared = &self.shared;
         if let Some(reason) = shared.close_reason() {
             return Err(reason.to_error());
+        }
+        if shared.draining.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
         let Some(reserved) = Reserved::new(shared) else {
             return Err(Error::LimitReached(Limit::Streams(shared.max_streams)));
@@ -246,15 +431,34 @@ impl Session {
     /// Accepts a stream the peer opened; see [`qymux_transport::Session::accept`].
     ///
     /// A stream the peer opens while [`Options::max_streams`] streams are open on this
-    /// session (in both directions) is reset.
+    /// session (in both directions) is reset. Once [`drain`](Session::drain) began, this
+    /// hands out the streams that were waiting then, and fails when the session has
+    /// closed.
     pub async fn accept(&self) -> Result<Stream> {
         let shared = &self.shared;
         loop {
-            let (mut send, mut recv) = shared
-                .connection
-                .accept_bi()
-                .await
-                .map_err(|e| shared.error_for(&e))?;
+            let drain_began = shared.drain_signals.events.notified();
+            let mut drain_began = pin!(drain_began);
+            drain_began.as_mut().enable();
+            if shared.draining.load(Ordering::Acquire) {
+                if let Some((send, recv)) = shared.next_waiting() {
+                    // Its slot was reserved when the drain took it from quinn.
+                    return Ok(Stream::new(send, recv, shared.clone(), false));
+                }
+                let err = shared.connection.closed().await;
+                return Err(shared.error_for(&err));
+            }
+            let (mut send, mut recv) = tokio::select! {
+                accepted = shared.connection.accept_bi() => {
+                    accepted.map_err(|e| shared.error_for(&e))?
+                }
+                () = &mut drain_began => continue,
+            };
+            if shared.draining.load(Ordering::Acquire) {
+                debug!(id = %send.id(), "draining: refusing a stream the peer opened");
+                refuse(send, recv);
+                continue;
+            }
             if let Some(reserved) = Reserved::new(shared) {
                 reserved.hand_over();
                 shared.grow_stream_credit();
@@ -304,6 +508,22 @@ impl Session {
                 .is_err()
         {
             debug!("endpoint not idle within the close timeout");
+        }
+    }
+
+    /// Drains the session; see [`qymux_transport::Session::drain`].
+    ///
+    /// QUIC has no GoAway on Qymux's wire, so this stops granting the peer streams
+    /// (`MAX_STREAMS` stays where it is) and resets the streams it opens with what it was
+    /// granted before; its `open` fails with [`Limit::PeerStreams`] once that is used up.
+    /// Streams open, or waiting for [`accept`](Session::accept) when the drain began,
+    /// carry on. When the last of them is released, a task closes the session as
+    /// [`close`](Session::close) does; this returns when that is done. Dropping this
+    /// future does not stop the drain.
+    pub async fn drain(&self) {
+        let mut done = self.shared.drain_signals.done.subscribe();
+        if Shared::start_drain(&self.shared) {
+            let _ = done.wait_for(|done| *done).await;
         }
     }
 
@@ -413,6 +633,9 @@ impl qymux_transport::Session for Session {
     }
     fn close(&self) -> impl Future<Output = ()> + Send {
         Session::close(self)
+    }
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        Session::drain(self)
     }
     fn closed(&self) -> impl Future<Output = CloseReason> + Send {
         Session::closed(self)

@@ -229,9 +229,9 @@ impl Drop for Stream {
             }
             _ => {}
         }
-        self.shared.streams_open.fetch_sub(1, Ordering::AcqRel);
         if self.outbound {
             self.shared.outbound_open.fetch_sub(1, Ordering::AcqRel);
         }
+        self.shared.release_stream();
     }
 }

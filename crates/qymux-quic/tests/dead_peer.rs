@@ -13,6 +13,11 @@ async fn frozen_peer_fails_waiting_operations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_peer_fails_both_split_halves() {
+    dead_peer::frozen_peer_fails_both_split_halves::<Quic>(Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_session_stays_up() {
     dead_peer::idle_session_stays_up::<Quic>(Transport::Udp).await;
 }

@@ -209,6 +209,42 @@ async fn streams_beyond_the_limit_counting_both_directions_are_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_leave_the_count_exact() {
+    // A refused stream's reservation guard used to give back a slot it never took: each
+    // refusal let one more stream in, and the count finally wrapped around.
+    let mut server_opts = options();
+    server_opts.max_streams(2);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+    let _own = [server.open().await.unwrap(), server.open().await.unwrap()];
+    let acceptor = tokio::spawn({
+        let server = server.clone();
+        async move { server.accept().await.map(drop) }
+    });
+    for i in 0..3 {
+        let mut beyond = client.open().await.unwrap();
+        beyond.write_all(b"x").await.ok();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(HANG, beyond.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} beyond the limit was neither reset nor served"));
+        assert_reset(read.unwrap_err());
+    }
+    assert_eq!(server.open_streams(), 2);
+    match server.open().await {
+        Err(Error::LimitReached(Limit::Streams(2))) => {}
+        other => panic!(
+            "expected LimitReached(Streams(2)), got {:?}",
+            other.map(drop)
+        ),
+    }
+    assert!(
+        !acceptor.is_finished(),
+        "a stream beyond the limit was accepted"
+    );
+    acceptor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_delivers_finished_streams_first() {
     let (_l, client, server) = pair().await;
     let data = payload(6, 8 * 1024 * 1024);

@@ -110,10 +110,11 @@ impl Listener {
     }
 
     /// Shuts down gracefully: stops accepting at once (like [`close`](Listener::close)),
-    /// then closes every session this listener accepted (a yamux GoAway and TLS
-    /// close_notify, as [`Session::close`]) as soon as it has no open stream, or when
-    /// `grace` has passed, whichever comes first. Returns when every session is closed.
-    /// Sessions that finished their handshake but were never accepted are closed too.
+    /// then drains every session this listener accepted ([`Session::drain`]: a yamux
+    /// GoAway tells the agent to open no more streams, streams in flight finish, then
+    /// the session closes with TLS close_notify), closing whatever is left when `grace`
+    /// has passed. Returns when every session is closed. Sessions that finished their
+    /// handshake but were never accepted are closed too.
     pub async fn shutdown(&self, grace: Duration) {
         self.close();
         debug!(?grace, "listener shutting down");

@@ -138,13 +138,24 @@ impl Shared {
     /// Runs `f` on the engine, then wakes whoever it made ready (after unlocking).
     pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
         let mut conn = lock(&self.conn);
+        let was_running = conn.ended().is_none();
         let result = f(&mut conn);
+        // This side ended the connection (a drain's last stream released, a close): the
+        // driver sends what is queued and TLS close_notify now. When the peer went away
+        // (its GoAway, our last stream released), the peer closes the connection, as
+        // hashicorp's drain has it; the driver answers when that arrives.
+        let ended_now = was_running && matches!(conn.ended(), Some(CloseReason::Local));
         if conn.has_wakers() {
             let wakers = conn.take_wakers();
             drop(conn);
             for w in wakers {
                 w.wake();
             }
+        } else {
+            drop(conn);
+        }
+        if ended_now {
+            self.wake_driver();
         }
         result
     }
@@ -641,6 +652,9 @@ impl qymux_transport::Session for Session {
     }
     fn close(&self) -> impl Future<Output = ()> + Send {
         Session::close(self)
+    }
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        Session::drain(self)
     }
     fn closed(&self) -> impl Future<Output = CloseReason> + Send {
         Session::closed(self)

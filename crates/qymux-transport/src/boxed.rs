@@ -90,6 +90,7 @@ trait DynSession: Send + Sync + 'static {
     fn remote_addr(&self) -> SocketAddr;
     fn peer_identity(&self) -> Option<PeerIdentity>;
     fn close(&self) -> BoxFuture<'_, ()>;
+    fn drain(&self) -> BoxFuture<'_, ()>;
     fn closed(&self) -> BoxFuture<'_, CloseReason>;
     fn close_reason(&self) -> Option<CloseReason>;
 }
@@ -115,6 +116,9 @@ impl<S: Session> DynSession for S {
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(Session::close(self))
+    }
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Session::drain(self))
     }
     fn closed(&self) -> BoxFuture<'_, CloseReason> {
         Box::pin(Session::closed(self))
@@ -167,6 +171,9 @@ impl Session for BoxSession {
     }
     fn close(&self) -> impl std::future::Future<Output = ()> + Send {
         self.0.close()
+    }
+    fn drain(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.0.drain()
     }
     fn closed(&self) -> impl std::future::Future<Output = CloseReason> + Send {
         self.0.closed()

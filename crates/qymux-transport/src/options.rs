@@ -61,8 +61,13 @@ pub struct Options {
     /// of its application's accepts; QUIC peers grant streams in batches) before it fails
     /// with [`Limit::PeerStreams`](crate::Limit::PeerStreams).
     pub open_timeout: Duration,
-    /// Streams the peer opened that may wait for the application's `accept`; streams
-    /// beyond it are reset (TCP; 256 by default, as hashicorp yamux).
+    /// Streams the peer opened that may wait for the application's `accept` (256 by
+    /// default, as hashicorp yamux). Over TCP, streams beyond it are reset (the peer
+    /// reads [`Error::StreamReset`](crate::Error::StreamReset)). Over QUIC it caps the
+    /// stream grant instead: the peer is granted at most this many streams beyond those
+    /// accepted when the grant grows (and at most 128 at first), so its `open` beyond it
+    /// waits for a grant and fails with
+    /// [`Limit::PeerStreams`](crate::Limit::PeerStreams).
     pub accept_backlog: usize,
     /// The most stream data a peer can make one session buffer, in bytes: the sum of the
     /// receive windows granted to it (256 MiB by default, enough for the default

@@ -11,10 +11,6 @@ use tokio::time::Instant;
 
 use crate::Session;
 
-/// How often a draining session is checked for open streams: neither backend signals
-/// "last stream finished", so [`SessionRegistry::shutdown`] polls the count.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-
 /// A session a listener can hold without keeping it alive, and drain before closing.
 pub trait Tracked: Session + Clone + Send + Sync + 'static {
     /// A reference that does not keep the session alive.
@@ -111,8 +107,9 @@ impl<S: Tracked> SessionRegistry<S> {
         true
     }
 
-    /// Closes every live session gracefully as soon as it has no open stream, or when
-    /// `grace` has passed, whichever comes first; returns when all are closed.
+    /// Drains every live session ([`Session::drain`]: no new streams, the open ones
+    /// carry on) and closes it once its last stream is dropped, or when `grace` has
+    /// passed, whichever comes first; returns when all are closed.
     pub async fn shutdown(&self, grace: Duration) {
         // A grace too large for the clock means "no deadline".
         let now = Instant::now();
@@ -127,14 +124,8 @@ impl<S: Tracked> SessionRegistry<S> {
     }
 }
 
-/// Waits until `session` has no open stream (or `until`), then closes it.
+/// Drains `session` until `until`, then closes it (a no-op if the drain completed).
 async fn drain_and_close<S: Tracked>(session: S, until: Instant) {
-    while session.open_streams() > 0 && Instant::now() < until {
-        tokio::select! {
-            () = tokio::time::sleep(DRAIN_POLL) => {}
-            () = tokio::time::sleep_until(until) => {}
-            _ = session.closed() => return,
-        }
-    }
+    let _ = tokio::time::timeout_at(until, session.drain()).await;
     session.close().await;
 }

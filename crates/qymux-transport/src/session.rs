@@ -200,6 +200,47 @@ pub trait Session: Clone + Send + Sync + 'static {
     /// Streams still open fail with [`Error::Closed`]. Closing twice is harmless.
     fn close(&self) -> impl Future<Output = ()> + Send;
 
+    /// Drains the session: no new streams either way, the streams already open carry on,
+    /// and once the last of them is dropped the session closes as [`close`](Session::close)
+    /// does. Returns when the session has closed (also when it ended for another reason
+    /// meanwhile).
+    ///
+    /// This is how a server leaves without cutting anyone off (a listener's `shutdown`
+    /// drains every session it accepted). What the peer sees:
+    ///
+    /// - **TCP** (yamux): a GoAway with code 0, hashicorp's drain. The peer's
+    ///   [`open`](Session::open) fails at once with [`Error::ClosedByPeer`]; a stream it
+    ///   opened before the GoAway reached it is reset ([`Error::StreamReset`]). Streams
+    ///   already open, and those waiting for this side's [`accept`](Session::accept),
+    ///   carry on. When the last one is dropped, the session closes (TLS close_notify) and
+    ///   the peer sees a clean [`CloseReason::Peer`]. A Go hashicorp peer behaves the same.
+    /// - **QUIC**: Qymux's wire has no GoAway (no control stream), so this side stops
+    ///   granting streams (QUIC `MAX_STREAMS` does not grow any more). A stream the peer
+    ///   opens with the grant it still holds is reset; once that grant is used up, its
+    ///   `open` fails with [`Limit::PeerStreams`](crate::Limit::PeerStreams). Streams
+    ///   already open, and those waiting for this side's `accept` when the drain began,
+    ///   carry on; then `CONNECTION_CLOSE` as `close` sends it, a clean
+    ///   [`CloseReason::Peer`] for the peer.
+    ///
+    /// Meanwhile this side's own `open` fails with [`Error::Closed`], and `accept` hands
+    /// out the streams that were waiting, then fails once the session has closed.
+    ///
+    /// The drain has no bound of its own: a stream the peer never finishes keeps the
+    /// session open. Bound it with a timeout and call `close` to cut it short (the
+    /// streams still open then fail with [`Error::Closed`]):
+    ///
+    /// ```
+    /// # async fn leave<S: qymux_transport::Session>(session: S) {
+    /// use std::time::Duration;
+    /// let _ = tokio::time::timeout(Duration::from_secs(30), session.drain()).await;
+    /// session.close().await; // harmless if the drain completed
+    /// # }
+    /// ```
+    ///
+    /// Dropping the returned future does not stop the drain: the session still closes
+    /// when its last stream is dropped. Draining twice, or after `close`, is harmless.
+    fn drain(&self) -> impl Future<Output = ()> + Send;
+
     /// Waits until the session has ended, and says why.
     fn closed(&self) -> impl Future<Output = CloseReason> + Send;
 

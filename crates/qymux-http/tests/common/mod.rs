@@ -347,6 +347,9 @@ impl<S: Session> Session for Counting<S> {
     fn close(&self) -> impl Future<Output = ()> + Send {
         self.inner.close()
     }
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        self.inner.drain()
+    }
     fn closed(&self) -> impl Future<Output = CloseReason> + Send {
         self.inner.closed()
     }
