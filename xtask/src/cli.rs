@@ -46,8 +46,8 @@ cargo xtask coverage [OPTIONS] [-- ARGS...]
 
 cargo xtask fuzz [OPTIONS] [TARGET]...
     Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
-    `pem`, frames for the wire targets), and runs each target (all of them if none is
-    named: wire_read, wire_write, pem, options) for the given time with the nightly
+    `pem`, programs of frames and operations for yamux_engine), and runs each target
+    (all of them if none is named: yamux_engine, pem, options) for the given time with the nightly
     toolchain. Corpora stay in fuzz/corpus/<target>; a crash stops the task, leaving its
     input in fuzz/artifacts/<target>.
 
@@ -471,12 +471,13 @@ mod tests {
     #[test]
     fn fuzz_options_and_targets() {
         assert_eq!(parse_str("fuzz"), Ok(Command::Fuzz(FuzzArgs::default())));
-        let Ok(Command::Fuzz(args)) = parse_str("fuzz --seconds 20 wire_read pem --jobs=2") else {
+        let Ok(Command::Fuzz(args)) = parse_str("fuzz --seconds 20 yamux_engine pem --jobs=2")
+        else {
             panic!()
         };
         assert_eq!(args.seconds, 20);
         assert_eq!(args.jobs, 2);
-        assert_eq!(args.targets, ["wire_read", "pem"]);
+        assert_eq!(args.targets, ["yamux_engine", "pem"]);
         assert!(parse_str("fuzz --seconds").is_err());
         assert!(parse_str("fuzz --seconds x").is_err());
         assert!(parse_str("fuzz --bogus").is_err());

@@ -15,7 +15,7 @@ use crate::cli::FuzzArgs;
 use crate::coverage::{run_checked, succeeds};
 
 /// Every target in `fuzz/Cargo.toml`.
-pub(crate) const TARGETS: [&str; 4] = ["wire_read", "wire_write", "pem", "options"];
+pub(crate) const TARGETS: [&str; 3] = ["yamux_engine", "pem", "options"];
 
 pub(crate) fn run(args: &FuzzArgs, root: &Path) -> Result<()> {
     let targets = selected_targets(&args.targets)?;
@@ -128,7 +128,8 @@ pub(crate) fn parse_done(line: &str) -> Option<(u64, u64)> {
 }
 
 /// Writes seed inputs that the targets could not easily find alone: a real certificate
-/// and key (as PEM text and as DER), and well-formed yamux frames.
+/// and key (as PEM text and as DER), and programs for the yamux engine (in the format
+/// `crates/qymux-tcp/tests/engine_harness/mod.rs` reads, `Bytes`).
 fn seed_corpora(fuzz_dir: &Path) -> Result<()> {
     let corpus = fuzz_dir.join("corpus");
     let ca = CertificateAuthority::new("Qymux Fuzz CA")?;
@@ -169,25 +170,50 @@ fn seed_corpora(fuzz_dir: &Path) -> Result<()> {
         h.extend_from_slice(&length.to_be_bytes());
         h
     };
-    let mut frames = Vec::new();
-    frames.extend(frame(1, 1, 1, 0)); // window update, SYN
-    frames.extend(frame(0, 2, 2, 5)); // data, ACK
-    frames.extend_from_slice(b"hello");
-    frames.extend(frame(2, 1, 0, 7)); // ping
-    frames.extend(frame(2, 2, 0, 0x8000_0001)); // the answer to one of our own pings
-    frames.extend(frame(0, 4, 1, 3)); // data, FIN
-    frames.extend_from_slice(b"bye");
-    frames.extend(frame(1, 8, 3, 0)); // window update, RST
-    frames.extend(frame(3, 0, 0, 1)); // GoAway, protocol error
-    let mut read = vec![0x65, 0x9a, 0x00, 0x31];
-    read.extend_from_slice(&frames);
-    seed(&corpus, "wire_read", "frames", &read)?;
-    let mut big = vec![0xff, 0xff, 0xc5, 0x15];
-    big.extend_from_slice(&frames);
-    seed(&corpus, "wire_read", "big-frame", &big)?;
-    let mut write = vec![0x5f, 0x3c, 0xff];
-    write.extend_from_slice(&frames);
-    seed(&corpus, "wire_write", "frames", &write)?;
+    // One server against a peer: mode 0, then its limits (max_streams 1024, backlog 256;
+    // a budget of 1024 windows, keep-alive on). Each step is one byte for the
+    // application (0) or the peer (1), then the operation's bytes.
+    let solo = [0u8, 0xc0, 0x80];
+    // Peer (1), raw bytes (1, then 0 picks Raw), their length, the bytes.
+    let raw = |bytes: &[u8]| {
+        let mut op = vec![1, 1, 0, bytes.len() as u8];
+        op.extend_from_slice(bytes);
+        op
+    };
+    // Peer (1), everything sent so far in 12-byte pieces (1, then 13 and size byte 0x87).
+    let deliver = [1u8, 1, 13, 0x87];
+    let mut frames = solo.to_vec();
+    frames.extend(raw(&frame(1, 1, 1, 0))); // window update, SYN: the peer opens 1
+    let mut data = frame(0, 4, 1, 5); // data, FIN
+    data.extend_from_slice(b"hello");
+    frames.extend(raw(&data));
+    frames.extend(raw(&frame(2, 1, 0, 7))); // ping
+    frames.extend(raw(&frame(1, 8, 3, 0))); // window update, RST on a stream never opened
+    frames.extend(deliver);
+    frames.extend([0, 0, 2]); // application: accept
+    frames.extend([0, 0, 4, 0x8b]); // read 4096 bytes
+    frames.extend([0, 0, 7, 0x8a]); // write 100 bytes
+    frames.extend([0, 0, 10, 1]); // shutdown, twice
+    frames.extend(raw(&frame(3, 0, 0, 1))); // GoAway, protocol error
+    frames.extend(deliver);
+    seed(&corpus, "yamux_engine", "frames", &frames)?;
+    // The same server, with frames that keep to the protocol (peer 1, legal 0, stream 0,
+    // then the kind): open with 400 bytes, data with FIN, then accept and read.
+    let mut legal = solo.to_vec();
+    legal.extend([1, 0, 0, 0, 100, 0, 1, 0x8c]); // open, 4 × 100 bytes, no FIN, 64 KiB pieces
+    legal.extend([1, 0, 0, 2, 0x8a, 0, 0x81]); // data, 100 bytes, FIN, 1-byte pieces
+    legal.extend([0, 0, 2, 0, 0, 4, 0x8c, 0, 0, 4, 0x8c]); // accept, read, read
+    seed(&corpus, "yamux_engine", "legal", &legal)?;
+    // A client and a server back to back: mode 1, both sides' limits, the final exchange
+    // in 100-byte pieces, then a client open, a flow of 16 KiB to the server, the
+    // server's accept, and the client's shutdown.
+    let mut pair = vec![1u8, 0xc0, 0x80, 0xc0, 0x80, 0x8a];
+    pair.extend([0, 0, 0, 0, 0]); // client: open
+    pair.extend([8, 0, 0, 0x8b, 0x87, 0x8c]); // flow: 4 × 4096 bytes, 12-byte pieces
+    pair.extend([0, 1, 0, 2]); // server: accept
+    pair.extend([0, 0, 0, 10, 1]); // client: shutdown, twice
+    pair.extend([4, 0, 0x8f]); // move the client's bytes
+    seed(&corpus, "yamux_engine", "pair", &pair)?;
     let mut options = Vec::new();
     for value in [10_000u64, 0, 5, 1, 30, 2, 5, 3, 10, 0, 1024, 0, 1024, 0] {
         options.extend_from_slice(&value.to_le_bytes());

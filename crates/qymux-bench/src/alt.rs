@@ -1,13 +1,13 @@
 //! Two bare yamux multiplexers over the same TLS, without Qymux's layer: the `yamux`
-//! crate Qymux TCP is built on, and `tokio-yamux`, the other maintained Rust
-//! implementation of the hashicorp protocol. They are not Qymux: no keep-alive timeout,
-//! no limits, no stream announcement at open, no close reasons. They show how much of
-//! Qymux TCP's cost is the crate beneath it, and what the best alternative crate does.
+//! crate (rust-libp2p's, which Qymux TCP was built on before it got its own engine) and
+//! `tokio-yamux`, the other maintained Rust implementation of the hashicorp protocol.
+//! They are not Qymux: no keep-alive timeout, no limits, no stream announcement at
+//! open, no close reasons. They show what the best Rust alternatives to Qymux's own
+//! engine do over the same TLS.
 //!
-//! The `yamux` crate gets about the settings Qymux TCP gives it: a 1 GiB connection
-//! receive window and 64 KiB frames (Qymux: 64 KiB − 12, see `qymux_tcp::wire`).
-//! tokio-yamux has no connection window; it gets a 16 MiB stream window, and sends each
-//! write as one frame, up to the window.
+//! The `yamux` crate gets the settings Qymux TCP gave it: a 1 GiB connection receive
+//! window and 64 KiB frames. tokio-yamux has no connection window; it gets a 16 MiB
+//! stream window, and sends each write as one frame, up to the window.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;

@@ -817,13 +817,22 @@ impl Connection {
         let max_window = self.config.max_stream_window;
         let rtt = self.rtt;
         let granted = self.granted;
+        // The rest of a DATA body still arriving was paid for when its header came.
+        let in_flight = match self.parse {
+            Parse::Body {
+                id: body,
+                remaining,
+                ..
+            } if body == id => u64::from(remaining),
+            _ => 0,
+        };
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         if s.fin_received || s.reset.is_some() {
             return;
         }
-        let held = s.recv_window as u64 + s.recv.len() as u64;
+        let held = s.recv_window as u64 + s.recv.len() as u64 + in_flight;
         let mut credit = u64::from(s.window).saturating_sub(held);
         if credit < u64::from(s.window / 2) {
             return;
