@@ -14,8 +14,8 @@ use crate::session::Handle;
 /// One stream of a TCP [`Session`](crate::Session).
 ///
 /// A read returns EOF only after the peer finished its side (yamux FIN); a reset gives
-/// [`Error::StreamReset`] and a lost session its close reason, as `io::Error`s that
-/// carry the Qymux [`Error`]. Reading and writing wake independently, so the halves of a
+/// [`Error::StreamReset`](qymux_transport::Error::StreamReset) and a lost session its close reason, as `io::Error`s that
+/// carry the Qymux [`Error`](qymux_transport::Error). Reading and writing wake independently, so the halves of a
 /// [`tokio::io::split`] stream can live in different tasks. `shutdown` sends one FIN,
 /// however often it is called. Dropping the stream (or [`abort`](qymux_transport::Stream::abort))
 /// resets it unless both sides had finished, also after this side's own `shutdown`.
