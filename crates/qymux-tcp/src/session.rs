@@ -742,9 +742,12 @@ impl Driver {
         let shared = self.shared.clone();
         shared.wake.set_driver(cx.waker());
         // Reads, handing every byte to the engine.
+        // Ended, or the peer does not read the answers it asks for: stop reading.
+        let stop = |c: &Connection| c.ended().is_some() || c.control_len() > CONTROL_HIGH_WATER;
+        let mut stopped = shared.with_conn(|c| stop(c));
         let mut reads = 0;
         loop {
-            if shared.with_conn(|c| c.ended().is_some() || c.control_len() > CONTROL_HIGH_WATER) {
+            if stopped {
                 // Ended, or the peer does not read the answers it asks for: stop reading
                 // until they are out (the write waker wakes the driver).
                 break;
@@ -769,7 +772,10 @@ impl Driver {
                         break;
                     }
                     let now = Instant::now();
-                    shared.with_conn(|c| c.handle_input(&self.buf[..n], now));
+                    stopped = shared.with_conn(|c| {
+                        c.handle_input(&self.buf[..n], now);
+                        stop(c)
+                    });
                 }
                 Poll::Ready(Err(e)) => {
                     shared.with_conn(|c| c.handle_io_error(e));

@@ -219,22 +219,7 @@ async fn good_session(server: &Server, pki: &Pki) -> Session {
 /// One stream on `session` round-trips 64 KiB through the server's echo.
 async fn good_traffic(session: &Session, seed: u64) {
     let data = payload(seed, 64 * 1024);
-    let trip = async {
-        let mut s = session.open().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(&mut s);
-        let (_, got) = tokio::join!(
-            async {
-                w.write_all(&data).await.unwrap();
-                w.shutdown().await.unwrap();
-            },
-            async {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).await.unwrap();
-                got
-            }
-        );
-        got
-    };
+    let trip = qymux_conformance::round_trip(session, &data);
     let got = timeout(HANG, trip)
         .await
         .expect("a good stream hung during hostile traffic");
