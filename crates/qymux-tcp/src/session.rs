@@ -47,9 +47,9 @@ const READ_BUF: usize = 32 * 1024;
 /// their own, which the stream keeps (no copy between the connection and the stream).
 const DIRECT_MIN: u32 = 8 * 1024;
 
-/// The largest buffer the driver reads one body into at a time (below glibc's initial
-/// mmap threshold, so buffers come from the heap, not fresh pages each time).
-const DIRECT_CHUNK: u32 = 128 * 1024;
+/// The largest buffer the driver reads one body into at a time (well below glibc's
+/// initial mmap threshold of 128 KiB, so buffers come from the heap, not fresh pages).
+const DIRECT_CHUNK: u32 = 64 * 1024;
 
 /// Reads per driver turn before it yields to other tasks.
 const READS_PER_TURN: usize = 16;
