@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let keep_alive = bytes.duration();
     o.keep_alive_interval((bytes.u64() & 1 == 0).then_some(keep_alive))
         .max_streams(bytes.usize())
-        .max_pending_handshakes(bytes.usize());
+        .max_pending_handshakes(bytes.usize())
+        .first_flight_timeout(bytes.duration())
+        .max_pending_per_source(bytes.usize());
     let sessions = bytes.usize();
     o.max_sessions((bytes.u64() & 1 == 0).then_some(sessions));
 
@@ -63,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
                 ("handshake_timeout", o.handshake_timeout),
                 ("idle_timeout", o.idle_timeout),
                 ("close_timeout", o.close_timeout),
+                ("first_flight_timeout", o.first_flight_timeout),
             ] {
                 assert!(!bound.is_zero(), "{name} zero");
                 let doubled = bound.checked_mul(2);
@@ -76,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!((1..=1 << 20).contains(&o.max_streams));
             assert!(o.max_pending_handshakes >= 1);
+            assert!(o.max_pending_per_source >= 1);
             assert_ne!(o.max_sessions, Some(0));
         }
         Err(e) => {

@@ -358,9 +358,12 @@ fn server_options() -> Options {
     let mut o = Options::default();
     // As long as the clients wait: with a shorter bound the server gives up handshakes
     // that the clients still wait for (under --stress), and the dials fail with the
-    // server's abort or a stateless reset.
+    // server's abort or a stateless reset. All clients share one address, so the
+    // per-source cap and the first-flight deadline are as wide.
     o.max_pending_handshakes(8192)
-        .handshake_timeout(Duration::from_secs(60));
+        .max_pending_per_source(8192)
+        .handshake_timeout(Duration::from_secs(60))
+        .first_flight_timeout(Duration::from_secs(60));
     o
 }
 

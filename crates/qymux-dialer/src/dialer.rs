@@ -132,6 +132,10 @@ impl Dialer {
         self.options.validate()?;
         match self.quic().await {
             Ok(session) => Ok(self.quic_won(session)),
+            Err(e) if server_answered(&e) => {
+                debug!(target = %self.addr, error = %e, "QUIC reached the server, which said no; not a broken path");
+                Err(e)
+            }
             Err(e) => {
                 let penalty = self.memory.quic_failed(&self.addr);
                 debug!(target = %self.addr, error = %e, ?penalty, "QUIC still fails here");
@@ -208,7 +212,10 @@ impl Dialer {
                     return Err(quic_err);
                 }
                 debug!(%quic_err, "QUIC failed early; dialing TCP");
+                let answered = server_answered(&quic_err);
                 return match self.tcp().await {
+                    // A busy server refused QUIC: TCP now, QUIC again next time.
+                    Ok(session) if answered => Ok(session),
                     Ok(session) => Ok(self.tcp_won(session, &quic_err.to_string())),
                     Err(tcp_err) => Err(pick(quic_err, tcp_err)),
                 };
@@ -230,6 +237,9 @@ impl Dialer {
                     Err(e) => quic_err = Some(e),
                 },
                 result = &mut tcp, if tcp_err.is_none() => match result {
+                    Ok(session) if quic_err.as_ref().is_some_and(server_answered) => {
+                        return Ok(session);
+                    }
                     Ok(session) => {
                         let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
                         return Ok(self.tcp_won(session, &why));
@@ -264,6 +274,18 @@ impl Concrete {
             Concrete::Tcp(s) => BoxSession::new(s.clone()),
             Concrete::Quic(s) => BoxSession::new(s.clone()),
         }
+    }
+}
+
+/// Whether a failed QUIC dial heard from the server over UDP (its CONNECTION_REFUSED, a
+/// handshake error, a close): the path works, so QUIC is not marked broken for this
+/// target. (quinn reports no ICMP errors: a QUIC `ConnectionRefused` is always the
+/// server's own answer.)
+fn server_answered(err: &Error) -> bool {
+    match err {
+        Error::Connect { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
+        Error::ClosedByPeer(_) | Error::Handshake(_) | Error::LimitReached(_) => true,
+        _ => false,
     }
 }
 

@@ -267,3 +267,61 @@ async fn the_losing_quic_attempt_is_dropped_with_its_socket() {
         "the abandoned QUIC attempt kept sending: its endpoint was not dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_quic_is_busy_not_broken() {
+    use qymux_quic::quinn;
+    // A TCP Qymux server, and on the same UDP port a QUIC endpoint that answers every
+    // attempt with CONNECTION_REFUSED, as a server over its handshake caps does.
+    let pki = pki();
+    let (listener, udp) = guard("a port free for both UDP and TCP", async {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let at = udp.local_addr().unwrap().to_string();
+            if let Ok(listener) =
+                Listener::bind(&at, pki.server.clone(), patient_options(), Mode::Tcp).await
+            {
+                break (listener, udp);
+            }
+        }
+    })
+    .await;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from((*pki.server).clone()).unwrap();
+    let refuser = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quinn::ServerConfig::with_crypto(Arc::new(crypto))),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let refusing = tokio::spawn(async move {
+        let mut refused = 0;
+        while let Some(incoming) = refuser.accept().await {
+            incoming.refuse();
+            refused += 1;
+        }
+        refused
+    });
+    let dialer = Dialer::new(
+        listener.local_addr().to_string(),
+        "localhost",
+        pki.client.clone(),
+    )
+    .options(patient_options());
+    let (client, server) = tokio::join!(dialer.dial(), listener.accept());
+    let (client, server) = (client.unwrap(), server.unwrap());
+    assert_eq!(client.protocol(), Protocol::Tcp);
+    exchange(&client, &server).await;
+    assert!(
+        dialer
+            .transport_memory()
+            .quic_broken_until(dialer.addr())
+            .is_none(),
+        "a server that answered over UDP and refused is busy, not a broken path"
+    );
+    refusing.abort();
+    assert!(
+        refusing.await.is_err(),
+        "the refusing endpoint was still serving"
+    );
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use qymux_conformance::{Pki, payload, sha256};
 use qymux_dialer::Listener;
-use qymux_transport::{BoxSession, CloseReason, Error, Mode, Options, Session};
+use qymux_transport::{BoxSession, CloseReason, Error, Mode, Options, QuicRetry, Session};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls_pki_types::ServerName;
@@ -55,8 +55,15 @@ const CONCURRENCY: usize = 32;
 /// frees each slot within seconds.
 fn listener_options() -> Options {
     let mut o = Options::default();
+    // Every attacker here shares the good clients' address, and each stalled attempt
+    // must be seen to time out: this test is about the global bounds, so the per-source
+    // cap, the first-flight deadline and Retry (tests/admission.rs of each backend) are
+    // set out of its way.
     o.handshake_timeout(HANDSHAKE_TIMEOUT)
         .max_pending_handshakes(4 * (STALLED + CONCURRENCY))
+        .max_pending_per_source(4 * (STALLED + CONCURRENCY))
+        .first_flight_timeout(HANDSHAKE_TIMEOUT)
+        .quic_retry(QuicRetry::Never)
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .idle_timeout(Duration::from_secs(15));
     o

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
 use qymux_tls::Side;
+use qymux_transport::admission::{Admit, Attempt, SourceLimiter};
 use qymux_transport::registry::SessionRegistry;
-use qymux_transport::{Error, HandshakeError, Limit, Options, Result, TimeoutKind};
+use qymux_transport::{
+    Error, HandshakeError, Limit, Options, Protocol, QuicRetry, Result, TimeoutKind,
+};
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -26,9 +29,14 @@ const READY_QUEUE: usize = 64;
 
 /// Accepts QUIC sessions on a UDP port.
 ///
-/// Handshakes run concurrently, each bounded by [`Options::handshake_timeout`] and at most
-/// [`Options::max_pending_handshakes`] at once (further connection attempts are refused
-/// with `CONNECTION_REFUSED`), so a slow or hostile client never holds up the others.
+/// Handshakes run concurrently, each bounded by [`Options::handshake_timeout`], at most
+/// [`Options::max_pending_handshakes`] at once and [`Options::max_pending_per_source`]
+/// from one source, so a slow or hostile client never holds up the others. Addresses are
+/// validated with a Retry as [`Options::quic_retry`] says (by default once the listener
+/// is half full); an attempt from an unvalidated address must finish its handshake within
+/// [`Options::first_flight_timeout`]. Over a cap, an attempt from a validated address is
+/// refused with `CONNECTION_REFUSED`, one from an unvalidated address (possibly forged)
+/// is ignored.
 /// Clients may change address during a session (connection migration). Dropping the
 /// listener closes it; sessions already accepted keep running on its socket.
 /// [`Listener::shutdown`] also drains and closes them.
@@ -192,6 +200,7 @@ async fn accept_loop(
     registry: Arc<SessionRegistry<Session>>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    let sources = SourceLimiter::new(options.max_pending_per_source);
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
@@ -206,9 +215,41 @@ async fn accept_loop(
             Some(_) = handshakes.join_next() => continue,
         };
         let peer = incoming.remote_address();
+        let validated = incoming.remote_address_validated();
+        let decision = options.admission.as_ref().map_or(Admit::Accept, |hook| {
+            hook.decide(&Attempt::new(peer, Protocol::Quic, validated))
+        });
+        match decision {
+            Admit::Refuse => {
+                debug!(%peer, validated, "the admission hook refused the connection");
+                incoming.refuse();
+                continue;
+            }
+            Admit::Ignore => {
+                debug!(%peer, validated, "the admission hook ignored the connection");
+                incoming.ignore();
+                continue;
+            }
+            _ => {}
+        }
+        let retry = decision == Admit::Retry || wants_retry(&options, &slots, &sources, peer);
+        if !validated && incoming.may_retry() && retry {
+            // Stateless: an address that cannot receive the Retry never gets further.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        // Over a cap: an address we know is real is told (CONNECTION_REFUSED); one we
+        // do not may be forged, and answering it would make us a reflector: ignored.
+        let Some(source_slot) = sources.try_acquire(peer) else {
+            debug!(%peer, validated, max = options.max_pending_per_source, "too many handshakes in progress from this source");
+            turn_away(incoming, validated);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, max = options.max_pending_handshakes, "too many handshakes in progress; refusing connection");
-            incoming.refuse();
+            debug!(%peer, validated, max = options.max_pending_handshakes, "too many handshakes in progress");
+            turn_away(incoming, validated);
             continue;
         };
         let endpoint = endpoint.clone();
@@ -216,7 +257,9 @@ async fn accept_loop(
         let ready = ready.clone();
         let registry = registry.clone();
         handshakes.spawn(async move {
-            match handshake(incoming, endpoint, &options).await {
+            let result = handshake(incoming, validated, endpoint, &options).await;
+            drop(source_slot);
+            match result {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
                     let refused = Error::LimitReached(Limit::Sessions(
                         options.max_sessions.unwrap_or_default(),
@@ -237,15 +280,54 @@ async fn accept_loop(
     }
 }
 
-async fn handshake(incoming: Incoming, endpoint: Endpoint, options: &Options) -> Result<Session> {
-    let failed =
-        |e: quinn::ConnectionError| handshake_failure(&e, Side::Server, options.handshake_timeout);
+/// Whether to ask this client to validate its address before keeping state for it.
+fn wants_retry(
+    options: &Options,
+    slots: &Semaphore,
+    sources: &SourceLimiter,
+    peer: SocketAddr,
+) -> bool {
+    match options.quic_retry {
+        QuicRetry::Always => true,
+        QuicRetry::Never => false,
+        _ => {
+            let pending = options
+                .max_pending_handshakes
+                .saturating_sub(slots.available_permits());
+            2 * pending >= options.max_pending_handshakes
+                || 2 * sources.pending(peer) >= options.max_pending_per_source
+        }
+    }
+}
+
+fn turn_away(incoming: Incoming, validated: bool) {
+    if validated {
+        incoming.refuse();
+    } else {
+        incoming.ignore();
+    }
+}
+
+async fn handshake(
+    incoming: Incoming,
+    validated: bool,
+    endpoint: Endpoint,
+    options: &Options,
+) -> Result<Session> {
+    // An address nobody validated gets the first-flight bound for the whole handshake:
+    // a flood of Initials that never go further frees its slots quickly.
+    let bound = if validated {
+        options.handshake_timeout
+    } else {
+        options.first_flight_timeout.min(options.handshake_timeout)
+    };
+    let failed = |e: quinn::ConnectionError| handshake_failure(&e, Side::Server, bound);
     let connecting = incoming.accept().map_err(failed)?;
-    let connection = tokio::time::timeout(options.handshake_timeout, connecting)
+    let connection = tokio::time::timeout(bound, connecting)
         .await
         .map_err(|_| Error::Timeout {
             what: TimeoutKind::Handshake,
-            after: options.handshake_timeout,
+            after: bound,
         })?
         .map_err(failed)?;
     if negotiated_protocol(&connection).as_deref() != Some(qymux_transport::ALPN) {

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qymux_tls::Side;
+use qymux_transport::admission::{Admit, Attempt, SourceLimiter};
 use qymux_transport::registry::SessionRegistry;
-use qymux_transport::{Error, HandshakeError, Limit, Options, PeerIdentity, Result, TimeoutKind};
+use qymux_transport::{
+    Error, HandshakeError, Limit, Options, PeerIdentity, Protocol, Result, TimeoutKind,
+};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tracing::{debug, warn};
 
 use crate::engine::core::Role;
@@ -24,9 +27,11 @@ const READY_QUEUE: usize = 64;
 
 /// Accepts TLS + yamux sessions on a TCP port.
 ///
-/// Handshakes run concurrently, each bounded by [`Options::handshake_timeout`] and at most
-/// [`Options::max_pending_handshakes`] at once, so a slow or hostile client never holds up
-/// the others. At most [`Options::max_sessions`] sessions are live at once: a session
+/// Handshakes run concurrently, each bounded by [`Options::handshake_timeout`] (the
+/// ClientHello by [`Options::first_flight_timeout`]), at most
+/// [`Options::max_pending_handshakes`] at once and [`Options::max_pending_per_source`]
+/// from one source, so a slow or hostile client, or one host opening many connections,
+/// never holds up the others. At most [`Options::max_sessions`] sessions are live at once: a session
 /// beyond it is closed right after its handshake (a yamux GoAway) and never handed out.
 /// Dropping the listener closes it; [`Listener::shutdown`] also drains and closes the
 /// sessions it accepted.
@@ -150,6 +155,7 @@ async fn accept_loop(
     registry: Arc<SessionRegistry<Session>>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    let sources = SourceLimiter::new(options.max_pending_per_source);
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
@@ -165,6 +171,19 @@ async fn accept_loop(
             },
             Some(_) = handshakes.join_next() => continue,
         };
+        if let Some(hook) = &options.admission {
+            let decision = hook.decide(&Attempt::new(peer, Protocol::Tcp, true));
+            if matches!(decision, Admit::Refuse | Admit::Ignore) {
+                debug!(%peer, ?decision, "the admission hook turned the connection away");
+                drop(stream);
+                continue;
+            }
+        }
+        let Some(source_slot) = sources.try_acquire(peer) else {
+            debug!(%peer, max = options.max_pending_per_source, "too many handshakes in progress from this source; refusing connection");
+            drop(stream);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, max = options.max_pending_handshakes, "too many handshakes in progress; refusing connection");
             drop(stream);
@@ -175,7 +194,11 @@ async fn accept_loop(
         let ready = ready.clone();
         let registry = registry.clone();
         handshakes.spawn(async move {
-            match handshake(stream, peer, &acceptor, &options).await {
+            let result = handshake(stream, peer, &acceptor, &options).await;
+            // The source's count covers the handshake only; the global slot is held
+            // until the application takes the session (below).
+            drop(source_slot);
+            match result {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
                     let refused = Error::LimitReached(Limit::Sessions(
                         options.max_sessions.unwrap_or_default(),
@@ -202,13 +225,27 @@ async fn handshake(
 ) -> Result<Session> {
     socket::configure(&stream, options);
     let local_addr = stream.local_addr()?;
-    let tls = tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+    let deadline = tokio::time::Instant::now() + options.handshake_timeout;
+    let first_flight = options.first_flight_timeout.min(options.handshake_timeout);
+    let tls_failed =
+        |e: std::io::Error| Error::Handshake(qymux_tls::handshake_error(&e, Side::Server));
+    // The whole ClientHello within the first-flight bound: a silent or trickling
+    // connection gives its slot back after it, not after the handshake timeout.
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = tokio::time::timeout(first_flight, hello)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: TimeoutKind::Handshake,
+            after: first_flight,
+        })?
+        .map_err(tls_failed)?;
+    let tls = tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone()))
         .await
         .map_err(|_| Error::Timeout {
             what: TimeoutKind::Handshake,
             after: options.handshake_timeout,
         })?
-        .map_err(|e| Error::Handshake(qymux_tls::handshake_error(&e, Side::Server)))?;
+        .map_err(tls_failed)?;
     let conn = tls.get_ref().1;
     if conn.alpn_protocol() != Some(qymux_transport::ALPN) {
         // rustls only enforces ALPN when the client offers some; a client that offers

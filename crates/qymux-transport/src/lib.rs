@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod admission;
 mod boxed;
 mod error;
 mod options;
@@ -41,7 +42,7 @@ mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
-pub use options::Options;
+pub use options::{Options, QuicRetry};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
 

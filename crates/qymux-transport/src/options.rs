@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::admission::{AdmissionHook, Admit, Attempt};
 use crate::error::{Error, Result};
 
 /// Timeouts, keep-alive and limits that every backend honours.
@@ -81,6 +82,49 @@ pub struct Options {
     /// at 256 KiB and double while the reader keeps up with the round-trip time, so a
     /// fast stream over a long path is not held to 256 KiB per round trip.
     pub max_stream_window: u32,
+    /// Handshakes one source may have in progress at once on a listener: an IPv4
+    /// address, or an IPv6 /64 ([`admission::Source`](crate::admission::Source)). Beyond
+    /// it a new TCP connection from that source is closed at once, and a QUIC attempt is
+    /// ignored while its address is unvalidated (refused once validated), so one host
+    /// cannot hold the [`max_pending_handshakes`](Options::max_pending_handshakes)
+    /// slots that everyone shares. 32 by default: agents behind one NAT that all
+    /// reconnect at once get in a few dozen at a time, the rest on their next attempt.
+    pub max_pending_per_source: usize,
+    /// How long a new connection has to send its first flight before it is dropped,
+    /// whatever [`handshake_timeout`](Options::handshake_timeout) says: over TCP the
+    /// whole TLS ClientHello; over QUIC, an attempt whose address is not validated must
+    /// complete its handshake within it. Silent and trickling connections free their
+    /// handshake slot after this, not after the handshake timeout. 3 s by default
+    /// (a client 1 s of round trip away still makes it).
+    pub first_flight_timeout: Duration,
+    /// When a QUIC listener validates a client's address with a Retry before it keeps
+    /// any state for it ([`QuicRetry::Auto`] by default).
+    pub quic_retry: QuicRetry,
+    /// The application's say on every connection attempt a listener sees, before the
+    /// caps above (none by default: every attempt goes on to them). See
+    /// [`admission`](crate::admission).
+    pub admission: Option<AdmissionHook>,
+}
+
+/// When a QUIC listener asks clients to prove their address (a Retry packet, RFC 9000
+/// section 8.1) before it keeps state for them.
+///
+/// A Retry costs a legitimate client one round trip, and lets a listener ignore floods of
+/// Initials from addresses that cannot receive its answers (spoofed sources).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuicRetry {
+    /// Validate once half of
+    /// [`max_pending_handshakes`](Options::max_pending_handshakes) are in use, or when a
+    /// source has half of its
+    /// [`max_pending_per_source`](Options::max_pending_per_source): no cost when the
+    /// listener is quiet.
+    #[default]
+    Auto,
+    /// Validate every client.
+    Always,
+    /// Never send a Retry.
+    Never,
 }
 
 impl Default for Options {
@@ -98,6 +142,10 @@ impl Default for Options {
             accept_backlog: 256,
             receive_budget: 256 * 1024 * 1024,
             max_stream_window: 16 * 1024 * 1024,
+            max_pending_per_source: 32,
+            first_flight_timeout: Duration::from_secs(3),
+            quic_retry: QuicRetry::Auto,
+            admission: None,
         }
     }
 }
@@ -175,6 +223,34 @@ impl Options {
         self
     }
 
+    /// Sets [`Options::max_pending_per_source`].
+    pub fn max_pending_per_source(&mut self, value: usize) -> &mut Self {
+        self.max_pending_per_source = value;
+        self
+    }
+
+    /// Sets [`Options::first_flight_timeout`].
+    pub fn first_flight_timeout(&mut self, value: Duration) -> &mut Self {
+        self.first_flight_timeout = value;
+        self
+    }
+
+    /// Sets [`Options::admission`]: `decide` is called with every connection attempt a
+    /// listener sees, before it keeps state for it.
+    pub fn admission(
+        &mut self,
+        decide: impl Fn(&Attempt) -> Admit + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.admission = Some(AdmissionHook::new(decide));
+        self
+    }
+
+    /// Sets [`Options::quic_retry`].
+    pub fn quic_retry(&mut self, value: QuicRetry) -> &mut Self {
+        self.quic_retry = value;
+        self
+    }
+
     /// The window every yamux stream starts with (fixed by the protocol): the least
     /// [`Options::receive_budget`] and [`Options::max_stream_window`] can be.
     pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
@@ -191,6 +267,7 @@ impl Options {
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", self.close_timeout),
             ("open_timeout", self.open_timeout),
+            ("first_flight_timeout", self.first_flight_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -227,6 +304,11 @@ impl Options {
         if self.max_pending_handshakes == 0 {
             return Err(Error::Config(
                 "max_pending_handshakes must be at least 1".into(),
+            ));
+        }
+        if self.max_pending_per_source == 0 {
+            return Err(Error::Config(
+                "max_pending_per_source must be at least 1".into(),
             ));
         }
         if self.accept_backlog == 0 {
