@@ -50,6 +50,7 @@ pub struct Listener {
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
     registry: Arc<SessionRegistry<Session>>,
+    close_timeout: Duration,
 }
 
 impl fmt::Debug for Listener {
@@ -93,7 +94,7 @@ impl Listener {
         let config = server_config(tls, &options)?;
         socket::configure(&socket);
         let endpoint = Endpoint::new(
-            EndpointConfig::default(),
+            endpoint_config(&options),
             Some(config),
             socket,
             Arc::new(TokioRuntime),
@@ -101,6 +102,7 @@ impl Listener {
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
+        let close_timeout = options.close_timeout;
         let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
         Ok(Listener {
             endpoint,
@@ -108,6 +110,7 @@ impl Listener {
             ready: Mutex::new(rx),
             task,
             registry,
+            close_timeout,
         })
     }
 
@@ -152,7 +155,9 @@ impl Listener {
     ///
     /// While it drains, new connection attempts are refused (`CONNECTION_REFUSED`), so
     /// that dialers fail at once and can go elsewhere; after [`close`](Listener::close)
-    /// alone they go unanswered until their connect timeout.
+    /// alone they go unanswered until their connect timeout. Before it returns it waits,
+    /// up to [`Options::close_timeout`], until the closes have left the socket, so the
+    /// process may exit right after.
     pub async fn shutdown(&self, grace: Duration) {
         self.task.abort();
         debug!(?grace, "listener shutting down");
@@ -170,6 +175,15 @@ impl Listener {
             () = refuse => draining.await,
         }
         self.close();
+        // The sessions' CONNECTION_CLOSEs are queued on the endpoint; wait until they
+        // have left, so a process that exits right after this does not strand its
+        // agents until their idle timeout.
+        if tokio::time::timeout(self.close_timeout, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            debug!("endpoint not idle within the close timeout");
+        }
     }
 }
 
@@ -277,6 +291,37 @@ async fn accept_loop(
             }
             drop(slot);
         });
+    }
+}
+
+/// The endpoint's settings: its stateless-reset key and connection-ID key derived from
+/// [`Options::quic_reset_secret`] when one is set, so that a restarted server resets the
+/// connections its predecessor held.
+fn endpoint_config(options: &Options) -> EndpointConfig {
+    match &options.quic_reset_secret {
+        Some(secret) => {
+            use ring::hmac;
+            // The secret (often the server's private key) is used only through this
+            // label-keyed HMAC, never directly as the reset key.
+            let derive = |label: &[u8]| {
+                hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, label), secret.expose())
+            };
+            let reset = derive(b"qymux quic stateless reset v1");
+            let mut config =
+                EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+            // Connection IDs carry a keyed check that the endpoint verifies before it
+            // answers a packet for an unknown connection: the new process must accept
+            // its predecessor's IDs as its own to reset them.
+            let cid = derive(b"qymux quic connection ids v1");
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&cid.as_ref()[..8]);
+            let cid_key = u64::from_le_bytes(cid_key);
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            config
+        }
+        None => EndpointConfig::default(),
     }
 }
 

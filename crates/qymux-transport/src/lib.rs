@@ -42,7 +42,7 @@ mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
-pub use options::{Options, QuicRetry};
+pub use options::{Options, QuicRetry, Secret};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
 

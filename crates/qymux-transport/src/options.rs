@@ -104,6 +104,46 @@ pub struct Options {
     /// caps above (none by default: every attempt goes on to them). See
     /// [`admission`](crate::admission).
     pub admission: Option<AdmissionHook>,
+    /// The secret a QUIC listener derives its stateless-reset key from (a random key per
+    /// process when `None`, the default).
+    ///
+    /// With a secret that survives a restart (the server's private key file is a good
+    /// one), a restarted server answers the first packet of each connection its
+    /// predecessor held with a stateless reset, and the agent redials at once; with a
+    /// random key the new process cannot prove it is the same server, drops the packets,
+    /// and each agent waits out its [`idle_timeout`](Options::idle_timeout). Anyone who
+    /// knows the secret can end this server's connections, so keep it as secret as the
+    /// server's key. Only the derived key is used: the secret itself is never sent.
+    pub quic_reset_secret: Option<Secret>,
+}
+
+/// Secret bytes (see [`Options::quic_reset_secret`]), never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(std::sync::Arc<[u8]>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(bytes: Vec<u8>) -> Self {
+        Secret(bytes.into())
+    }
+}
+
+impl From<&[u8]> for Secret {
+    fn from(bytes: &[u8]) -> Self {
+        Secret(bytes.into())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// When a QUIC listener asks clients to prove their address (a Retry packet, RFC 9000
@@ -146,6 +186,7 @@ impl Default for Options {
             first_flight_timeout: Duration::from_secs(3),
             quic_retry: QuicRetry::Auto,
             admission: None,
+            quic_reset_secret: None,
         }
     }
 }
@@ -245,6 +286,13 @@ impl Options {
         self
     }
 
+    /// Sets [`Options::quic_reset_secret`], for instance to the server's private key file
+    /// (`std::fs::read("server.key")?`).
+    pub fn quic_reset_secret(&mut self, secret: impl Into<Secret>) -> &mut Self {
+        self.quic_reset_secret = Some(secret.into());
+        self
+    }
+
     /// Sets [`Options::quic_retry`].
     pub fn quic_retry(&mut self, value: QuicRetry) -> &mut Self {
         self.quic_retry = value;
@@ -309,6 +357,16 @@ impl Options {
         if self.max_pending_per_source == 0 {
             return Err(Error::Config(
                 "max_pending_per_source must be at least 1".into(),
+            ));
+        }
+        if self
+            .quic_reset_secret
+            .as_ref()
+            .is_some_and(|secret| secret.expose().len() < 16)
+        {
+            // A short secret can be guessed, and its guesser can end every connection.
+            return Err(Error::Config(
+                "quic_reset_secret must be at least 16 bytes".into(),
             ));
         }
         if self.accept_backlog == 0 {

@@ -38,19 +38,23 @@ impl Qymux {
     /// Listens on `addr` (`host:port`; port 0 picks one) for the transports of the
     /// configured mode: in Auto, UDP and TCP on the same port. Needs
     /// [`Config::server_tls`].
+    ///
+    /// Unless [`Options::quic_reset_secret`](crate::Options::quic_reset_secret) is set,
+    /// the server's private key is that secret: a server restarted with the same key
+    /// resets its predecessor's QUIC connections on their next packet, so agents redial
+    /// at once instead of waiting out their idle timeout.
     pub async fn listen(&self, addr: &str) -> Result<Listener> {
-        let tls = self
-            .config
-            .server_tls
-            .as_ref()
-            .ok_or_else(|| {
-                Error::Config(
-                    "listening needs Config::server_tls (a certificate and its key)".into(),
-                )
-            })?
+        let server_tls = self.config.server_tls.as_ref().ok_or_else(|| {
+            Error::Config("listening needs Config::server_tls (a certificate and its key)".into())
+        })?;
+        let tls = server_tls
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Listener::bind(addr, tls, self.config.options.clone(), self.config.mode).await
+        let mut options = self.config.options.clone();
+        if options.quic_reset_secret.is_none() {
+            options.quic_reset_secret(server_tls.identity().private_key().secret_der());
+        }
+        Listener::bind(addr, tls, options, self.config.mode).await
     }
 
     /// Dials [`Config::server_addr`] and returns a session over whichever transport
