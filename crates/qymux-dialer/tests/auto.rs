@@ -325,3 +325,45 @@ async fn a_server_that_refuses_quic_is_busy_not_broken() {
         "the refusing endpoint was still serving"
     );
 }
+
+/// When the QUIC side of a dual listener dies, TCP agents are still served: `accept`
+/// fails only once neither transport is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_quic_side_leaves_tcp_served() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    // The QUIC side stops accepting (as when its endpoint ends).
+    listener.quic_listener().unwrap().close();
+
+    let dial = tokio::spawn({
+        let (addr, tls) = (addr.clone(), pki.client.clone());
+        async move { qymux_tcp::dial(&addr, "localhost", tls, &Options::default()).await }
+    });
+    let server = guard("accept over TCP", listener.accept())
+        .await
+        .expect("TCP is still served");
+    assert_eq!(server.protocol(), Protocol::Tcp);
+    let agent = dial.await.unwrap().unwrap();
+    let mut stream = agent.open().await.unwrap();
+    stream.write_all(b"ok").await.unwrap();
+    let mut incoming = server.accept().await.unwrap();
+    let mut buf = [0u8; 2];
+    incoming.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ok");
+
+    // With TCP gone too, accept says so.
+    listener.tcp_listener().unwrap().close();
+    assert!(
+        guard("accept with nothing left", listener.accept())
+            .await
+            .is_err()
+    );
+}
