@@ -36,6 +36,7 @@
 pub mod admission;
 mod boxed;
 mod error;
+pub mod eyeballs;
 mod options;
 pub mod registry;
 mod session;
