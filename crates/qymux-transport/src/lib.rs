@@ -43,7 +43,7 @@ mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
-pub use options::{Options, QuicRetry, Secret};
+pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
 
