@@ -103,6 +103,15 @@ impl TransportMemory {
         })
     }
 
+    /// The server answered over UDP (refused, busy, failed the handshake): the path
+    /// works, so any penalty is lifted; the measured round-trip time is kept.
+    pub fn quic_answered(&self, target: &str) {
+        self.with(target, |e| {
+            e.quic_broken_until = None;
+            e.next_penalty = None;
+        });
+    }
+
     /// How many targets are remembered.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
