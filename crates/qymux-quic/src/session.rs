@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     drain: Mutex<Drain>,
     /// What the drain task, `drain` and `accept` wait on.
     drain_signals: Arc<DrainSignals>,
+    /// The graceful close sequence, run once however many `close` calls overlap: a
+    /// second caller waits for the first's instead of cutting its delivery short.
+    closing: tokio::sync::OnceCell<()>,
 }
 
 #[derive(Default)]
@@ -372,6 +375,7 @@ impl Session {
                     events: Notify::new(),
                     done: watch::Sender::new(false),
                 }),
+                closing: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -480,35 +484,11 @@ impl Session {
     /// peer is sent `CONNECTION_CLOSE` (application code 0, reason `closed`). A dialed
     /// session then waits for its endpoint to go idle, so the close reaches the peer even
     /// if the process exits right after. All of it is bounded by
-    /// [`Options::close_timeout`].
+    /// [`Options::close_timeout`]. Calls that overlap share one sequence and all return
+    /// when it is done; if the call running it is dropped, the next one takes over.
     pub async fn close(&self) {
         let shared = &self.shared;
-        if shared.connection.close_reason().is_some() {
-            return;
-        }
-        let deadline = Instant::now() + shared.close_timeout;
-        let finishing = shared.take_finishing();
-        if !finishing.is_empty() {
-            let delivered = timeout_at(deadline, async {
-                for done in finishing {
-                    done.await;
-                }
-            })
-            .await;
-            if delivered.is_err() {
-                debug!("finished streams not acknowledged within the close timeout");
-            }
-        }
-        shared
-            .connection
-            .close(VarInt::from_u32(SESSION_CLOSED), b"closed");
-        if shared.owns_endpoint
-            && timeout_at(deadline, shared.endpoint.wait_idle())
-                .await
-                .is_err()
-        {
-            debug!("endpoint not idle within the close timeout");
-        }
+        shared.closing.get_or_init(|| close_sequence(shared)).await;
     }
 
     /// Drains the session; see [`qymux_transport::Session::drain`].
@@ -642,5 +622,37 @@ impl qymux_transport::Session for Session {
     }
     fn close_reason(&self) -> Option<CloseReason> {
         Session::close_reason(self)
+    }
+}
+
+/// Closes `shared`'s connection gracefully: finished streams deliver first (bounded by
+/// the close timeout), then `CONNECTION_CLOSE`; a dialed session waits for its endpoint
+/// to go idle.
+async fn close_sequence(shared: &Shared) {
+    if shared.connection.close_reason().is_some() {
+        return;
+    }
+    let deadline = Instant::now() + shared.close_timeout;
+    let finishing = shared.take_finishing();
+    if !finishing.is_empty() {
+        let delivered = timeout_at(deadline, async {
+            for done in finishing {
+                done.await;
+            }
+        })
+        .await;
+        if delivered.is_err() {
+            debug!("finished streams not acknowledged within the close timeout");
+        }
+    }
+    shared
+        .connection
+        .close(VarInt::from_u32(SESSION_CLOSED), b"closed");
+    if shared.owns_endpoint
+        && timeout_at(deadline, shared.endpoint.wait_idle())
+            .await
+            .is_err()
+    {
+        debug!("endpoint not idle within the close timeout");
     }
 }

@@ -318,3 +318,26 @@ async fn the_stream_grant_grows_with_use_up_to_max_streams() {
     assert_eq!(got, b"last");
     acceptor.abort();
 }
+
+/// Two `close` calls at once share one graceful sequence: the second does not cut short
+/// the delivery the first is waiting for, and both return when it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_closes_share_one_graceful_delivery() {
+    let (_listener, client, server) = pair().await;
+    let data = payload(5, 16 << 20);
+    let reader = tokio::spawn(async move {
+        let mut incoming = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        let read = incoming.read_to_end(&mut got).await;
+        (read.map(|_| got), server)
+    });
+    let mut stream = client.open().await.unwrap();
+    // The last windows' worth is still in flight (unacknowledged) when this returns.
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    tokio::join!(client.close(), client.close(), client.close());
+    let (got, server) = reader.await.unwrap();
+    let got = got.expect("every byte of a finished stream arrives before the close");
+    assert_eq!(sha256(&got), sha256(&data));
+    assert!(matches!(server.closed().await, CloseReason::Peer(_)));
+}
