@@ -638,6 +638,9 @@ impl qymux_transport::Session for Session {
     fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
         Session::accept(self)
     }
+    fn incoming(&self) -> qymux_transport::Incoming<Stream> {
+        Session::incoming(self)
+    }
     fn protocol(&self) -> Protocol {
         Protocol::Tcp
     }
@@ -820,6 +823,8 @@ impl Driver {
         Poll::Pending
     }
 }
+
+mod incoming;
 
 #[cfg(test)]
 mod tests;

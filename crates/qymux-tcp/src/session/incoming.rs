@@ -1,0 +1,43 @@
+//! Accepting by polling: [`Session::poll_accept`] and the allocation-free
+//! [`Session::incoming`].
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use qymux_transport::{Incoming, Result};
+
+use super::Session;
+use crate::stream::Stream;
+
+impl Session {
+    /// Polls for a stream the peer opened: [`accept`](Session::accept) as a poll
+    /// function, for hand-written futures and streams. Registers `cx`'s waker while no
+    /// stream waits; fails with the session's close reason once it has ended. Allocates
+    /// nothing (the stream's state was made when the peer's SYN arrived).
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<Stream>> {
+        let shared = &self.handle.shared;
+        shared
+            .with_conn(|c| c.poll_accept(cx.waker()))
+            .map_ok(|id| Stream::new(id, self.handle.clone()))
+    }
+
+    /// The streams the peer opens, then the session's close reason: see
+    /// [`qymux_transport::Session::incoming`]. Polls the engine's accept queue
+    /// directly ([`poll_accept`](Session::poll_accept)); nothing is allocated per
+    /// stream.
+    pub fn incoming(&self) -> Incoming<Stream> {
+        Incoming::new(Accepting(self.clone()))
+    }
+}
+
+/// [`Session::poll_accept`] as a [`futures::Stream`]; [`Incoming`] ends it at the first
+/// error.
+struct Accepting(Session);
+
+impl futures::Stream for Accepting {
+    type Item = Result<Stream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Stream>>> {
+        self.0.poll_accept(cx).map(Some)
+    }
+}
