@@ -5,6 +5,7 @@
 //! QUIC and Auto sessions thus pass exactly the same tests:
 //!
 //! - [`round_trips_both_directions`], [`stream_visible_before_any_write`],
+//!   [`incoming_yields_streams_in_order_then_the_reason`],
 //!   [`many_concurrent_streams`] (100 × 2 MiB, checksummed), [`half_close`];
 //! - [`abort_is_an_error_for_the_peer`] (while open, after the peer finished, on drop),
 //!   [`abort_after_shutdown_fails_the_peers_writes`], [`double_shutdown_is_harmless`];
@@ -290,6 +291,79 @@ pub async fn round_trips_both_directions<B: Backend>() {
         data,
         "listener-opened stream"
     );
+}
+
+/// `incoming()` yields the streams the peer opens in the order it opened them (those
+/// queued before it was polled and those opened while it waits), then, when the session
+/// ends, one error with the close reason, then `None` for good. A new `incoming()` on
+/// the ended session yields the reason once too.
+pub async fn incoming_yields_streams_in_order_then_the_reason<B: Backend>() {
+    use futures::StreamExt as _;
+
+    let p = pair::<B>().await;
+    let mut opened = Vec::new();
+    let open_tagged = |tag: u8| {
+        let client = p.client.clone();
+        async move {
+            let mut s = client.open().await.expect("open");
+            s.write_all(&[tag]).await.expect("write tag");
+            s.shutdown().await.expect("finish");
+            s
+        }
+    };
+    // Three are queued before anything accepts...
+    for tag in 0..3 {
+        opened.push(open_tagged(tag).await);
+    }
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut incoming = p.server.incoming();
+    let consumer = tokio::spawn(async move {
+        let mut tags = Vec::new();
+        while let Some(item) = incoming.next().await {
+            match item {
+                Ok(mut stream) => {
+                    let mut tag = Vec::new();
+                    stream.read_to_end(&mut tag).await.expect("read tag");
+                    tags.extend_from_slice(&tag);
+                    let _ = got_tx.send(());
+                }
+                Err(err) => {
+                    // The end: the stream is over for good.
+                    assert!(incoming.next().await.is_none());
+                    assert!(incoming.next().await.is_none());
+                    return (tags, err);
+                }
+            }
+        }
+        panic!("incoming ended without yielding the close reason");
+    });
+    for _ in 0..3 {
+        got_rx.recv().await.expect("consumer alive");
+    }
+    // ...two more while it waits for the next one.
+    for tag in 3..5 {
+        opened.push(open_tagged(tag).await);
+        got_rx.recv().await.expect("consumer alive");
+    }
+    p.client.close().await;
+    let (tags, err) = tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("incoming ends when the session ends")
+        .expect("consumer task");
+    assert_eq!(tags, [0, 1, 2, 3, 4], "in the order they were opened");
+    assert!(matches!(err, Error::ClosedByPeer(_)), "{err:?}");
+    assert!(matches!(
+        p.server.close_reason(),
+        Some(CloseReason::Peer(_))
+    ));
+
+    let mut after = p.server.incoming();
+    assert!(matches!(
+        after.next().await,
+        Some(Err(Error::ClosedByPeer(_)))
+    ));
+    assert!(after.next().await.is_none());
+    drop(opened);
 }
 
 /// The peer's accept sees a stream before anything is written on it.
@@ -1067,6 +1141,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $backend;
             round_trips_both_directions,
             stream_visible_before_any_write,
+            incoming_yields_streams_in_order_then_the_reason,
             many_concurrent_streams,
             half_close,
             abort_is_an_error_for_the_peer,

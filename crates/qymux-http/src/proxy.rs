@@ -1,7 +1,6 @@
 //! A reverse proxy serving a local HTTP(S) service on the streams a session accepts.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +14,11 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use qymux_transport::{CloseReason, Error, Session};
+use qymux_transport::Session;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::headers;
-use crate::io::SessionIo;
+use crate::serve::{ServeHandle, ServeOptions, StateGuard, StopReason, serve_with};
 use crate::target::{BoxError, TargetConnector, system_roots_config};
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -137,38 +133,13 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// Why a proxy stopped serving.
-#[non_exhaustive]
-#[derive(Debug, Clone)]
-pub enum StopReason {
-    /// [`ProxyHandle::shutdown`] was called.
-    Shutdown,
-    /// The session ended (closed by either side, or failed).
-    SessionClosed(CloseReason),
-    /// Accepting a stream failed while the session was still alive.
-    AcceptFailed(Error),
-    /// The serving task ended without a reason: it panicked, or its runtime shut down.
-    Aborted,
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopReason::Shutdown => f.write_str("shut down"),
-            StopReason::SessionClosed(reason) => write!(f, "session {reason}"),
-            StopReason::AcceptFailed(err) => write!(f, "accepting a stream failed: {err}"),
-            StopReason::Aborted => f.write_str("the serving task ended unexpectedly"),
-        }
-    }
-}
-
 /// Controls a running [`serve_proxy`] and tells when and why it stopped.
 ///
 /// Cheap to clone. Dropping every handle does not stop the proxy: it serves until
 /// [`ProxyHandle::shutdown`] or until the session ends.
 #[derive(Debug, Clone)]
 pub struct ProxyHandle {
-    shutdown: Arc<watch::Sender<bool>>,
+    serving: ServeHandle,
     state: watch::Receiver<Option<StopReason>>,
     target: Uri,
 }
@@ -179,7 +150,7 @@ impl ProxyHandle {
     /// (also upgraded ones) is cut. Returns at once; [`ProxyHandle::stopped`] waits for
     /// the end. The session itself stays open. Calling it again is harmless.
     pub fn shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.serving.shutdown();
     }
 
     /// Waits until the proxy has stopped, and says why.
@@ -258,24 +229,31 @@ pub async fn serve_proxy<S: Session>(
         .pool_idle_timeout(options.target_idle_timeout)
         .build(TargetConnector::new(http, tls));
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(None);
     let (cut_tx, cut_rx) = watch::channel(false);
+    let mut serve_options = ServeOptions::default();
+    serve_options.shutdown_timeout(Some(options.shutdown_timeout));
+    let target_uri = parsed.uri.clone();
     let proxy = Arc::new(Proxy {
         client,
         target: parsed,
         options,
         cut: cut_rx,
     });
-    tokio::spawn(run(
-        session,
-        proxy,
-        shutdown_rx,
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
+    });
+    // The one accept-and-serve path: the proxy is a service like any other.
+    let serving = serve_with(session, service, serve_options);
+    tokio::spawn(report_stop(
+        serving.clone(),
+        target_uri,
         cut_tx,
         StateGuard(Some(state_tx)),
     ));
     Ok(ProxyHandle {
-        shutdown: Arc::new(shutdown_tx),
+        serving,
         state: state_rx,
         target,
     })
@@ -286,83 +264,16 @@ fn with_http11_alpn(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfi
     Arc::new(config)
 }
 
-/// Reports the stop reason; reports [`StopReason::Aborted`] if the task ends without one.
-struct StateGuard(Option<watch::Sender<Option<StopReason>>>);
-
-impl StateGuard {
-    fn report(mut self, reason: StopReason) {
-        if let Some(tx) = self.0.take() {
-            tx.send_replace(Some(reason));
-        }
-    }
-}
-
-impl Drop for StateGuard {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            tx.send_replace(Some(StopReason::Aborted));
-        }
-    }
-}
-
-/// The accept loop.
-async fn run<S: Session>(
-    session: S,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
+/// Waits for serving to stop, then cuts the upgraded connections and reports why.
+async fn report_stop(
+    serving: ServeHandle,
+    target: Uri,
     cut: watch::Sender<bool>,
     state: StateGuard,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-
-    let reason = loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break StopReason::Shutdown,
-            accepted = session.accept() => match accepted {
-                Ok(stream) => {
-                    let proxy = proxy.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
-                    });
-                    let connection = builder
-                        .serve_connection_with_upgrades(SessionIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!("proxied HTTP connection ended: {err}");
-                        }
-                    });
-                }
-                Err(err) => {
-                    break match session.close_reason() {
-                        Some(reason) => StopReason::SessionClosed(reason),
-                        None => StopReason::AcceptFailed(err),
-                    };
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    };
-
-    if matches!(reason, StopReason::Shutdown) {
-        let timeout = proxy.options.shutdown_timeout;
-        if tokio::time::timeout(timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::debug!("proxy shutdown: connections still open after {timeout:?} are cut");
-        }
-    }
-    connections.abort_all();
+    let reason = serving.stopped().await;
     cut.send_replace(true);
-    while connections.join_next().await.is_some() {}
-    tracing::debug!(target = %proxy.target.uri, "proxy stopped: {reason}");
+    tracing::debug!(%target, "proxy stopped: {reason}");
     state.report(reason);
 }
 
@@ -579,6 +490,8 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt;
+
     use super::*;
 
     fn target(s: &str) -> Result<Target, ProxyError> {

@@ -10,6 +10,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Result};
+use crate::incoming::Incoming;
 
 /// The transport a session runs on.
 #[non_exhaustive]
@@ -181,6 +182,18 @@ pub trait Session: Clone + Send + Sync + 'static {
     /// Waits for the next stream the peer opens. Fails with the session's close reason
     /// once the session has ended.
     fn accept(&self) -> impl Future<Output = Result<Self::Stream>> + Send;
+
+    /// The streams the peer opens, as a [`futures::Stream`] that ends with the session:
+    /// `Ok(stream)` items in the order the peer opened them, then one `Err` with the
+    /// session's close reason (as [`CloseReason::to_error`] gives it), then `None`. See
+    /// [`Incoming`].
+    ///
+    /// It accepts as [`accept`](Session::accept) does, without allocating per stream (the
+    /// default implementation keeps one `accept` future and replaces it in place; a
+    /// backend may poll its accept queue directly).
+    fn incoming(&self) -> Incoming<Self::Stream> {
+        Incoming::from_session(self.clone())
+    }
 
     /// The transport this session runs on.
     fn protocol(&self) -> Protocol;
