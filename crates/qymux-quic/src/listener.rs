@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::config::server_config;
 use crate::dial::negotiated_protocol;
 use crate::error::handshake_failure;
-use crate::session::Session;
+use crate::session::{Session, presented_certificates};
 use crate::socket;
 
 /// How many finished handshakes may wait for [`Listener::accept`] before handshakes
@@ -82,7 +82,7 @@ impl Listener {
         options: Options,
     ) -> Result<Listener> {
         options.validate()?;
-        let config = server_config(tls, &options)?;
+        let config = server_config(tls.clone(), &options)?;
         socket::configure(&socket);
         let endpoint = Endpoint::new(
             EndpointConfig::default(),
@@ -93,7 +93,13 @@ impl Listener {
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
+        let task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tls,
+            options,
+            tx,
+            registry.clone(),
+        ));
         Ok(Listener {
             endpoint,
             local_addr,
@@ -187,6 +193,7 @@ impl qymux_transport::Listener for Listener {
 
 async fn accept_loop(
     endpoint: Endpoint,
+    tls: Arc<rustls::ServerConfig>,
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
@@ -215,8 +222,9 @@ async fn accept_loop(
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
+        let tls = tls.clone();
         handshakes.spawn(async move {
-            match handshake(incoming, endpoint, &options).await {
+            match handshake(incoming, endpoint, &tls, &options).await {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
                     let refused = Error::LimitReached(Limit::Sessions(
                         options.max_sessions.unwrap_or_default(),
@@ -237,7 +245,12 @@ async fn accept_loop(
     }
 }
 
-async fn handshake(incoming: Incoming, endpoint: Endpoint, options: &Options) -> Result<Session> {
+async fn handshake(
+    incoming: Incoming,
+    endpoint: Endpoint,
+    tls: &Arc<rustls::ServerConfig>,
+    options: &Options,
+) -> Result<Session> {
     let failed =
         |e: quinn::ConnectionError| handshake_failure(&e, Side::Server, options.handshake_timeout);
     let connecting = incoming.accept().map_err(failed)?;
@@ -253,5 +266,19 @@ async fn handshake(incoming: Incoming, endpoint: Endpoint, options: &Options) ->
         connection.close(VarInt::from_u32(0), b"no qymux ALPN");
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
-    Ok(Session::new(connection, endpoint, false, options))
+    let presented = presented_certificates(&connection);
+    let peer_identity = match qymux_tls::client_identity(tls, presented.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            connection.close(VarInt::from_u32(0), b"client certificate not verified");
+            return Err(Error::Handshake(e));
+        }
+    };
+    Ok(Session::new(
+        connection,
+        endpoint,
+        false,
+        options,
+        peer_identity,
+    ))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qymux_tls::Side;
 use qymux_transport::registry::SessionRegistry;
-use qymux_transport::{Error, HandshakeError, Limit, Options, PeerIdentity, Result, TimeoutKind};
+use qymux_transport::{Error, HandshakeError, Limit, Options, Result, TimeoutKind};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -69,13 +69,7 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let task = tokio::spawn(accept_loop(
-            tcp,
-            TlsAcceptor::from(tls),
-            options,
-            tx,
-            registry.clone(),
-        ));
+        let task = tokio::spawn(accept_loop(tcp, tls, options, tx, registry.clone()));
         Listener {
             local_addr,
             ready: Mutex::new(rx),
@@ -144,11 +138,12 @@ impl qymux_transport::Listener for Listener {
 
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
 ) {
+    let acceptor = TlsAcceptor::from(tls.clone());
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
@@ -171,11 +166,12 @@ async fn accept_loop(
             continue;
         };
         let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
         handshakes.spawn(async move {
-            match handshake(stream, peer, &acceptor, &options).await {
+            match handshake(stream, peer, &acceptor, &tls, &options).await {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
                     let refused = Error::LimitReached(Limit::Sessions(
                         options.max_sessions.unwrap_or_default(),
@@ -198,6 +194,7 @@ async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: &TlsAcceptor,
+    config: &Arc<rustls::ServerConfig>,
     options: &Options,
 ) -> Result<Session> {
     socket::configure(&stream, options);
@@ -215,9 +212,9 @@ async fn handshake(
         // none is not a Qymux peer either.
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
-    let peer_identity = conn
-        .peer_certificates()
-        .and_then(|certs| PeerIdentity::new(certs.to_vec()));
+    // Only the verified path (or the leaf), not whatever else the client sent.
+    let peer_identity =
+        qymux_tls::client_identity(config, conn.peer_certificates()).map_err(Error::Handshake)?;
     Ok(Session::start(Start {
         io: tls,
         role: Role::Server,

@@ -35,15 +35,20 @@
 
 mod boxed;
 mod error;
+mod escape;
 mod options;
 pub mod registry;
 mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
+pub use escape::{PeerText, escape_peer_text};
 pub use options::Options;
 pub use rustls_pki_types::CertificateDer;
-pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
+pub use session::{
+    CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream,
+    Verification,
+};
 
 /// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.
 pub const ALPN: &[u8] = b"qymux";
