@@ -99,8 +99,10 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 mod client;
+mod forwarded;
 mod headers;
 mod io;
+mod path;
 mod proxy;
 mod target;
 
