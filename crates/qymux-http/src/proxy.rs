@@ -492,22 +492,18 @@ struct Proxy {
 
 impl Proxy {
     /// Rewrites a request for the target: URI (path kept under the base path), `Host`,
-    /// hop-by-hop and forwarding headers. A request that cannot be forwarded gets the
-    /// `400 Bad Request` returned.
-    #[allow(clippy::result_large_err)]
+    /// hop-by-hop and forwarding headers. For a request that cannot be forwarded, the
+    /// body of the `400 Bad Request` it gets.
     fn rewrite(
         &self,
         parts: &mut http::request::Parts,
         upgrade: Option<HeaderValue>,
-    ) -> Result<(), Response<ProxyBody>> {
+    ) -> Result<(), String> {
         let uri = self.target.uri_for(&parts.uri).map_err(|err| {
             // The path is the client's: escaped before it reaches a log line.
             let shown = PeerText(parts.uri.path()).to_string();
             tracing::debug!(path = %shown, "request refused: {err}");
-            plain(
-                StatusCode::BAD_REQUEST,
-                format!("qymux-http: cannot forward {shown}: {err}\n"),
-            )
+            format!("qymux-http: cannot forward {shown}: {err}\n")
         })?;
         // The authority the client asked for: Host (HTTP/1.1), or the URI's (HTTP/2
         // :authority, absolute-form).
@@ -558,8 +554,8 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        if let Err(response) = self.rewrite(&mut parts, upgrade) {
-            return response;
+        if let Err(refused) = self.rewrite(&mut parts, upgrade) {
+            return plain(StatusCode::BAD_REQUEST, refused);
         }
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();

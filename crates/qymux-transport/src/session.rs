@@ -314,8 +314,9 @@ pub trait Session: Clone + Send + Sync + 'static {
     /// The peer's socket address.
     fn remote_addr(&self) -> SocketAddr;
 
-    /// The peer's verified certificate chain, where it presented one (always for a server;
-    /// for a client only with mTLS).
+    /// Who the peer is, as far as it was verified, where it presented a certificate
+    /// (always for a server; for a client only with mTLS): the path webpki built, or the
+    /// pinned leaf alone (see [`PeerIdentity`]).
     fn peer_identity(&self) -> Option<PeerIdentity>;
 
     /// Closes the session gracefully: tells the peer (yamux GoAway + TLS close_notify, or
