@@ -194,6 +194,18 @@ mod tests {
         };
         run(&args, Path::new("/")).unwrap();
         let client = std::fs::read_to_string(dir.0.join("client.pem")).unwrap();
+        // Both leaves live three days (plus the hour they are backdated); the CA does not.
+        for leaf in ["client.pem", "server.pem", "ca.pem"] {
+            let cert = &qymux_cert::load_certs_pem(dir.0.join(leaf)).unwrap()[0];
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+            let validity = parsed.validity();
+            let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+            if leaf == "ca.pem" {
+                assert!(span > 365 * 86_400, "{leaf}: {span} s");
+            } else {
+                assert_eq!(span, 3 * 86_400 + 3_600, "{leaf}");
+            }
+        }
 
         args.crl = true;
         args.days = None;
@@ -202,6 +214,9 @@ mod tests {
         let crl = std::fs::read_to_string(dir.0.join("crl.pem")).unwrap();
         assert!(crl.starts_with("-----BEGIN X509 CRL-----\n"), "{crl}");
         assert!(crl.trim_end().ends_with("-----END X509 CRL-----"), "{crl}");
+        // The file is what a server loads.
+        let crls = qymux_tls::Crls::from_files([dir.0.join("crl.pem")]).unwrap();
+        assert_eq!(crls.len(), 1);
 
         // A certificate of another CA cannot be revoked by this one.
         let other = CertificateAuthority::new("Other").unwrap();
