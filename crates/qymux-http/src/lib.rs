@@ -106,9 +106,11 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 mod client;
+mod forwarded;
 mod headers;
 mod info;
 mod io;
+mod path;
 mod proxy;
 mod serve;
 mod target;

@@ -338,18 +338,25 @@ impl fmt::Debug for Session {
     }
 }
 
+/// The certificates the peer presented, as it sent them (not verified as a chain).
+pub(crate) fn presented_certificates(
+    connection: &quinn::Connection,
+) -> Option<Vec<CertificateDer<'static>>> {
+    connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
+}
+
 impl Session {
-    /// Wraps an established connection.
+    /// Wraps an established connection; `peer_identity` is what `qymux_tls` verified.
     pub(crate) fn new(
         connection: quinn::Connection,
         endpoint: quinn::Endpoint,
         owns_endpoint: bool,
         options: &Options,
+        peer_identity: Option<PeerIdentity>,
     ) -> Session {
-        let peer_identity = connection
-            .peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| PeerIdentity::new(*chain));
         Session {
             shared: Arc::new(Shared {
                 connection,

@@ -37,6 +37,7 @@
 pub mod admission;
 mod boxed;
 mod error;
+mod escape;
 pub mod eyeballs;
 mod incoming;
 mod options;
@@ -45,10 +46,14 @@ mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
+pub use escape::{PeerText, escape_peer_text};
 pub use incoming::Incoming;
 pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
 pub use rustls_pki_types::CertificateDer;
-pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
+pub use session::{
+    CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream,
+    Verification,
+};
 
 /// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.
 pub const ALPN: &[u8] = b"qymux";

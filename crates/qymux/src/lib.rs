@@ -138,8 +138,9 @@ pub use qymux_dialer::{Backoff, ReconnectConfig, ReconnectState, Reconnecting};
 
 #[doc(inline)]
 pub use qymux_transport::{
-    ALPN, BoxListener, BoxSession, BoxStream, CloseReason, Error, HandshakeError, Incoming, Limit,
-    Mode, Options, PeerIdentity, Protocol, Result, Session, Stream, TimeoutKind,
+    ALPN, BoxListener, BoxSession, BoxStream, CertificateNames, CloseReason, Error, HandshakeError,
+    Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Result, Session, Stream,
+    TimeoutKind, Verification, escape_peer_text,
 };
 
 /// Certificates: a CA, server and client certificates, PEM, fingerprints.
