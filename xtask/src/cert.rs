@@ -36,6 +36,9 @@ pub(crate) fn existing(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
+    if args.crl {
+        return crl(args, root);
+    }
     let dir = resolve(root, &args.out);
     if !args.force {
         let existing = existing(&dir);
@@ -54,7 +57,10 @@ pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
 
     // Make everything first, so that a bad name leaves no files behind.
     let server_names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
-    let ca = CertificateAuthority::new(&args.ca_name).context("making the CA")?;
+    let mut ca = CertificateAuthority::new(&args.ca_name).context("making the CA")?;
+    if let Some(days) = args.days {
+        ca = ca.with_leaf_validity_days(days)?;
+    }
     let server = ca
         .issue_server(&server_names)
         .context("making the server certificate")?;
@@ -89,6 +95,42 @@ pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
     println!("Trust ca.pem on both sides (roots for the dialer, client roots for mTLS),");
     println!("or pin the server instead: sha256:{}", server.fingerprint());
     check_round_trip(&dir, &server)?;
+    Ok(())
+}
+
+/// `cert --crl`: a CRL signed by the CA in the output directory, revoking `--revoke`.
+fn crl(args: &CertArgs, root: &Path) -> Result<()> {
+    let dir = resolve(root, &args.out);
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca = CertificateAuthority::from_pem(&read("ca.pem")?, &read("ca.key")?)
+        .context("loading the CA")?;
+    let mut revoked = Vec::new();
+    for path in &args.revoke {
+        let path = resolve(root, path);
+        let certs = qymux_cert::load_certs_pem(&path)?;
+        revoked.push(certs.into_iter().next().context("no certificate")?);
+    }
+    let refs: Vec<_> = revoked.iter().collect();
+    let list = ca
+        .revocation_list(&refs, args.days.unwrap_or(7))
+        .context("signing the CRL")?;
+    let out = dir.join("crl.pem");
+    std::fs::write(&out, qymux_cert::crl_to_pem(&list))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "Wrote {} revoking {} certificate(s):",
+        out.display(),
+        revoked.len()
+    );
+    for cert in &revoked {
+        println!("  SHA-256 {}", Fingerprint::of(cert));
+    }
+    println!(
+        "Load it with ServerTls::client_crl_files, and reload it (Crls::reload) when it changes."
+    );
     Ok(())
 }
 
@@ -140,6 +182,50 @@ mod tests {
             PathBuf::from("/work/repo/certs")
         );
         assert_eq!(resolve(root, Path::new("/tmp/c")), PathBuf::from("/tmp/c"));
+    }
+
+    #[test]
+    fn short_lived_certificates_and_a_crl() {
+        let dir = TempDir::new("cert-crl");
+        let mut args = CertArgs {
+            out: dir.0.clone(),
+            days: Some(3),
+            ..CertArgs::default()
+        };
+        run(&args, Path::new("/")).unwrap();
+        let client = std::fs::read_to_string(dir.0.join("client.pem")).unwrap();
+        // Both leaves live three days (plus the hour they are backdated); the CA does not.
+        for leaf in ["client.pem", "server.pem", "ca.pem"] {
+            let cert = &qymux_cert::load_certs_pem(dir.0.join(leaf)).unwrap()[0];
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+            let validity = parsed.validity();
+            let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+            if leaf == "ca.pem" {
+                assert!(span > 365 * 86_400, "{leaf}: {span} s");
+            } else {
+                assert_eq!(span, 3 * 86_400 + 3_600, "{leaf}");
+            }
+        }
+
+        args.crl = true;
+        args.days = None;
+        args.revoke = vec![dir.0.join("client.pem")];
+        run(&args, Path::new("/")).unwrap();
+        let crl = std::fs::read_to_string(dir.0.join("crl.pem")).unwrap();
+        assert!(crl.starts_with("-----BEGIN X509 CRL-----\n"), "{crl}");
+        assert!(crl.trim_end().ends_with("-----END X509 CRL-----"), "{crl}");
+        // The file is what a server loads.
+        let crls = qymux_tls::Crls::from_files([dir.0.join("crl.pem")]).unwrap();
+        assert_eq!(crls.len(), 1);
+
+        // A certificate of another CA cannot be revoked by this one.
+        let other = CertificateAuthority::new("Other").unwrap();
+        let stranger = dir.0.join("stranger.pem");
+        std::fs::write(&stranger, other.issue_client("x").unwrap().cert_pem()).unwrap();
+        args.revoke = vec![stranger];
+        let error = format!("{:#}", run(&args, Path::new("/")).unwrap_err());
+        assert!(error.contains("not issued by this CA"), "{error}");
+        assert!(!client.is_empty());
     }
 
     #[test]

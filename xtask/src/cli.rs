@@ -29,7 +29,15 @@ cargo xtask cert [OPTIONS]
                            [default: localhost, 127.0.0.1, ::1]
     --client-name NAME     Common name of the client (agent) certificate
                            [default: qymux-agent]
+    --days N               Validity of the server and client certificates, in days
+                           [default: 731]; short-lived client certificates are how
+                           agents rotate (docs/security.md)
     --force                Overwrite existing files
+    --crl                  Instead: sign a certificate revocation list with the CA in
+                           DIR (ca.pem, ca.key) and write it to DIR/crl.pem (replacing
+                           it); with --days N, its next update is in N days [default: 7]
+    --revoke FILE          With --crl: a certificate (PEM) the CRL revokes; repeat for
+                           several. Without it, the CRL revokes nothing
 
 cargo xtask coverage [OPTIONS] [-- ARGS...]
     Installs what is missing (cargo-llvm-cov; Debian's llvm-22), runs
@@ -143,6 +151,12 @@ pub(crate) struct CertArgs {
     pub(crate) server_names: Vec<String>,
     pub(crate) client_name: String,
     pub(crate) force: bool,
+    /// Validity of the leaves (or, with `crl`, the CRL's next update), in days.
+    pub(crate) days: Option<u32>,
+    /// Write a CRL instead of certificates.
+    pub(crate) crl: bool,
+    /// The certificates the CRL revokes.
+    pub(crate) revoke: Vec<PathBuf>,
 }
 
 impl Default for CertArgs {
@@ -155,6 +169,9 @@ impl Default for CertArgs {
                 .to_vec(),
             client_name: "qymux-agent".to_owned(),
             force: false,
+            days: None,
+            crl: false,
+            revoke: Vec::new(),
         }
     }
 }
@@ -187,7 +204,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
 
 fn parse_cert(args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut parsed = CertArgs::default();
-    let (mut out, mut ca_name, mut client_name) = (None, None, None);
+    let (mut out, mut ca_name, mut client_name, mut days) = (None, None, None, None);
     let mut server_names = Vec::new();
     let mut args = Args::new(args);
     while let Some(flag) = args.next_flag()? {
@@ -197,6 +214,12 @@ fn parse_cert(args: impl Iterator<Item = String>) -> Result<Command, String> {
             "--ca-name" => set_once(&mut ca_name, &flag, args.value(&flag)?)?,
             "--client-name" => set_once(&mut client_name, &flag, args.value(&flag)?)?,
             "--server-name" => server_names.push(args.value(&flag)?),
+            "--days" => set_once(&mut days, &flag, args.value(&flag)?)?,
+            "--revoke" => parsed.revoke.push(PathBuf::from(args.value(&flag)?)),
+            "--crl" => {
+                args.no_value(&flag)?;
+                parsed.crl = true;
+            }
             "--force" => {
                 args.no_value(&flag)?;
                 parsed.force = true;
@@ -215,6 +238,19 @@ fn parse_cert(args: impl Iterator<Item = String>) -> Result<Command, String> {
     }
     if !server_names.is_empty() {
         parsed.server_names = server_names;
+    }
+    if let Some(days) = days {
+        match days.parse::<u32>() {
+            Ok(n) if n > 0 => parsed.days = Some(n),
+            _ => {
+                return Err(format!(
+                    "--days needs a positive whole number, not {days:?}"
+                ));
+            }
+        }
+    }
+    if !parsed.revoke.is_empty() && !parsed.crl {
+        return Err("--revoke needs --crl".to_owned());
     }
     Ok(Command::Cert(parsed))
 }
@@ -459,6 +495,9 @@ mod tests {
             ("cert --force=yes", "takes no value"),
             ("cert --out a --out b", "more than once"),
             ("cert --ca-name a --ca-name=b", "more than once"),
+            ("cert --days 0", "positive whole number"),
+            ("cert --days soon", "positive whole number"),
+            ("cert --revoke c.pem", "needs --crl"),
             ("frobnicate", "unknown task"),
         ] {
             match parse_str(line) {

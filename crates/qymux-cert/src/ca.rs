@@ -4,9 +4,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls_pki_types::CertificateDer;
-use time::OffsetDateTime;
+use rcgen::{
+    BasicConstraints, CertificateRevocationListParams, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::{Duration, OffsetDateTime};
 
 use crate::pem::{certs_to_pem, encode_block, parse_certs_pem, parse_key_pem, write_pair};
 use crate::x509::{self, CA_VALIDITY, LEAF_VALIDITY};
@@ -45,7 +48,12 @@ pub struct CertificateAuthority {
     cert: CertificateDer<'static>,
     issuer: Arc<Issuer<'static, KeyPair>>,
     not_after: OffsetDateTime,
+    leaf_validity: Duration,
 }
+
+/// The longest validity [`CertificateAuthority::with_leaf_validity_days`] accepts: about
+/// ten years (a CA's own validity).
+pub const MAX_VALIDITY_DAYS: u32 = 3653;
 
 impl CertificateAuthority {
     /// Creates a new CA with a fresh key and a self-signed certificate whose subject is
@@ -66,6 +74,7 @@ impl CertificateAuthority {
             cert,
             issuer: Arc::new(Issuer::new(params, key_pair)),
             not_after,
+            leaf_validity: LEAF_VALIDITY,
         })
     }
 
@@ -135,7 +144,90 @@ impl CertificateAuthority {
             cert,
             issuer: Arc::new(issuer),
             not_after,
+            leaf_validity: LEAF_VALIDITY,
         })
+    }
+
+    /// Makes the certificates this CA issues from now on valid for `days` days (from an
+    /// hour ago, never beyond the CA) instead of about two years.
+    ///
+    /// Short-lived client certificates are how agents rotate: an agent whose key leaks is
+    /// locked out when its certificate expires even if nobody revokes it, and a fresh
+    /// certificate from the same CA replaces it without touching the server.
+    ///
+    /// ```
+    /// let ca = qymux_cert::CertificateAuthority::new("Agents CA")?.with_leaf_validity_days(7)?;
+    /// let agent = ca.issue_client("agent-7")?; // valid for a week
+    /// # let _ = agent;
+    /// # Ok::<(), qymux_cert::CertError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::InvalidValidity`] for 0 days or more than [`MAX_VALIDITY_DAYS`].
+    pub fn with_leaf_validity_days(mut self, days: u32) -> Result<Self> {
+        if days == 0 || days > MAX_VALIDITY_DAYS {
+            return Err(CertError::InvalidValidity(format!(
+                "{days} days: expected 1 to {MAX_VALIDITY_DAYS}"
+            )));
+        }
+        self.leaf_validity = Duration::days(i64::from(days));
+        Ok(self)
+    }
+
+    /// Signs a certificate revocation list (CRL) naming `revoked` (certificates this CA
+    /// issued) as revoked, valid until `next_update_days` days from now. Servers load it
+    /// with `qymux_tls::Crls`; write it with [`crl_to_pem`](crate::crl_to_pem).
+    ///
+    /// An empty `revoked` makes a valid CRL that revokes nothing (what a server loads
+    /// before anything was revoked). The CRL number is the current Unix time, so a newer
+    /// CRL has a higher number.
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::InvalidCertificate`] if one of `revoked` is not an X.509
+    /// certificate or was not issued by this CA; [`CertError::InvalidValidity`] if
+    /// `next_update_days` is 0 or over [`MAX_VALIDITY_DAYS`]; [`CertError::Generate`]
+    /// if signing fails.
+    pub fn revocation_list(
+        &self,
+        revoked: &[&CertificateDer<'_>],
+        next_update_days: u32,
+    ) -> Result<CertificateRevocationListDer<'static>> {
+        if next_update_days == 0 || next_update_days > MAX_VALIDITY_DAYS {
+            return Err(CertError::InvalidValidity(format!(
+                "next update in {next_update_days} days: expected 1 to {MAX_VALIDITY_DAYS}"
+            )));
+        }
+        let ca = x509::parse(&self.cert, "CA certificate")?;
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for (i, cert) in revoked.iter().enumerate() {
+            let name = format!("revoked certificate #{}", i + 1);
+            let parsed = x509::parse(cert, &name)?;
+            if parsed.issuer().as_raw() != ca.subject().as_raw() {
+                return Err(CertError::InvalidCertificate {
+                    source_name: name,
+                    reason: "not issued by this CA".to_owned(),
+                });
+            }
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(parsed.raw_serial()),
+                revocation_time: now,
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let number = u64::try_from(now.unix_timestamp()).unwrap_or_default();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(i64::from(next_update_days)),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().clone())
     }
 
     /// The CA certificate (what peers add to their trust roots).
@@ -167,7 +259,8 @@ impl CertificateAuthority {
     /// address subject alternative name, any other a DNS name (`*.example.com` is
     /// allowed). The subject's common name is the first name (left out if it is longer than
     /// the 64 bytes a common name may have). The certificate has the
-    /// extended key usage `serverAuth`, is not a CA, and is valid for about two years
+    /// extended key usage `serverAuth`, is not a CA, and is valid for about two years (or
+    /// as [`with_leaf_validity_days`](Self::with_leaf_validity_days) says)
     /// (never beyond the CA). The identity's chain is just the leaf: peers are expected to
     /// trust the CA itself.
     ///
@@ -187,7 +280,8 @@ impl CertificateAuthority {
     /// fresh ECDSA P-256 key.
     ///
     /// The certificate has the extended key usage `clientAuth`, is not a CA, and is valid
-    /// for about two years (never beyond the CA). If `common_name` is a valid DNS name,
+    /// for about two years, or as [`with_leaf_validity_days`](Self::with_leaf_validity_days)
+    /// says (never beyond the CA). If `common_name` is a valid DNS name,
     /// it is also a DNS subject alternative name.
     ///
     /// # Errors
@@ -233,7 +327,7 @@ impl CertificateAuthority {
                 reason: format!("expired on {}", self.not_after),
             });
         }
-        let mut params = x509::base_params(common_name, LEAF_VALIDITY, Some(self.not_after))?;
+        let mut params = x509::base_params(common_name, self.leaf_validity, Some(self.not_after))?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -255,6 +349,7 @@ impl fmt::Debug for CertificateAuthority {
         f.debug_struct("CertificateAuthority")
             .field("fingerprint", &self.fingerprint())
             .field("not_after", &self.not_after)
+            .field("leaf_validity", &self.leaf_validity)
             .field("private_key", &"<redacted>")
             .finish()
     }

@@ -92,6 +92,10 @@ pub enum CertError {
         path: PathBuf,
     },
 
+    /// A validity period is out of range (zero, or longer than the CA's).
+    #[error("invalid validity: {0}")]
+    InvalidValidity(String),
+
     /// A SHA-256 fingerprint could not be parsed.
     #[error("invalid SHA-256 fingerprint: {0}")]
     InvalidFingerprint(String),

@@ -60,13 +60,13 @@ mod identity;
 mod pem;
 mod x509;
 
-pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-pub use crate::ca::{CertificateAuthority, self_signed};
+pub use crate::ca::{CertificateAuthority, MAX_VALIDITY_DAYS, self_signed};
 pub use crate::error::{CertError, Result};
 pub use crate::fingerprint::Fingerprint;
 pub use crate::identity::Identity;
-pub use crate::pem::{load_certs_pem, load_key_pem, parse_certs_pem, parse_key_pem};
+pub use crate::pem::{crl_to_pem, load_certs_pem, load_key_pem, parse_certs_pem, parse_key_pem};
 
 #[cfg(test)]
 mod tests;

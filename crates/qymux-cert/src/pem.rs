@@ -247,6 +247,14 @@ fn write_file(path: &Path, contents: &[u8], secret: bool, overwrite: bool) -> Re
     file.sync_all().map_err(io_error)
 }
 
+/// Encodes a certificate revocation list as PEM (`-----BEGIN X509 CRL-----`), the form
+/// `openssl crl` and `qymux_tls::Crls` read.
+pub fn crl_to_pem(crl: &rustls_pki_types::CertificateRevocationListDer<'_>) -> String {
+    let mut out = String::new();
+    encode_block(&mut out, "X509 CRL", crl.as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

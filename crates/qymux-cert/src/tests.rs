@@ -716,3 +716,62 @@ fn damaged_input_is_an_error_never_a_panic() {
         let _ = input.parse::<Fingerprint>();
     }
 }
+
+#[test]
+fn leaf_validity_can_be_short() {
+    let ca = CertificateAuthority::new("Short CA")
+        .unwrap()
+        .with_leaf_validity_days(2)
+        .unwrap();
+    let agent = ca.issue_client("agent").unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(agent.end_entity().as_ref()).unwrap();
+    let validity = parsed.validity();
+    let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+    // Two days, plus the hour it is backdated.
+    assert_eq!(span, 2 * 86_400 + 3_600);
+    for days in [0, MAX_VALIDITY_DAYS + 1] {
+        assert!(matches!(
+            CertificateAuthority::new("CA")
+                .unwrap()
+                .with_leaf_validity_days(days),
+            Err(CertError::InvalidValidity(_))
+        ));
+    }
+}
+
+#[test]
+fn revocation_lists_name_the_revoked_serials() {
+    let ca = CertificateAuthority::new("CRL CA").unwrap();
+    let revoked = ca.issue_client("revoked").unwrap();
+    let kept = ca.issue_client("kept").unwrap();
+    let crl = ca.revocation_list(&[revoked.end_entity()], 7).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).unwrap();
+    let (_, revoked_cert) =
+        x509_parser::parse_x509_certificate(revoked.end_entity().as_ref()).unwrap();
+    let (_, kept_cert) = x509_parser::parse_x509_certificate(kept.end_entity().as_ref()).unwrap();
+    let serials: Vec<_> = parsed
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    assert_eq!(serials, [revoked_cert.raw_serial().to_vec()]);
+    assert!(!serials.contains(&kept_cert.raw_serial().to_vec()));
+    assert_eq!(parsed.issuer(), revoked_cert.issuer());
+    assert!(crl_to_pem(&crl).starts_with("-----BEGIN X509 CRL-----\n"));
+
+    let stranger = CertificateAuthority::new("Other")
+        .unwrap()
+        .issue_client("x")
+        .unwrap();
+    assert!(matches!(
+        ca.revocation_list(&[stranger.end_entity()], 7),
+        Err(CertError::InvalidCertificate { .. })
+    ));
+    assert!(matches!(
+        ca.revocation_list(&[], 0),
+        Err(CertError::InvalidValidity(_))
+    ));
+    // An empty list is a valid CRL that revokes nothing.
+    let empty = ca.revocation_list(&[], 1).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_crl(empty.as_ref()).unwrap();
+    assert_eq!(parsed.iter_revoked_certificates().count(), 0);
+}

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::TokioIo;
 use qymux_transport::{CloseReason, Error, Session};
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Status, TimeoutExpired};
 use tower::{BoxError, Service};
 
-use crate::io::SessionIo;
+use qymux_http::SessionConnector;
 
 /// The default interval between HTTP/2 keep-alive pings while calls are in flight.
 ///
@@ -376,61 +375,4 @@ fn session_ended(
         None
     })?;
     Some(Status::unavailable(ended.to_string()))
-}
-
-/// A connector (a [`tower::Service`] of [`Uri`]) that opens a session stream for every
-/// connection; the URI is ignored.
-///
-/// [`channel`] uses it; use it directly for a tonic [`Endpoint`] configured by hand:
-///
-/// ```no_run
-/// # fn f(session: qymux_transport::BoxSession) {
-/// use qymux_grpc::SessionConnector;
-/// use tonic::transport::Endpoint;
-///
-/// let channel = Endpoint::from_static("http://agent.example")
-///     .connect_with_connector_lazy(SessionConnector::new(session));
-/// # }
-/// ```
-///
-/// Opening fails at once with the session's close reason once the session has ended, so
-/// a channel never waits for a dead session.
-#[derive(Debug, Clone)]
-pub struct SessionConnector<S> {
-    session: S,
-}
-
-impl<S: Session> SessionConnector<S> {
-    /// A connector that opens streams on `session`.
-    pub fn new(session: S) -> Self {
-        SessionConnector { session }
-    }
-
-    /// The session streams are opened on.
-    pub fn session(&self) -> &S {
-        &self.session
-    }
-}
-
-impl<S: Session> Service<Uri> for SessionConnector<S> {
-    type Response = TokioIo<SessionIo<S::Stream>>;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let session = self.session.clone();
-        Box::pin(async move {
-            match session.open().await {
-                Ok(stream) => Ok(TokioIo::new(SessionIo::new(stream, &session))),
-                Err(err) => {
-                    tracing::debug!(error = %err, "cannot open a stream for a gRPC connection");
-                    Err(err)
-                }
-            }
-        })
-    }
 }

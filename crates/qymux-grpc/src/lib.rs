@@ -105,9 +105,27 @@ mod server;
 
 pub use client::{
     ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL,
-    DEFAULT_KEEP_ALIVE_TIMEOUT, ResponseFuture, SessionChannel, SessionConnector, channel,
+    DEFAULT_KEEP_ALIVE_TIMEOUT, ResponseFuture, SessionChannel, channel,
 };
 pub use io::{SessionInfo, SessionIo};
+/// The connector [`channel`] uses: a `tower::Service<Uri>` that opens a session stream
+/// for every connection (the URI is ignored). It is `qymux_http`'s, shared by both
+/// crates; use it for a tonic [`Endpoint`](tonic::transport::Endpoint) configured by
+/// hand:
+///
+/// ```no_run
+/// # fn f(session: qymux_transport::BoxSession) {
+/// use qymux_grpc::SessionConnector;
+/// use tonic::transport::Endpoint;
+///
+/// let channel = Endpoint::from_static("http://agent.example")
+///     .connect_with_connector_lazy(SessionConnector::new(session));
+/// # }
+/// ```
+///
+/// Opening fails at once with the session's close reason once the session has ended, so
+/// a channel never waits for a dead session.
+pub use qymux_http::SessionConnector;
 pub use server::{
     AddTcpConnectInfo, Incoming, ServeError, ServeHandle, incoming, serve, serve_with,
 };

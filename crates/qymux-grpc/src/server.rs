@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use futures::stream::{self, BoxStream, Stream};
+use futures::stream::Stream;
 use qymux_transport::{CloseReason, Error, Session};
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
@@ -25,7 +25,7 @@ use crate::io::{SessionInfo, SessionIo};
 /// Made by [`incoming`]. After the session ends it yields the error that ended it, once,
 /// and then ends.
 pub struct Incoming<T> {
-    inner: BoxStream<'static, Result<SessionIo<T>, Error>>,
+    inner: qymux_transport::Incoming<SessionIo<T>>,
 }
 
 impl<T> fmt::Debug for Incoming<T> {
@@ -38,7 +38,7 @@ impl<T> Stream for Incoming<T> {
     type Item = Result<SessionIo<T>, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
@@ -48,17 +48,9 @@ impl<T> Stream for Incoming<T> {
 /// [`serve`] and [`serve_with`] do this for you (and also make
 /// [`tonic::Request::remote_addr`] work).
 pub fn incoming<S: Session>(session: S) -> Incoming<S::Stream> {
+    let accepted = session.incoming();
     Incoming {
-        inner: Box::pin(stream::unfold(Some(session), |session| async move {
-            let session = session?;
-            match session.accept().await {
-                Ok(stream) => {
-                    let io = SessionIo::new(stream, &session);
-                    Some((Ok(io), Some(session)))
-                }
-                Err(err) => Some((Err(err), None)),
-            }
-        })),
+        inner: accepted.map(move |stream| SessionIo::new(stream, &session)),
     }
 }
 

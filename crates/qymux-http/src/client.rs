@@ -21,18 +21,39 @@ use crate::io::SessionIo;
 /// server does and a request never races the server's close.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A hyper-util connector whose every connection is a new stream on a session.
+/// A connector whose every connection is a new stream on a session: a
+/// [`tower::Service<Uri>`](tower::Service), so any client that takes a connector runs
+/// over the session.
 ///
-/// It is a [`tower::Service<Uri>`](tower::Service): hand it to
-/// [`hyper_util::client::legacy::Client`] (or use [`client`] / [`http2_client`], which
-/// do). The URI is not dialed: whatever host a request names, its connection is a
-/// stream opened with [`Session::open`], and it reaches whatever the peer serves on the
-/// streams it accepts (for example [`serve_proxy`](crate::serve_proxy)). The request's
-/// authority still travels as its `Host` header (`:authority` with HTTP/2), and the
-/// client keeps one connection pool per scheme and authority.
+/// - hyper-util's [`Client`](hyper_util::client::legacy::Client):
+///   `client_builder().build(SessionConnector::new(session))`, which is what [`client`]
+///   and [`http2_client`] do;
+/// - tonic: `Endpoint::connect_with_connector(SessionConnector::new(session))`, which is
+///   what `qymux-grpc`'s channel does.
 ///
-/// The session is already encrypted, so the connector never adds TLS, also for
-/// `https://` URIs.
+/// The URI is not dialed: whatever host a request names, its connection is a stream
+/// opened with [`Session::open`], and it reaches whatever the peer serves on the streams
+/// it accepts (for example [`serve`](crate::serve), [`serve_proxy`](crate::serve_proxy)
+/// or an axum app). The request's authority still travels as its `Host` header
+/// (`:authority` with HTTP/2), and a pooling client keeps one pool per scheme and
+/// authority.
+///
+/// Each connection is a [`SessionIo`], which fails a waiting read or write with the
+/// session's close reason once the session has ended; once it has, opening fails at
+/// once with that reason. The session is already encrypted, so the connector never adds
+/// TLS, also for `https://` URIs.
+///
+/// ```
+/// # fn f(session: qymux_transport::BoxSession) {
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use qymux_http::SessionConnector;
+///
+/// let client = qymux_http::client_builder()
+///     .build::<_, Empty<Bytes>>(SessionConnector::new(session));
+/// # drop(client);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SessionConnector<S> {
     session: S,
@@ -92,9 +113,16 @@ impl<S: Session> tower::Service<Uri> for SessionConnector<S> {
         let session = self.session.clone();
         Connecting {
             inner: Box::pin(async move {
-                let stream = session.open().await?;
-                tracing::trace!(%uri, protocol = %session.protocol(), "opened a stream for HTTP");
-                Ok(SessionIo::new(stream))
+                match session.open().await {
+                    Ok(stream) => {
+                        tracing::trace!(%uri, protocol = %session.protocol(), "opened a stream for HTTP");
+                        Ok(SessionIo::new(stream, &session))
+                    }
+                    Err(err) => {
+                        tracing::debug!(%uri, error = %err, "cannot open a stream for an HTTP connection");
+                        Err(err)
+                    }
+                }
             }),
         }
     }

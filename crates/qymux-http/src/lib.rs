@@ -3,15 +3,20 @@
 //! An agent behind NAT dials the server once; over that session the server can reach an
 //! HTTP service that runs next to the agent, although nothing can dial the agent:
 //!
-//! - **On the agent**, [`serve_proxy`] serves a local HTTP or HTTPS service (a URL such as
-//!   `http://127.0.0.1:8080`) on every stream the session accepts: a reverse proxy that
-//!   speaks HTTP/1.1 and HTTP/2 towards the session and forwards each request to the
-//!   target, streaming bodies both ways and passing upgrades through.
+//! - **On the agent**, [`serve`] runs any hyper service on every stream the session
+//!   accepts (HTTP/1.1 and HTTP/2, detected per stream; upgrades passed through), and
+//!   with the feature `axum`, `axum::SessionListener` lets `axum::serve` serve an
+//!   axum app there. [`serve_proxy`] serves a local HTTP or HTTPS service (a URL such as
+//!   `http://127.0.0.1:8080`) the same way: a reverse proxy that forwards each request
+//!   to the target, streaming bodies both ways. Handlers find the session's
+//!   [`SessionInfo`] (protocol, addresses, the peer's certificate with mTLS) in the
+//!   request's extensions, or as axum's `ConnectInfo`.
 //! - **On the server**, [`client`] (HTTP/1.1) or [`http2_client`] (HTTP/2 with prior
 //!   knowledge) is a hyper-util [`Client`](hyper_util::client::legacy::Client) whose
-//!   connections are new streams on the session ([`SessionConnector`]). Requests name any
-//!   host (`http://agent-service/healthz`); it travels as `Host`, and the stream reaches
-//!   whatever the agent serves.
+//!   connections are new streams on the session ([`SessionConnector`], a
+//!   `tower::Service<Uri>` that any client taking a connector can use, tonic's
+//!   included). Requests name any host (`http://agent-service/healthz`); it travels as
+//!   `Host`, and the stream reaches whatever the agent serves.
 //!
 //! Both sides are generic over [`qymux_transport::Session`], so they work the same on a
 //! QUIC session, a TLS + yamux session, or a [`BoxSession`](qymux_transport::BoxSession).
@@ -98,14 +103,22 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
+mod forwarded;
 mod headers;
+mod info;
 mod io;
+mod path;
 mod proxy;
+mod serve;
 mod target;
 
 pub use client::{
     Connecting, POOL_IDLE_TIMEOUT, SessionConnector, client, client_builder, http2_client,
 };
+pub use info::SessionInfo;
 pub use io::SessionIo;
-pub use proxy::{ProxyError, ProxyHandle, ProxyOptions, StopReason, serve_proxy};
+pub use proxy::{ProxyError, ProxyHandle, ProxyOptions, serve_proxy};
+pub use serve::{ServeHandle, ServeOptions, StopReason, serve, serve_with};

@@ -15,15 +15,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use qymux_transport::{CloseReason, Error, Session};
+use qymux_transport::{PeerText, Session};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::headers;
-use crate::io::SessionIo;
+use crate::serve::{ServeHandle, ServeOptions, StateGuard, StopReason, serve_with};
 use crate::target::{BoxError, TargetConnector, system_roots_config};
+use crate::{forwarded, headers, path};
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -39,7 +36,8 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// options
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .response_timeout(Some(Duration::from_secs(30)))
-///     .preserve_host(false);
+///     .preserve_host(false)
+///     .forwarded_headers(true);
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -57,8 +55,22 @@ pub struct ProxyOptions {
     /// Default `None` (no bound).
     pub response_timeout: Option<Duration>,
     /// Forward the request's own `Host` (the authority the client used, for example
-    /// `service.internal`) instead of the target's authority. Default `true`.
+    /// `service.internal`) instead of the target's authority. Default `false`: the target
+    /// sees its own authority, and the client's `Host` in `X-Forwarded-Host` and the
+    /// `host=` of `Forwarded`.
     pub preserve_host: bool,
+    /// Add `Forwarded` (RFC 7239: `for="<session peer address>";proto=http;host="<the
+    /// client's Host>"`), `X-Forwarded-For` (the session peer's IP), `X-Forwarded-Proto`
+    /// and `X-Forwarded-Host` to every request, so the target can tell a request that
+    /// came through the tunnel from a local caller. Default `true`.
+    pub forwarded_headers: bool,
+    /// What to do with the `Forwarded` and `X-Forwarded-*` headers the request arrives
+    /// with (set by the session peer, or by whoever it forwards for; not trusted as they
+    /// are). `false` (the default): dropped. `true`: `Forwarded` and `X-Forwarded-For`
+    /// are kept and this proxy's element is appended last, for targets that trust the
+    /// peer to have set them (a target must still trust only the last element as this
+    /// proxy's own); `X-Forwarded-Proto` and `-Host` are always this proxy's.
+    pub keep_incoming_forwarded: bool,
     /// How long idle connections to the target are kept for reuse. Default 4 s: shorter
     /// than the idle timeout of common servers (Node.js closes after 5 s), so a request
     /// never races the target closing an idle connection.
@@ -75,7 +87,9 @@ impl Default for ProxyOptions {
             target_tls: None,
             connect_timeout: Duration::from_secs(10),
             response_timeout: None,
-            preserve_host: true,
+            preserve_host: false,
+            forwarded_headers: true,
+            keep_incoming_forwarded: false,
             target_idle_timeout: Duration::from_secs(4),
             shutdown_timeout: Duration::from_secs(5),
         }
@@ -104,6 +118,18 @@ impl ProxyOptions {
     /// Sets [`ProxyOptions::preserve_host`].
     pub fn preserve_host(&mut self, value: bool) -> &mut Self {
         self.preserve_host = value;
+        self
+    }
+
+    /// Sets [`ProxyOptions::forwarded_headers`].
+    pub fn forwarded_headers(&mut self, value: bool) -> &mut Self {
+        self.forwarded_headers = value;
+        self
+    }
+
+    /// Sets [`ProxyOptions::keep_incoming_forwarded`].
+    pub fn keep_incoming_forwarded(&mut self, value: bool) -> &mut Self {
+        self.keep_incoming_forwarded = value;
         self
     }
 
@@ -137,38 +163,13 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// Why a proxy stopped serving.
-#[non_exhaustive]
-#[derive(Debug, Clone)]
-pub enum StopReason {
-    /// [`ProxyHandle::shutdown`] was called.
-    Shutdown,
-    /// The session ended (closed by either side, or failed).
-    SessionClosed(CloseReason),
-    /// Accepting a stream failed while the session was still alive.
-    AcceptFailed(Error),
-    /// The serving task ended without a reason: it panicked, or its runtime shut down.
-    Aborted,
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopReason::Shutdown => f.write_str("shut down"),
-            StopReason::SessionClosed(reason) => write!(f, "session {reason}"),
-            StopReason::AcceptFailed(err) => write!(f, "accepting a stream failed: {err}"),
-            StopReason::Aborted => f.write_str("the serving task ended unexpectedly"),
-        }
-    }
-}
-
 /// Controls a running [`serve_proxy`] and tells when and why it stopped.
 ///
 /// Cheap to clone. Dropping every handle does not stop the proxy: it serves until
 /// [`ProxyHandle::shutdown`] or until the session ends.
 #[derive(Debug, Clone)]
 pub struct ProxyHandle {
-    shutdown: Arc<watch::Sender<bool>>,
+    serving: ServeHandle,
     state: watch::Receiver<Option<StopReason>>,
     target: Uri,
 }
@@ -179,7 +180,7 @@ impl ProxyHandle {
     /// (also upgraded ones) is cut. Returns at once; [`ProxyHandle::stopped`] waits for
     /// the end. The session itself stays open. Calling it again is harmless.
     pub fn shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.serving.shutdown();
     }
 
     /// Waits until the proxy has stopped, and says why.
@@ -209,14 +210,22 @@ impl ProxyHandle {
 ///   prefix (`http://127.0.0.1:8080/api` sends `/v1/pods` to `/api/v1/pods`). An
 ///   `https` target is verified with [`ProxyOptions::target_tls`] (the system roots by
 ///   default) under the target's host name.
+/// - Requests stay under the target's path: the request's path is normalised (RFC 3986
+///   §5.2.4, with `%2e` as a dot) before it is joined, and one that climbs above its root
+///   (`/../admin`, `/%2e%2e/admin`, `/a/%2E%2E/%2e%2e/admin`) is refused with
+///   `400 Bad Request`, as are segments servers disagree on (`..;x`, an encoded `/` or
+///   `\`). The target receives the normalised path, with no dot segment in it.
+/// - The target learns who sent the request: `Forwarded` and `X-Forwarded-For/-Proto/
+///   -Host` name the session peer ([`ProxyOptions::forwarded_headers`]); the ones the
+///   request came with are dropped ([`ProxyOptions::keep_incoming_forwarded`]). `Host`
+///   is the target's authority unless [`ProxyOptions::preserve_host`] is on.
 /// - Bodies stream both ways without being buffered: an upload flows to the target as it
 ///   arrives, a long-lived response (watch, logs, server-sent events) flows back chunk by
 ///   chunk.
 /// - Hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
 ///   `Transfer-Encoding`, `TE` except `trailers`, `Trailer`, `Upgrade`,
 ///   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`) are not forwarded,
-///   in either direction. `Host` is the client's unless [`ProxyOptions::preserve_host`]
-///   is off.
+///   in either direction.
 /// - HTTP/1.1 upgrades (`Connection: upgrade`, e.g. WebSocket) are passed through: when
 ///   the target answers `101 Switching Protocols`, the client's stream and the target's
 ///   connection are joined, bytes flowing both ways until both sides finish.
@@ -258,24 +267,32 @@ pub async fn serve_proxy<S: Session>(
         .pool_idle_timeout(options.target_idle_timeout)
         .build(TargetConnector::new(http, tls));
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(None);
     let (cut_tx, cut_rx) = watch::channel(false);
+    let mut serve_options = ServeOptions::default();
+    serve_options.shutdown_timeout(Some(options.shutdown_timeout));
+    let target_uri = parsed.uri.clone();
     let proxy = Arc::new(Proxy {
         client,
+        peer: session.remote_addr(),
         target: parsed,
         options,
         cut: cut_rx,
     });
-    tokio::spawn(run(
-        session,
-        proxy,
-        shutdown_rx,
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
+    });
+    // The one accept-and-serve path: the proxy is a service like any other.
+    let serving = serve_with(session, service, serve_options);
+    tokio::spawn(report_stop(
+        serving.clone(),
+        target_uri,
         cut_tx,
         StateGuard(Some(state_tx)),
     ));
     Ok(ProxyHandle {
-        shutdown: Arc::new(shutdown_tx),
+        serving,
         state: state_rx,
         target,
     })
@@ -286,83 +303,16 @@ fn with_http11_alpn(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfi
     Arc::new(config)
 }
 
-/// Reports the stop reason; reports [`StopReason::Aborted`] if the task ends without one.
-struct StateGuard(Option<watch::Sender<Option<StopReason>>>);
-
-impl StateGuard {
-    fn report(mut self, reason: StopReason) {
-        if let Some(tx) = self.0.take() {
-            tx.send_replace(Some(reason));
-        }
-    }
-}
-
-impl Drop for StateGuard {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            tx.send_replace(Some(StopReason::Aborted));
-        }
-    }
-}
-
-/// The accept loop.
-async fn run<S: Session>(
-    session: S,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
+/// Waits for serving to stop, then cuts the upgraded connections and reports why.
+async fn report_stop(
+    serving: ServeHandle,
+    target: Uri,
     cut: watch::Sender<bool>,
     state: StateGuard,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-
-    let reason = loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break StopReason::Shutdown,
-            accepted = session.accept() => match accepted {
-                Ok(stream) => {
-                    let proxy = proxy.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
-                    });
-                    let connection = builder
-                        .serve_connection_with_upgrades(SessionIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!("proxied HTTP connection ended: {err}");
-                        }
-                    });
-                }
-                Err(err) => {
-                    break match session.close_reason() {
-                        Some(reason) => StopReason::SessionClosed(reason),
-                        None => StopReason::AcceptFailed(err),
-                    };
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    };
-
-    if matches!(reason, StopReason::Shutdown) {
-        let timeout = proxy.options.shutdown_timeout;
-        if tokio::time::timeout(timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::debug!("proxy shutdown: connections still open after {timeout:?} are cut");
-        }
-    }
-    connections.abort_all();
+    let reason = serving.stopped().await;
     cut.send_replace(true);
-    while connections.join_next().await.is_some() {}
-    tracing::debug!(target = %proxy.target.uri, "proxy stopped: {reason}");
+    tracing::debug!(%target, "proxy stopped: {reason}");
     state.report(reason);
 }
 
@@ -403,24 +353,49 @@ impl Target {
         })
     }
 
-    /// The target URI for a request to `incoming`.
-    fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+    /// The target URI for a request to `incoming`: its path normalised and joined under
+    /// the base path (refused if it leaves it), its query as it is.
+    fn uri_for(&self, incoming: &Uri) -> Result<Uri, RewriteError> {
         let requested = incoming.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query = if self.base_path.is_empty() || !requested.starts_with('/') {
-            requested.to_owned()
-        } else {
-            format!("{}{requested}", self.base_path)
+        let (path, query) = match requested.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (requested, None),
         };
+        let path = if path.is_empty() { "/" } else { path };
+        let mut path_and_query = path::join(&self.base_path, path).map_err(RewriteError::Path)?;
+        if let Some(query) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
+            .map_err(RewriteError::Uri)
+    }
+}
+
+/// Why a request cannot be rewritten for the target (the client gets a 400).
+#[derive(Debug)]
+enum RewriteError {
+    Path(path::PathError),
+    Uri(http::Error),
+}
+
+impl fmt::Display for RewriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RewriteError::Path(e) => e.fmt(f),
+            RewriteError::Uri(e) => e.fmt(f),
+        }
     }
 }
 
 struct Proxy {
     client: Client<TargetConnector, Incoming>,
+    /// The session peer: who sends the requests (for `Forwarded`).
+    peer: std::net::SocketAddr,
     target: Target,
     options: ProxyOptions,
     /// Turns true when the proxy stops: upgraded connections end.
@@ -428,6 +403,55 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Rewrites a request for the target: URI (path kept under the base path), `Host`,
+    /// hop-by-hop and forwarding headers. For a request that cannot be forwarded, the
+    /// body of the `400 Bad Request` it gets.
+    fn rewrite(
+        &self,
+        parts: &mut http::request::Parts,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<(), String> {
+        let uri = self.target.uri_for(&parts.uri).map_err(|err| {
+            // The path is the client's: escaped before it reaches a log line.
+            let shown = PeerText(parts.uri.path()).to_string();
+            tracing::debug!(path = %shown, "request refused: {err}");
+            format!("qymux-http: cannot forward {shown}: {err}\n")
+        })?;
+        // The authority the client asked for: Host (HTTP/1.1), or the URI's (HTTP/2
+        // :authority, absolute-form).
+        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let proto = match parts.uri.scheme_str() {
+            Some("https") => "https",
+            _ => "http",
+        };
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        forwarded::rewrite(
+            &mut parts.headers,
+            &forwarded::Hop {
+                peer: self.peer,
+                proto,
+                host: client_host.as_ref(),
+            },
+            self.options.forwarded_headers,
+            self.options.keep_incoming_forwarded,
+        );
+        parts.headers.remove(HOST);
+        match client_host {
+            Some(host) if self.options.preserve_host => {
+                parts.headers.insert(HOST, host);
+            }
+            // hyper's client sets Host from the target URI.
+            _ => {}
+        }
+        parts.uri = uri;
+        Ok(())
+    }
+
     async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return plain(
@@ -442,31 +466,9 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        let uri = match self.target.uri_for(&parts.uri) {
-            Ok(uri) => uri,
-            Err(err) => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("qymux-http: cannot forward {}: {err}\n", parts.uri),
-                );
-            }
-        };
-        let host = if self.options.preserve_host {
-            parts.headers.get(HOST).cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            })
-        } else {
-            None
-        };
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(HOST);
-        if let Some(host) = host {
-            parts.headers.insert(HOST, host);
+        if let Err(refused) = self.rewrite(&mut parts, upgrade) {
+            return plain(StatusCode::BAD_REQUEST, refused);
         }
-        parts.uri = uri;
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
         let request = Request::from_parts(parts, body);

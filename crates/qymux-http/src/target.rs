@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::io::SessionIo;
+use crate::io::PlainIo;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,7 +36,7 @@ impl TargetConnector {
 }
 
 impl tower::Service<Uri> for TargetConnector {
-    type Response = SessionIo<TargetStream>;
+    type Response = PlainIo<TargetStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -50,7 +50,7 @@ impl tower::Service<Uri> for TargetConnector {
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
             if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
-                return Ok(SessionIo::new(TargetStream::Plain(tcp)));
+                return Ok(PlainIo::new(TargetStream::Plain(tcp)));
             }
             let tls = tls.ok_or("no TLS configuration for an https target")?;
             let host = uri.host().ok_or("the target URI has no host")?;
@@ -61,7 +61,7 @@ impl tower::Service<Uri> for TargetConnector {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| TlsHandshakeError(e.to_string()))?;
-            Ok(SessionIo::new(TargetStream::Tls(Box::new(stream))))
+            Ok(PlainIo::new(TargetStream::Tls(Box::new(stream))))
         })
     }
 }

@@ -29,6 +29,8 @@ on_both_backends!(
     https_target_is_verified,
     http2_through_the_session,
     shutdown_and_session_end_are_reported,
+    paths_leaving_the_base_are_refused_with_400,
+    target_sees_the_session_peer_in_forwarded,
 );
 
 async fn get<S: Session>(
@@ -43,7 +45,9 @@ async fn get<S: Session>(
 
 async fn requests_reach_the_target_with_host_and_without_hop_headers<B: Backend>() {
     let target = spawn_target(standard_target).await;
-    let (pair, proxy) = proxied::<B>(&format!("http://{target}"), ProxyOptions::default()).await;
+    let mut options = ProxyOptions::default();
+    options.preserve_host(true);
+    let (pair, proxy) = proxied::<B>(&format!("http://{target}"), options).await;
     let client = qymux_http::client::<_, Empty<Bytes>>(pair.server.clone());
 
     let response = get(&client, "http://agent-service.test/some/path?x=1").await;
@@ -90,10 +94,8 @@ async fn requests_reach_the_target_with_host_and_without_hop_headers<B: Backend>
     }
     assert!(proxy.stop_reason().is_none());
 
-    // With preserve_host off, the target sees its own authority.
-    let mut options = ProxyOptions::default();
-    options.preserve_host(false);
-    let (pair, _proxy) = proxied::<B>(&format!("http://{target}"), options).await;
+    // With preserve_host off (the default), the target sees its own authority.
+    let (pair, _proxy) = proxied::<B>(&format!("http://{target}"), ProxyOptions::default()).await;
     let client = qymux_http::client::<_, Empty<Bytes>>(pair.server.clone());
     let seen = text(
         get(&client, "http://agent-service.test/headers")
@@ -326,10 +328,12 @@ async fn https_target_is_verified<B: Backend>() {
 async fn http2_through_the_session<B: Backend>() {
     let target = spawn_target(standard_target).await;
     let pair = pair::<B>().await;
+    let mut options = ProxyOptions::default();
+    options.preserve_host(true);
     let _proxy = qymux_http::serve_proxy(
         pair.client.clone(),
         format!("http://{target}").parse().unwrap(),
-        ProxyOptions::default(),
+        options,
     )
     .await
     .unwrap();
@@ -474,4 +478,153 @@ async fn shutdown_and_session_end_are_reported<B: Backend>() {
 
 fn reason_text(proxy: &qymux_http::ProxyHandle) -> String {
     proxy.stop_reason().unwrap().to_string()
+}
+
+/// A target that records the paths it is asked for and answers `hello <path>`.
+async fn recording_target() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let target = spawn_target(move |req: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            record.lock().unwrap().push(path.clone());
+            ok(format!("hello {path}"))
+        }
+    })
+    .await;
+    (target, seen)
+}
+
+/// With a target under `/api`, a request whose path climbs out of it (plainly, with
+/// percent-encoded dots in any case, or with segments servers read differently) gets a
+/// 400 from the proxy and never reaches the target; dot segments that stay inside are
+/// resolved before the request is sent.
+async fn paths_leaving_the_base_are_refused_with_400<B: Backend>() {
+    let (target, seen) = recording_target().await;
+    let (pair, _proxy) =
+        proxied::<B>(&format!("http://{target}/api"), ProxyOptions::default()).await;
+    let client = qymux_http::client::<_, Empty<Bytes>>(pair.server.clone());
+
+    for path in [
+        "/../admin",
+        "/%2e%2e/admin",
+        "/%2E%2E/admin",
+        "/.%2e/admin",
+        "/%2E./admin",
+        "/a/%2E%2E/%2e%2e/admin",
+        "/a/../../admin",
+        "/v1/./../../admin?x=1",
+        "/..;/admin",
+        "/..%2fadmin",
+        "/..%5Cadmin",
+    ] {
+        let response = get(&client, &format!("http://agent-service.test{path}")).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body = text(response.into_body()).await;
+        assert!(
+            body.starts_with("qymux-http: cannot forward"),
+            "{path}: {body}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the target: {:?}",
+        seen.lock().unwrap()
+    );
+
+    for (path, expected) in [
+        ("/v1/pods", "/api/v1/pods"),
+        ("/v1/../v2/pods", "/api/v2/pods"),
+        ("/v1/%2e/pods/%2E%2E/nodes", "/api/v1/nodes"),
+        ("/", "/api/"),
+    ] {
+        let response = get(&client, &format!("http://agent-service.test{path}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            text(response.into_body()).await,
+            format!("hello {expected}")
+        );
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["/api/v1/pods", "/api/v2/pods", "/api/v1/nodes", "/api/"]
+    );
+}
+
+/// The target learns who sent the request through the tunnel: `Forwarded` and
+/// `X-Forwarded-*` name the session peer, whatever the request claimed; `Host` is the
+/// target's own. Switched off, nothing is added and forged headers are still dropped.
+async fn target_sees_the_session_peer_in_forwarded<B: Backend>() {
+    let target = spawn_target(standard_target).await;
+    let (pair, _proxy) = proxied::<B>(&format!("http://{target}"), ProxyOptions::default()).await;
+    let client = qymux_http::client::<_, Empty<Bytes>>(pair.server.clone());
+    let forged = |uri: &str| {
+        Request::get(uri)
+            .header("forwarded", "for=127.0.0.1;proto=https")
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "admin.internal")
+            .body(Empty::new())
+            .unwrap()
+    };
+    let response = timeout(
+        WAIT,
+        client.request(forged("http://agent-service.test/headers")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let seen = text(response.into_body()).await;
+    let lines: Vec<&str> = seen.lines().collect();
+    // The agent's session peer is the server: its address is what the target sees.
+    let peer = pair.client.remote_addr();
+    let forwarded = format!("forwarded: for=\"{peer}\";proto=http;host=\"agent-service.test\"");
+    assert!(lines.contains(&forwarded.as_str()), "{seen}");
+    assert!(
+        lines.contains(&format!("x-forwarded-for: {}", peer.ip()).as_str()),
+        "{seen}"
+    );
+    assert!(lines.contains(&"x-forwarded-proto: http"), "{seen}");
+    assert!(
+        lines.contains(&"x-forwarded-host: agent-service.test"),
+        "{seen}"
+    );
+    assert!(
+        lines.contains(&format!("host: {target}").as_str()),
+        "{seen}"
+    );
+    for name in [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
+        let count = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name}:")))
+            .count();
+        assert_eq!(count, 1, "one {name} header, the proxy's: {seen}");
+    }
+    assert!(
+        !seen.contains("admin.internal") && !seen.contains("https"),
+        "{seen}"
+    );
+
+    let mut options = ProxyOptions::default();
+    options.forwarded_headers(false);
+    let (pair, _proxy) = proxied::<B>(&format!("http://{target}"), options).await;
+    let client = qymux_http::client::<_, Empty<Bytes>>(pair.server.clone());
+    let response = timeout(
+        WAIT,
+        client.request(forged("http://agent-service.test/headers")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let seen = text(response.into_body()).await;
+    assert!(!seen.contains("forwarded"), "{seen}");
 }

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::config::client_config;
 use crate::error::handshake_failure;
-use crate::session::Session;
+use crate::session::{Session, presented_certificates};
 use crate::socket;
 
 /// With several resolved addresses, the next one is tried when the previous has not
@@ -75,7 +75,7 @@ async fn dial_on(
     options: &Options,
 ) -> Result<Session> {
     options.validate()?;
-    let config = client_config(tls, options)?;
+    let config = client_config(tls.clone(), options)?;
     let connect_deadline = Instant::now() + options.connect_timeout;
     let connect_timeout = || Error::Timeout {
         what: TimeoutKind::Connect,
@@ -119,8 +119,22 @@ async fn dial_on(
         connection.close(VarInt::from_u32(0), b"no qymux ALPN");
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
+    let presented = presented_certificates(&connection);
+    let peer_identity = match qymux_tls::server_identity(&tls, presented.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            connection.close(VarInt::from_u32(0), b"server certificate not verified");
+            return Err(Error::Handshake(e));
+        }
+    };
     debug!(remote = %connection.remote_address(), "QUIC session established");
-    Ok(Session::new(connection, endpoint, owns_endpoint, options))
+    Ok(Session::new(
+        connection,
+        endpoint,
+        owns_endpoint,
+        options,
+        peer_identity,
+    ))
 }
 
 /// The application protocol both sides agreed on.

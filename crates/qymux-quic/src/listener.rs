@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::config::server_config;
 use crate::dial::negotiated_protocol;
 use crate::error::handshake_failure;
-use crate::session::Session;
+use crate::session::{Session, presented_certificates};
 use crate::socket;
 
 /// How many finished handshakes may wait for [`Listener::accept`] before handshakes
@@ -91,7 +91,7 @@ impl Listener {
         options: Options,
     ) -> Result<Listener> {
         options.validate()?;
-        let config = server_config(tls, &options)?;
+        let config = server_config(tls.clone(), &options)?;
         socket::configure(&socket);
         let endpoint = Endpoint::new(
             endpoint_config(&options),
@@ -103,7 +103,13 @@ impl Listener {
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
         let close_timeout = options.close_timeout;
-        let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
+        let task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tls,
+            options,
+            tx,
+            registry.clone(),
+        ));
         Ok(Listener {
             endpoint,
             local_addr,
@@ -209,6 +215,7 @@ impl qymux_transport::Listener for Listener {
 
 async fn accept_loop(
     endpoint: Endpoint,
+    tls: Arc<rustls::ServerConfig>,
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
@@ -270,8 +277,9 @@ async fn accept_loop(
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
+        let tls = tls.clone();
         handshakes.spawn(async move {
-            let result = handshake(incoming, validated, endpoint, &options).await;
+            let result = handshake(incoming, validated, endpoint, &tls, &options).await;
             drop(source_slot);
             match result {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
@@ -357,6 +365,7 @@ async fn handshake(
     incoming: Incoming,
     validated: bool,
     endpoint: Endpoint,
+    tls: &Arc<rustls::ServerConfig>,
     options: &Options,
 ) -> Result<Session> {
     // An address nobody validated gets the first-flight bound for the whole handshake:
@@ -380,5 +389,19 @@ async fn handshake(
         connection.close(VarInt::from_u32(0), b"no qymux ALPN");
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
-    Ok(Session::new(connection, endpoint, false, options))
+    let presented = presented_certificates(&connection);
+    let peer_identity = match qymux_tls::client_identity(tls, presented.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            connection.close(VarInt::from_u32(0), b"client certificate not verified");
+            return Err(Error::Handshake(e));
+        }
+    };
+    Ok(Session::new(
+        connection,
+        endpoint,
+        false,
+        options,
+        peer_identity,
+    ))
 }

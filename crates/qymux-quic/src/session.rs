@@ -11,7 +11,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
-use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result};
+use qymux_transport::{
+    CloseReason, Error, Incoming, Limit, Options, PeerIdentity, Protocol, Result,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
@@ -339,18 +341,25 @@ impl fmt::Debug for Session {
     }
 }
 
+/// The certificates the peer presented, as it sent them (not verified as a chain).
+pub(crate) fn presented_certificates(
+    connection: &quinn::Connection,
+) -> Option<Vec<CertificateDer<'static>>> {
+    connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
+}
+
 impl Session {
-    /// Wraps an established connection.
+    /// Wraps an established connection; `peer_identity` is what `qymux_tls` verified.
     pub(crate) fn new(
         connection: quinn::Connection,
         endpoint: quinn::Endpoint,
         owns_endpoint: bool,
         options: &Options,
+        peer_identity: Option<PeerIdentity>,
     ) -> Session {
-        let peer_identity = connection
-            .peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| PeerIdentity::new(*chain));
         Session {
             shared: Arc::new(Shared {
                 connection,
@@ -478,6 +487,15 @@ impl Session {
         }
     }
 
+    /// The streams the peer opens, then the session's close reason: see
+    /// [`qymux_transport::Session::incoming`]. One [`accept`](Session::accept) future
+    /// lives inside the [`Incoming`] and is replaced in place for each stream, so nothing
+    /// is allocated per stream. (quinn offers accepting only as a future borrowing the
+    /// connection, so this backend has no `poll_accept`; poll the `Incoming` instead.)
+    pub fn incoming(&self) -> Incoming<Stream> {
+        Incoming::from_session(self.clone())
+    }
+
     /// Closes the session gracefully; see [`qymux_transport::Session::close`].
     ///
     /// Streams that were finished (`shutdown`) first get to deliver their data, then the
@@ -598,6 +616,9 @@ impl qymux_transport::Session for Session {
     }
     fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
         Session::accept(self)
+    }
+    fn incoming(&self) -> Incoming<Stream> {
+        Session::incoming(self)
     }
     fn protocol(&self) -> Protocol {
         Protocol::Quic

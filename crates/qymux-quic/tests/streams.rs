@@ -341,3 +341,37 @@ async fn concurrent_closes_share_one_graceful_delivery() {
     assert_eq!(sha256(&got), sha256(&data));
     assert!(matches!(server.closed().await, CloseReason::Peer(_)));
 }
+
+/// A close reason is chosen by the peer: printed (as the examples and the library's
+/// logs print it, with `Display`), its newlines and ANSI escapes come out escaped, so
+/// it cannot forge log lines or drive the terminal. The raw text stays available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_close_reason_is_printed_escaped() {
+    let (_listener, client, server) = pair().await;
+    let evil = "bye\n2030-01-01T00:00:00Z INFO admin logged in\x1b[2J\x1b[31m\r";
+    server
+        .connection()
+        .close(quinn::VarInt::from_u32(0), evil.as_bytes());
+    let reason = tokio::time::timeout(HANG, client.closed())
+        .await
+        .expect("the close arrives");
+    match &reason {
+        CloseReason::Peer(Some(raw)) => assert_eq!(raw, evil),
+        other => panic!("expected the peer's reason, got {other:?}"),
+    }
+    for printed in [
+        format!("session ended: {reason}"),
+        reason.to_error().to_string(),
+    ] {
+        assert!(!printed.chars().any(char::is_control), "{printed:?}");
+        assert!(
+            printed
+                .contains(r"bye\n2030-01-01T00:00:00Z INFO admin logged in\u{1b}[2J\u{1b}[31m\r"),
+            "{printed}"
+        );
+    }
+    assert_eq!(
+        reason.to_string(),
+        r"closed by peer: bye\n2030-01-01T00:00:00Z INFO admin logged in\u{1b}[2J\u{1b}[31m\r"
+    );
+}

@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use qymux_tls::Side;
-use qymux_transport::{
-    CloseReason, Error, HandshakeError, Options, PeerIdentity, Result, TimeoutKind, eyeballs,
-};
+use qymux_transport::{CloseReason, Error, HandshakeError, Options, Result, TimeoutKind, eyeballs};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -49,7 +47,7 @@ pub async fn dial(
         what: TimeoutKind::Handshake,
         after: options.handshake_timeout,
     };
-    let tls_stream = timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+    let tls_stream = timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp))
         .await
         .map_err(|_| handshake_timeout())?
         .map_err(|e| Error::Handshake(qymux_tls::handshake_error(&e, Side::Client)))?;
@@ -58,9 +56,9 @@ pub async fn dial(
         // rustls lets a server that ignores ALPN through; it is not a Qymux peer.
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
-    let peer_identity = conn
-        .peer_certificates()
-        .and_then(|certs| PeerIdentity::new(certs.to_vec()));
+    // Only the verified path (or the pinned leaf), not whatever else the server sent.
+    let peer_identity =
+        qymux_tls::server_identity(&tls, conn.peer_certificates()).map_err(Error::Handshake)?;
 
     let session = Session::start(Start {
         io: tls_stream,

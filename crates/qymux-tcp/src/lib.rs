@@ -10,6 +10,9 @@
 //!   side opens [`Stream`]s, and a stream is visible to the peer as soon as `open`
 //!   returns (SYN at open); the peer's streams are acknowledged as they enter the accept
 //!   queue, which holds at most [`Options::accept_backlog`] (beyond it they are reset).
+//!   Besides the async `open` and `accept`, [`Session::poll_open`],
+//!   [`Session::poll_accept`] and [`Session::incoming`] (a `futures::Stream`) open and
+//!   accept by polling, with no future allocated per stream.
 //! - Reads return EOF only when the peer finished the stream; a reset or a lost session
 //!   is an error. `shutdown` sends one FIN however often it is called; dropping or
 //!   aborting a stream resets it unless both sides finished, also after our own FIN, so a

@@ -8,9 +8,7 @@ use std::time::Duration;
 use qymux_tls::Side;
 use qymux_transport::admission::{Admit, Attempt, SourceLimiter};
 use qymux_transport::registry::SessionRegistry;
-use qymux_transport::{
-    Error, HandshakeError, Limit, Options, PeerIdentity, Protocol, Result, TimeoutKind,
-};
+use qymux_transport::{Error, HandshakeError, Limit, Options, Protocol, Result, TimeoutKind};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -74,13 +72,7 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let task = tokio::spawn(accept_loop(
-            tcp,
-            TlsAcceptor::from(tls),
-            options,
-            tx,
-            registry.clone(),
-        ));
+        let task = tokio::spawn(accept_loop(tcp, tls, options, tx, registry.clone()));
         Listener {
             local_addr,
             ready: Mutex::new(rx),
@@ -149,11 +141,12 @@ impl qymux_transport::Listener for Listener {
 
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
 ) {
+    let acceptor = TlsAcceptor::from(tls.clone());
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     let sources = SourceLimiter::new(options.max_pending_per_source);
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
@@ -190,11 +183,12 @@ async fn accept_loop(
             continue;
         };
         let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
         handshakes.spawn(async move {
-            let result = handshake(stream, peer, &acceptor, &options).await;
+            let result = handshake(stream, peer, &acceptor, &tls, &options).await;
             // The source's count covers the handshake only; the global slot is held
             // until the application takes the session (below).
             drop(source_slot);
@@ -221,6 +215,7 @@ async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: &TlsAcceptor,
+    config: &Arc<rustls::ServerConfig>,
     options: &Options,
 ) -> Result<Session> {
     socket::configure(&stream, options);
@@ -252,9 +247,9 @@ async fn handshake(
         // none is not a Qymux peer either.
         return Err(Error::Handshake(HandshakeError::AlpnMismatch));
     }
-    let peer_identity = conn
-        .peer_certificates()
-        .and_then(|certs| PeerIdentity::new(certs.to_vec()));
+    // Only the verified path (or the leaf), not whatever else the client sent.
+    let peer_identity =
+        qymux_tls::client_identity(config, conn.peer_certificates()).map_err(Error::Handshake)?;
     Ok(Session::start(Start {
         io: tls,
         role: Role::Server,

@@ -518,33 +518,25 @@ impl Session {
     /// [`Options::open_timeout`] while the peer has 256 of our streams unacknowledged,
     /// then fails with [`Limit::PeerStreams`]. Cancel-safe: a dropped `open` holds nothing.
     pub async fn open(&self) -> Result<Stream> {
+        // Usually ready at once: no timer is armed then.
+        if let Poll::Ready(result) = self.poll_open(&mut Context::from_waker(Waker::noop())) {
+            return result;
+        }
         let shared = &self.handle.shared;
-        let first = shared.with_conn(|c| c.poll_open(Waker::noop()));
-        let id = match first {
-            Poll::Ready(result) => result?,
-            Poll::Pending => {
-                let opening = poll_fn(|cx| shared.with_conn(|c| c.poll_open(cx.waker())));
-                match tokio::time::timeout(shared.open_timeout, opening).await {
-                    Ok(result) => result?,
-                    Err(_) => {
-                        let waiting = shared.with_conn(|c| c.unacked_opens());
-                        return Err(Error::LimitReached(Limit::PeerStreams(waiting)));
-                    }
-                }
+        let opening = poll_fn(|cx| self.poll_open(cx));
+        match tokio::time::timeout(shared.open_timeout, opening).await {
+            Ok(result) => result,
+            Err(_) => {
+                let waiting = shared.with_conn(|c| c.unacked_opens());
+                Err(Error::LimitReached(Limit::PeerStreams(waiting)))
             }
-        };
-        // From here on the stream's Drop releases it.
-        let stream = Stream::new(id, self.handle.clone());
-        shared.flush_control();
-        Ok(stream)
+        }
     }
 
     /// Accepts a stream the peer opened; see [`qymux_transport::Session::accept`].
     /// Cancel-safe.
     pub async fn accept(&self) -> Result<Stream> {
-        let shared = &self.handle.shared;
-        let id = poll_fn(|cx| shared.with_conn(|c| c.poll_accept(cx.waker()))).await?;
-        Ok(Stream::new(id, self.handle.clone()))
+        poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// Closes the session gracefully; see [`qymux_transport::Session::close`].
@@ -652,6 +644,9 @@ impl qymux_transport::Session for Session {
     }
     fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
         Session::accept(self)
+    }
+    fn incoming(&self) -> qymux_transport::Incoming<Stream> {
+        Session::incoming(self)
     }
     fn protocol(&self) -> Protocol {
         Protocol::Tcp
@@ -870,6 +865,8 @@ impl Driver {
         Poll::Pending
     }
 }
+
+mod incoming;
 
 #[cfg(test)]
 mod tests;

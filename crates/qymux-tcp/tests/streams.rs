@@ -6,6 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+/// Bound on any single wait, so a bug fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(30);
+
 use common::{Cutter, Pki, options, pair};
 use qymux_transport::{CloseReason, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,6 +60,53 @@ async fn streams_opened_ahead_show_only_when_opened_and_close_cleanly() {
         "{:?}",
         server.close_reason()
     );
+}
+
+/// `poll_open` and `poll_accept` work from hand-written polls (no future per call): the
+/// peer sees the stream and bytes flow; a waiting `poll_accept` is woken when the peer
+/// opens; once the session has ended both are ready at once with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_open_and_poll_accept_carry_streams_without_futures() {
+    use std::future::poll_fn;
+    use std::task::{Context, Poll, Waker};
+
+    let (_l, client, server) = pair().await;
+    let mut opened = poll_fn(|cx| client.poll_open(cx)).await.expect("poll_open");
+    let mut accepted = tokio::time::timeout(WAIT, poll_fn(|cx| server.poll_accept(cx)))
+        .await
+        .expect("the peer sees the stream before any write")
+        .expect("poll_accept");
+    assert_eq!(accepted.stream_id(), opened.stream_id());
+    opened.write_all(b"polled").await.unwrap();
+    opened.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"polled");
+
+    // Nothing queued: the poll registers its waker, and the peer's open wakes it.
+    let waiting = tokio::spawn({
+        let server = server.clone();
+        async move { poll_fn(|cx| server.poll_accept(cx)).await }
+    });
+    let second = poll_fn(|cx| client.poll_open(cx)).await.expect("poll_open");
+    let woken = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting poll_accept is woken")
+        .expect("task")
+        .expect("poll_accept");
+    assert_eq!(woken.stream_id(), second.stream_id());
+
+    client.close().await;
+    server.closed().await;
+    let mut cx = Context::from_waker(Waker::noop());
+    match client.poll_open(&mut cx) {
+        Poll::Ready(Err(e)) => assert!(e.is_session_closed(), "{e:?}"),
+        other => panic!("poll_open on an ended session: {other:?}"),
+    }
+    match server.poll_accept(&mut cx) {
+        Poll::Ready(Err(e)) => assert!(matches!(e, Error::ClosedByPeer(_)), "{e:?}"),
+        other => panic!("poll_accept on an ended session: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use qymux_cert::{Fingerprint, Identity};
-use rustls::RootCertStore;
+use rustls::client::WantsClientCert;
+use rustls::{ConfigBuilder, RootCertStore, WantsVerifier};
 use rustls_pki_types::CertificateDer;
 
+use crate::crl::Crls;
 use crate::error::TlsError;
+use crate::identity::{PathCheck, remember_client_config};
 use crate::pin::{Accept, FingerprintVerifier};
+use crate::reload::ReloadingServerVerifier;
 use crate::{provider, versions};
 
 /// How the dialer decides that it reached the right server.
@@ -33,6 +37,7 @@ pub enum ServerVerification {
 pub struct ClientTls {
     verification: ServerVerification,
     identity: Option<Identity>,
+    server_crls: Option<Crls>,
     allow_tls12: bool,
 }
 
@@ -45,6 +50,7 @@ impl ClientTls {
         Self {
             verification,
             identity: None,
+            server_crls: None,
             allow_tls12: false,
         }
     }
@@ -89,6 +95,24 @@ impl ClientTls {
         Ok(self.client_identity(Identity::load_pem_files(cert, key)?))
     }
 
+    /// Checks the server's certificate (and its chain) against these revocation lists,
+    /// with a CA or the webpki or system roots (a pinned fingerprint is not revoked this
+    /// way: pin another one). `crls` is a handle: [`Crls::reload`] or [`Crls::replace`]
+    /// it and every handshake from then on uses the new lists.
+    pub fn server_crls(mut self, crls: Crls) -> Self {
+        self.server_crls = Some(crls);
+        self
+    }
+
+    /// Like [`ClientTls::server_crls`], loading the CRLs from PEM or DER files (see
+    /// [`Crls::from_files`]).
+    pub fn server_crl_files<P: AsRef<Path>>(
+        self,
+        paths: impl IntoIterator<Item = P>,
+    ) -> Result<Self, TlsError> {
+        Ok(self.server_crls(Crls::from_files(paths)?))
+    }
+
     /// Also offers TLS 1.2 (off by default).
     pub fn allow_tls12(mut self, allow: bool) -> Self {
         self.allow_tls12 = allow;
@@ -101,11 +125,15 @@ impl ClientTls {
     }
 
     /// Builds the rustls configuration, with ALPN `qymux`.
+    ///
+    /// The config is remembered (weakly) with how it verifies the server, so that
+    /// [`server_identity`](crate::server_identity) can give sessions dialed with it the
+    /// verified path of the server's certificate.
     pub fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions(self.allow_tls12))?;
-        let builder = match &self.verification {
+        let (builder, check) = match &self.verification {
             ServerVerification::Ca(roots) => {
                 let mut store = RootCertStore::empty();
                 let (added, _) = store.add_parsable_certificates(roots.iter().cloned());
@@ -114,13 +142,13 @@ impl ClientTls {
                         "the CA holds no usable certificate".into(),
                     ));
                 }
-                builder.with_root_certificates(store)
+                self.with_roots(builder, store)?
             }
             ServerVerification::WebPkiRoots => {
                 let store = RootCertStore {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 };
-                builder.with_root_certificates(store)
+                self.with_roots(builder, store)?
             }
             ServerVerification::SystemRoots => {
                 let found = rustls_native_certs::load_native_certs();
@@ -134,25 +162,29 @@ impl ClientTls {
                         "the system root store holds no usable certificate".into(),
                     ));
                 }
-                builder.with_root_certificates(store)
+                self.with_roots(builder, store)?
             }
             ServerVerification::Pinned(pins) => {
                 if pins.is_empty() {
                     return Err(TlsError::NoTrustAnchors("no fingerprint pinned".into()));
                 }
-                builder
+                let builder = builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
                         Accept::Pinned(pins.clone()),
                         provider.clone(),
-                    )))
+                    )));
+                (builder, PathCheck::Pinned)
             }
-            ServerVerification::DangerousSkip => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
-                    Accept::Anything,
-                    provider.clone(),
-                ))),
+            ServerVerification::DangerousSkip => {
+                let builder = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
+                        Accept::Anything,
+                        provider.clone(),
+                    )));
+                (builder, PathCheck::Unverified)
+            }
         };
         let mut config = match &self.identity {
             None => builder.with_no_client_auth(),
@@ -164,6 +196,38 @@ impl ClientTls {
                 })?,
         };
         config.alpn_protocols = vec![qymux_transport::ALPN.to_vec()];
-        Ok(Arc::new(config))
+        let config = Arc::new(config);
+        remember_client_config(&config, check);
+        Ok(config)
+    }
+
+    /// The verifier for trust anchors: rustls's webpki one, with CRLs (reloadable) if
+    /// given.
+    fn with_roots(
+        &self,
+        builder: ConfigBuilder<rustls::ClientConfig, WantsVerifier>,
+        store: RootCertStore,
+    ) -> Result<
+        (
+            ConfigBuilder<rustls::ClientConfig, WantsClientCert>,
+            PathCheck,
+        ),
+        TlsError,
+    > {
+        let store = Arc::new(store);
+        let builder = match &self.server_crls {
+            None => builder.with_root_certificates(store.clone()),
+            Some(crls) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(
+                    store.clone(),
+                    crls.clone(),
+                )?)),
+        };
+        let check = PathCheck::Webpki {
+            roots: store,
+            crls: self.server_crls.clone(),
+        };
+        Ok((builder, check))
     }
 }

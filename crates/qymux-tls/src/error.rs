@@ -16,6 +16,14 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A certificate revocation list could not be loaded or used.
+    #[error("{source_name}: {reason}")]
+    Crl {
+        /// The file (or list position) it came from.
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The client certificate verifier could not be built.
     #[error("client CA: {0}")]
     ClientVerifier(String),

@@ -7,6 +7,13 @@
 //!   makes a client certificate mandatory (mTLS).
 //! - [`ClientTls`]: how the dialer verifies the server: a CA, the webpki or the system
 //!   roots, or a pinned SHA-256 fingerprint; optionally a client certificate.
+//! - [`Crls`]: certificate revocation lists (PEM or DER files), for client certificates
+//!   ([`ServerTls::client_crls`]) or server certificates ([`ClientTls::server_crls`]);
+//!   reloadable while the server runs.
+//! - [`client_identity`] / [`server_identity`]: the peer's identity after a handshake,
+//!   holding only what was verified (the path webpki built, or the pinned leaf).
+//! - [`AllowList`]: the peers an application accepts, by fingerprint or name, checked
+//!   per session.
 //! - [`dangerous`]: skipping server verification, for tests and development only.
 //! - [`handshake_error`]: turns a rustls failure into a typed
 //!   [`HandshakeError`](qymux_transport::HandshakeError).
@@ -30,16 +37,23 @@
 #![deny(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod allow;
 mod classify;
 mod client;
+mod crl;
 pub mod dangerous;
 mod error;
+mod identity;
 mod pin;
+mod reload;
 mod server;
 
+pub use allow::{AllowList, NotAllowed, describe_names};
 pub use classify::{Side, handshake_error};
 pub use client::{ClientTls, ServerVerification};
+pub use crl::Crls;
 pub use error::TlsError;
+pub use identity::{client_identity, server_identity};
 pub use qymux_cert::{Fingerprint, Identity};
 pub use server::ServerTls;
 

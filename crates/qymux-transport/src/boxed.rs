@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::Result;
+use crate::incoming::Incoming;
 use crate::session::{CloseReason, Listener, PeerIdentity, Protocol, Session, Stream};
 
 /// A stream of any backend.
@@ -85,6 +86,7 @@ impl Stream for BoxStream {
 trait DynSession: Send + Sync + 'static {
     fn open(&self) -> BoxFuture<'_, Result<BoxStream>>;
     fn accept(&self) -> BoxFuture<'_, Result<BoxStream>>;
+    fn incoming(&self) -> Incoming<BoxStream>;
     fn protocol(&self) -> Protocol;
     fn local_addr(&self) -> SocketAddr;
     fn remote_addr(&self) -> SocketAddr;
@@ -101,6 +103,9 @@ impl<S: Session> DynSession for S {
     }
     fn accept(&self) -> BoxFuture<'_, Result<BoxStream>> {
         Box::pin(async move { Session::accept(self).await.map(BoxStream::new) })
+    }
+    fn incoming(&self) -> Incoming<BoxStream> {
+        Session::incoming(self).map(BoxStream::new)
     }
     fn protocol(&self) -> Protocol {
         Session::protocol(self)
@@ -156,6 +161,11 @@ impl Session for BoxSession {
     }
     fn accept(&self) -> impl std::future::Future<Output = Result<BoxStream>> + Send {
         self.0.accept()
+    }
+    /// The backend's own [`Incoming`] (allocation-free per stream on both backends),
+    /// each stream boxed.
+    fn incoming(&self) -> Incoming<BoxStream> {
+        self.0.incoming()
     }
     fn protocol(&self) -> Protocol {
         self.0.protocol()

@@ -5,6 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::escape::PeerText;
+
 /// A Qymux result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -52,7 +54,7 @@ pub enum Error {
     #[error("stream reset by peer")]
     StreamReset,
     /// The peer broke the wire protocol, or sent bytes that are not Qymux at all.
-    #[error("protocol violation: {0}")]
+    #[error("protocol violation: {}", PeerText(.0))]
     Protocol(String),
     /// An I/O error on the underlying connection.
     #[error("i/o error: {0}")]
@@ -64,7 +66,8 @@ pub enum Error {
 
 fn reason_suffix(reason: &Option<String>) -> String {
     match reason {
-        Some(r) if !r.is_empty() => format!(": {r}"),
+        // The peer chose these words: escaped, so they cannot forge log lines.
+        Some(r) if !r.is_empty() => format!(": {}", PeerText(r)),
         _ => String::new(),
     }
 }
@@ -137,7 +140,7 @@ impl From<Error> for io::Error {
 pub enum HandshakeError {
     /// The server's certificate does not chain to a trusted root, or is not valid for the
     /// name that was dialed.
-    #[error("server certificate not trusted: {0}")]
+    #[error("server certificate not trusted: {}", PeerText(.0))]
     UntrustedCertificate(String),
     /// The server's certificate does not have the pinned SHA-256 fingerprint.
     #[error("server certificate fingerprint {actual} does not match the pinned {expected}")]
@@ -154,13 +157,13 @@ pub enum HandshakeError {
     #[error("the server requires a client certificate and none was presented")]
     ClientCertificateRequired,
     /// The client certificate was rejected (unknown CA, expired, wrong usage).
-    #[error("client certificate refused: {0}")]
+    #[error("client certificate refused: {}", PeerText(.0))]
     ClientCertificateRefused(String),
     /// The peer sent something that is not a handshake of the expected protocol.
-    #[error("peer is not speaking TLS: {0}")]
+    #[error("peer is not speaking TLS: {}", PeerText(.0))]
     NotTls(String),
     /// Any other TLS failure.
-    #[error("TLS: {0}")]
+    #[error("TLS: {}", PeerText(.0))]
     Tls(String),
 }
 
@@ -281,6 +284,10 @@ mod tests {
         assert_eq!(
             Error::ClosedByPeer(None).to_string(),
             "session closed by peer"
+        );
+        assert_eq!(
+            Error::ClosedByPeer(Some("bye\n\x1b[31mFAKE LINE".into())).to_string(),
+            r"session closed by peer: bye\n\u{1b}[31mFAKE LINE"
         );
     }
 }

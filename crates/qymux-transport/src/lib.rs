@@ -5,7 +5,8 @@
 //! what every backend offers, so that code written against it runs on either:
 //!
 //! - [`Session`]: open and accept [`Stream`]s, addresses, the peer's verified identity,
-//!   graceful close and the reason a session ended;
+//!   graceful close and the reason a session ended; [`Session::incoming`] gives the
+//!   streams the peer opens as a [`futures::Stream`] ([`Incoming`]);
 //! - [`Stream`]: tokio `AsyncRead + AsyncWrite`, half-close with `shutdown`, and
 //!   [`Stream::abort`], which the peer sees as an error;
 //! - [`Listener`]: accepts sessions;
@@ -36,16 +37,23 @@
 pub mod admission;
 mod boxed;
 mod error;
+mod escape;
 pub mod eyeballs;
+mod incoming;
 mod options;
 pub mod registry;
 mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
+pub use escape::{PeerText, escape_peer_text};
+pub use incoming::Incoming;
 pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
 pub use rustls_pki_types::CertificateDer;
-pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
+pub use session::{
+    CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream,
+    Verification,
+};
 
 /// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.
 pub const ALPN: &[u8] = b"qymux";

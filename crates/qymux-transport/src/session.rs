@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Result};
+use crate::escape::PeerText;
+use crate::incoming::Incoming;
 
 /// The transport a session runs on.
 #[non_exhaustive]
@@ -68,24 +70,91 @@ impl FromStr for Mode {
     }
 }
 
-/// The verified certificate chain a peer presented (with mTLS, the client's; on the
-/// dialer, the server's).
+/// How a peer's certificate was checked, which says what [`PeerIdentity::chain`] holds.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verification {
+    /// webpki built a path from the peer's certificate to a configured trust anchor (a
+    /// CA, the webpki or the system roots), checking signatures, validity dates, key
+    /// usage and, where CRLs were configured, revocation. The chain is that path.
+    Path,
+    /// The peer's certificate matched a pinned SHA-256 fingerprint. Nothing but the
+    /// fingerprint (and the handshake signature) was checked; the chain is the leaf alone.
+    Pinned,
+    /// A verifier that Qymux did not build (a rustls config made elsewhere) accepted the
+    /// peer; what it checked is unknown to Qymux. The chain is the leaf alone.
+    Custom,
+    /// Nothing was checked (`qymux_tls::dangerous`). The chain is the leaf alone.
+    Unverified,
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verification::Path => "verified path",
+            Verification::Pinned => "pinned",
+            Verification::Custom => "custom verifier",
+            Verification::Unverified => "NOT verified",
+        })
+    }
+}
+
+/// The names a peer's (end-entity) certificate carries: the subject's common names and
+/// the DNS and IP address subject alternative names.
+///
+/// The names are whatever the certificate says; they are trustworthy as far as the
+/// certificate was verified (see [`PeerIdentity::verification`]). Peer-controlled text:
+/// escape it before printing ([`crate::PeerText`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// The subject's common names (`CN=`), usually one.
+    pub common_names: Vec<String>,
+    /// The DNS names of the subject alternative name extension.
+    pub dns_names: Vec<String>,
+    /// The IP addresses of the subject alternative name extension.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+/// Who the peer is, as far as it was verified: with mTLS, the client's certificate (on
+/// the listener); on the dialer, the server's.
+///
+/// It holds only what was checked. When webpki verified the peer against trust anchors,
+/// [`chain`](Self::chain) is the path it built, end-entity certificate first, then the
+/// intermediates that path went through; a certificate the peer sent that is not on
+/// that path (an unrelated one it appended) is left out, and the trust anchor itself is
+/// not included. When the peer was pinned (or not verified at all) the chain is the
+/// leaf alone, and [`verification`](Self::verification) says so.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     chain: Arc<[CertificateDer<'static>]>,
+    verification: Verification,
+    names: Arc<CertificateNames>,
 }
 
 impl PeerIdentity {
-    /// Wraps a verified chain, end-entity certificate first. Returns `None` for an empty
-    /// chain.
-    pub fn new(chain: Vec<CertificateDer<'static>>) -> Option<Self> {
+    /// An identity from what a verifier checked: `chain` is the verified path, end-entity
+    /// certificate first, and `names` the end-entity certificate's names. Unless
+    /// `verification` is [`Verification::Path`], only the end-entity certificate is kept.
+    /// Returns `None` for an empty chain.
+    ///
+    /// Backends get identities from `qymux_tls`, which builds the path; this constructor
+    /// is for code that verified a peer itself.
+    pub fn from_verified(
+        mut chain: Vec<CertificateDer<'static>>,
+        verification: Verification,
+        names: CertificateNames,
+    ) -> Option<Self> {
         if chain.is_empty() {
-            None
-        } else {
-            Some(Self {
-                chain: chain.into(),
-            })
+            return None;
         }
+        if verification != Verification::Path {
+            chain.truncate(1);
+        }
+        Some(Self {
+            chain: chain.into(),
+            verification,
+            names: Arc::new(names),
+        })
     }
 
     /// The peer's own (end-entity) certificate, DER encoded.
@@ -93,17 +162,71 @@ impl PeerIdentity {
         &self.chain[0]
     }
 
-    /// The whole chain the peer sent, end-entity first.
+    /// The verified chain, end-entity first: the path webpki built (without the trust
+    /// anchor), or the leaf alone when pinned. Certificates the peer sent that are not on
+    /// the path are not here.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
+    }
+
+    /// How the peer was checked.
+    pub fn verification(&self) -> Verification {
+        self.verification
+    }
+
+    /// Whether the peer was accepted by a pinned fingerprint (the chain is the leaf alone).
+    pub fn is_pinned(&self) -> bool {
+        self.verification == Verification::Pinned
+    }
+
+    /// All the names of the end-entity certificate.
+    pub fn names(&self) -> &CertificateNames {
+        &self.names
+    }
+
+    /// The subject's common names (`CN=`) of the end-entity certificate.
+    pub fn common_names(&self) -> &[String] {
+        &self.names.common_names
+    }
+
+    /// The DNS subject alternative names of the end-entity certificate.
+    pub fn dns_names(&self) -> &[String] {
+        &self.names.dns_names
+    }
+
+    /// The IP address subject alternative names of the end-entity certificate.
+    pub fn ip_addresses(&self) -> &[IpAddr] {
+        &self.names.ip_addresses
+    }
+
+    /// Whether `name` is one of the certificate's names: a common name (exact), a DNS
+    /// name (ASCII case-insensitive, no wildcard expansion) or an IP address (parsed).
+    pub fn has_name(&self, name: &str) -> bool {
+        if let Ok(ip) = name.parse::<IpAddr>()
+            && self.names.ip_addresses.contains(&ip)
+        {
+            return true;
+        }
+        self.names.common_names.iter().any(|cn| cn == name)
+            || self
+                .names
+                .dns_names
+                .iter()
+                .any(|dns| dns.eq_ignore_ascii_case(name))
     }
 }
 
 impl fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let escaped = |names: &[String]| -> Vec<String> {
+            names.iter().map(|n| crate::escape_peer_text(n)).collect()
+        };
         f.debug_struct("PeerIdentity")
+            .field("verification", &self.verification)
             .field("certificates", &self.chain.len())
-            .field("end_entity_len", &self.chain[0].len())
+            .field("common_names", &escaped(&self.names.common_names))
+            .field("dns_names", &escaped(&self.names.dns_names))
+            .field("ip_addresses", &self.names.ip_addresses)
             .finish()
     }
 }
@@ -141,7 +264,8 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::Local => f.write_str("closed locally"),
             CloseReason::Peer(None) => f.write_str("closed by peer"),
-            CloseReason::Peer(Some(r)) => write!(f, "closed by peer: {r}"),
+            // The peer chose the reason: escaped, so it cannot forge log lines.
+            CloseReason::Peer(Some(r)) => write!(f, "closed by peer: {}", PeerText(r)),
             CloseReason::Failed(e) => write!(f, "failed: {e}"),
         }
     }
@@ -182,6 +306,18 @@ pub trait Session: Clone + Send + Sync + 'static {
     /// once the session has ended.
     fn accept(&self) -> impl Future<Output = Result<Self::Stream>> + Send;
 
+    /// The streams the peer opens, as a [`futures::Stream`] that ends with the session:
+    /// `Ok(stream)` items in the order the peer opened them, then one `Err` with the
+    /// session's close reason (as [`CloseReason::to_error`] gives it), then `None`. See
+    /// [`Incoming`].
+    ///
+    /// It accepts as [`accept`](Session::accept) does, without allocating per stream (the
+    /// default implementation keeps one `accept` future and replaces it in place; a
+    /// backend may poll its accept queue directly).
+    fn incoming(&self) -> Incoming<Self::Stream> {
+        Incoming::from_session(self.clone())
+    }
+
     /// The transport this session runs on.
     fn protocol(&self) -> Protocol;
 
@@ -191,8 +327,9 @@ pub trait Session: Clone + Send + Sync + 'static {
     /// The peer's socket address.
     fn remote_addr(&self) -> SocketAddr;
 
-    /// The peer's verified certificate chain, where it presented one (always for a server;
-    /// for a client only with mTLS).
+    /// Who the peer is, as far as it was verified, where it presented a certificate
+    /// (always for a server; for a client only with mTLS): the path webpki built, or the
+    /// pinned leaf alone (see [`PeerIdentity`]).
     fn peer_identity(&self) -> Option<PeerIdentity>;
 
     /// Closes the session gracefully: tells the peer (yamux GoAway + TLS close_notify, or

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use qymux::cert::Fingerprint;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{BoxSession, BoxStream, Config, Mode, PeerIdentity, Qymux, Session};
+use qymux::{BoxSession, BoxStream, Config, Mode, PeerIdentity, PeerText, Qymux, Session};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -594,21 +594,24 @@ impl Drop for Signal {
     }
 }
 
-/// A short description of a verified certificate: its subject and SHA-256 fingerprint.
+/// A short description of a verified certificate: its subject, how it was verified and
+/// its SHA-256 fingerprint. The subject is the peer's text: escaped, so a certificate
+/// cannot put control characters on the terminal.
 fn describe(identity: &PeerIdentity) -> String {
     let cert = identity.end_entity();
     let fingerprint = Fingerprint::of(cert);
+    let how = identity.verification();
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
         Ok((_, parsed)) => {
             let subject = parsed.subject().to_string();
             let subject = if subject.is_empty() {
                 "(empty subject)".to_owned()
             } else {
-                subject
+                PeerText(&subject).to_string()
             };
-            format!("{subject} (sha256 {fingerprint})")
+            format!("{subject} ({how}, sha256 {fingerprint})")
         }
-        Err(_) => format!("sha256 {fingerprint}"),
+        Err(_) => format!("sha256 {fingerprint} ({how})"),
     }
 }
 

@@ -114,7 +114,8 @@
 //! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
 //! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
 //! | `grpc` | no | `grpc`: tonic channel over a session, tonic server on a session |
-//! | `http` | no | `http`: hyper client over a session, reverse proxy on a session |
+//! | `http` | no | `http`: hyper client and connector over a session, serving any hyper service on a session, reverse proxy on a session |
+//! | `axum` | no | `http::axum`: `axum::serve` on a session's incoming streams; enables `http` |
 //! | `forward` | no | `forward`: TCP port forwarding both ways, a reconnecting tunnel |
 //!
 //! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
@@ -137,8 +138,9 @@ pub use qymux_dialer::{Backoff, ReconnectConfig, ReconnectState, Reconnecting};
 
 #[doc(inline)]
 pub use qymux_transport::{
-    ALPN, BoxListener, BoxSession, BoxStream, CloseReason, Error, HandshakeError, Limit, Mode,
-    Options, PeerIdentity, Protocol, Result, Session, Stream, TimeoutKind,
+    ALPN, BoxListener, BoxSession, BoxStream, CertificateNames, CloseReason, Error, HandshakeError,
+    Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Result, Session, Stream,
+    TimeoutKind, Verification, escape_peer_text,
 };
 
 /// Certificates: a CA, server and client certificates, PEM, fingerprints.

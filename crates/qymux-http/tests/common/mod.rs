@@ -371,3 +371,38 @@ pub fn https_server_config(pki: &Pki) -> Arc<rustls::ServerConfig> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
+
+/// Listens and dials with mTLS: the agent (the dialer) presents the PKI's client
+/// certificate, the listener requires one from the PKI's CA.
+pub async fn mtls_pair<B: Backend>(pki: &Pki) -> Pair<B> {
+    use qymux_tls::{ClientTls, ServerTls};
+    use qymux_transport::Listener as _;
+
+    let server_tls = ServerTls::new(pki.server.clone())
+        .client_ca(vec![pki.ca.certificate().clone()])
+        .build()
+        .expect("server config");
+    let client_tls = ClientTls::with_ca(vec![pki.ca.certificate().clone()])
+        .client_identity(pki.client.clone())
+        .build()
+        .expect("client config");
+    let options = qymux_conformance::options();
+    let listener = B::listen(server_tls, options.clone())
+        .await
+        .expect("listen");
+    let addr = listener.local_addr();
+    let (c, s) = tokio::join!(
+        B::dial(addr, "localhost", client_tls, options),
+        listener.accept()
+    );
+    Pair {
+        listener,
+        client: c.expect("dial"),
+        server: s.expect("accept"),
+    }
+}
+
+/// SHA-256 of `data`, as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
