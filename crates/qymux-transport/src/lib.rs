@@ -9,7 +9,8 @@
 //! - [`Stream`]: tokio `AsyncRead + AsyncWrite`, half-close with `shutdown`, and
 //!   [`Stream::abort`], which the peer sees as an error;
 //! - [`Listener`]: accepts sessions;
-//! - [`Options`]: timeouts, keep-alive and limits shared by the backends;
+//! - [`Options`]: timeouts, keep-alive and limits shared by the backends, and the
+//!   [`Proxy`] an agent's TCP connections go through;
 //! - [`Error`]: one error type saying what failed, convertible to [`std::io::Error`];
 //! - [`BoxSession`], [`BoxStream`], [`BoxListener`]: type-erased forms, for a transport
 //!   chosen at run time.
@@ -37,12 +38,14 @@ pub mod admission;
 mod boxed;
 mod error;
 mod options;
+pub mod proxy;
 pub mod registry;
 mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
 pub use options::{Options, QuicRetry, Secret};
+pub use proxy::{Proxy, ProxyError};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
 
