@@ -13,15 +13,31 @@ use crate::memory::TransportMemory;
 /// delay), when no QUIC round-trip time to the target is known yet.
 pub const DEFAULT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
+/// The shortest attempt delay derived from a measured round-trip time (RFC 8305 section
+/// 5: never below 100 ms).
+const MIN_ATTEMPT_DELAY: Duration = Duration::from_millis(100);
+
+/// How long a QUIC attempt that lost the race to TCP may still finish in the background
+/// (so that a slow but working path is told from a broken one); then it is dropped.
+const LOSER_GRACE: Duration = Duration::from_secs(1);
+
+/// The close reason of a QUIC session that connected after TCP had won the race.
+pub const SUPERSEDED: &str = "superseded";
+
 /// Dials one server in a [`Mode`], returning a type-erased session.
 ///
 /// In [`Mode::Auto`] QUIC starts first. If it has not connected after the attempt delay
-/// (250 ms, or 1.5 × the QUIC round-trip time measured to this target before), TCP
-/// starts as well; the first to complete wins and the other attempt is dropped (its
-/// socket closed, no task left behind). When QUIC fails or loses while TCP works, the
-/// dialer remembers it for this target ([`TransportMemory`]): the next dials start with
-/// TCP at once, until the penalty expires. If TCP fails, QUIC gets one more attempt
-/// delay before the dial fails with TCP's error (not its whole connect timeout).
+/// (250 ms, or 1.5 × the QUIC round-trip time measured to this target before, at least
+/// 100 ms), TCP starts as well; the first to complete wins, QUIC in a tie. A TCP attempt
+/// that lost is dropped (its socket closed). A QUIC attempt still running when TCP won
+/// gets one more second in the background: if it connects, it is closed at once with
+/// the reason `superseded` (so the server can tell it from a departing agent) and QUIC
+/// counts as working for this target; otherwise it is dropped with its socket. When QUIC fails or is still
+/// silent while TCP works, the dialer remembers it for this target
+/// ([`TransportMemory`]): the next dials start with TCP at once, until the penalty
+/// expires; an answer from the server over UDP (a refusal, a handshake error) is not a
+/// broken path and clears it. If TCP fails, QUIC gets one more attempt delay before the
+/// dial fails with TCP's error (not its whole connect timeout).
 ///
 /// With a proxy in the options ([`Options::proxy`]) that applies to the target, Auto
 /// dials TCP through the proxy alone, and [`Mode::Quic`] is a configuration error: an
@@ -195,6 +211,51 @@ impl Dialer {
         .await
     }
 
+    /// A QUIC dial that owns what it needs, so that it can be finished in the
+    /// background after losing the race.
+    fn quic_owned(&self) -> impl Future<Output = Result<qymux_quic::Session>> + Send + 'static {
+        let (addr, name, tls, options) = (
+            self.addr.clone(),
+            self.server_name.clone(),
+            self.tls.clone(),
+            self.options.clone(),
+        );
+        async move { qymux_quic::dial(&addr, &name, tls, &options).await }
+    }
+
+    /// TCP won while QUIC was still connecting: QUIC is finished in the background. A
+    /// QUIC session that completes is closed as `superseded`, and QUIC counts as working
+    /// (it merely lost); a server that answered over UDP clears the penalty too; only
+    /// silence keeps it.
+    fn finish_losing_quic(
+        &self,
+        quic: impl Future<Output = Result<qymux_quic::Session>> + Send + 'static,
+    ) {
+        let (memory, addr) = (self.memory.clone(), self.addr.clone());
+        tokio::spawn(async move {
+            let Ok(finished) = tokio::time::timeout(LOSER_GRACE, quic).await else {
+                // Silent all along: dropped with its socket; the penalty stands.
+                debug!(target = %addr, "the QUIC attempt that lost the race got no answer; dropped");
+                return;
+            };
+            match finished {
+                Ok(session) => {
+                    let connection = session.connection();
+                    memory.quic_worked(&addr, connection.rtt());
+                    debug!(target = %addr, "QUIC connected after losing the race; closing it as superseded");
+                    connection.close(
+                        qymux_quic::quinn::VarInt::from_u32(0),
+                        SUPERSEDED.as_bytes(),
+                    );
+                }
+                Err(e) if server_answered(&e) => memory.quic_answered(&addr),
+                Err(e) => {
+                    debug!(target = %addr, error = %e, "the QUIC attempt that lost the race failed")
+                }
+            }
+        });
+    }
+
     fn quic_won(&self, session: qymux_quic::Session) -> Concrete {
         self.memory
             .quic_worked(&self.addr, session.connection().rtt());
@@ -225,12 +286,12 @@ impl Dialer {
         }
 
         let delay = match self.memory.quic_rtt(&self.addr) {
-            Some(rtt) => (rtt * 3 / 2).clamp(Duration::from_millis(10), Duration::from_secs(2)),
+            Some(rtt) => (rtt * 3 / 2).clamp(MIN_ATTEMPT_DELAY, Duration::from_secs(2)),
             None => self.attempt_delay,
         };
-        let quic = self.quic();
-        tokio::pin!(quic);
+        let mut quic = Box::pin(self.quic_owned());
         let early = tokio::select! {
+            biased;
             result = &mut quic => Some(result),
             () = sleep(delay) => None,
         };
@@ -262,6 +323,8 @@ impl Dialer {
         let (mut quic_err, mut tcp_err) = (None, None);
         loop {
             tokio::select! {
+                // QUIC first: in a tie it wins.
+                biased;
                 result = &mut quic, if quic_err.is_none() => match result {
                     Ok(session) => return Ok(self.quic_won(session)),
                     Err(e) => quic_err = Some(e),
@@ -272,7 +335,11 @@ impl Dialer {
                     }
                     Ok(session) => {
                         let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
-                        return Ok(self.tcp_won(session, &why));
+                        let session = self.tcp_won(session, &why);
+                        if quic_err.is_none() {
+                            self.finish_losing_quic(quic);
+                        }
+                        return Ok(session);
                     }
                     Err(e) => {
                         debug!(%e, ?delay, "TCP failed; QUIC gets one more attempt delay");

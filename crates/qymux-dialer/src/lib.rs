@@ -55,7 +55,7 @@ mod memory;
 mod reconnect;
 
 pub use backoff::Backoff;
-pub use dialer::{DEFAULT_ATTEMPT_DELAY, Dialer};
+pub use dialer::{DEFAULT_ATTEMPT_DELAY, Dialer, SUPERSEDED};
 pub use listener::Listener;
-pub use memory::{INITIAL_QUIC_PENALTY, MAX_QUIC_PENALTY, TransportMemory};
+pub use memory::{INITIAL_QUIC_PENALTY, MAX_QUIC_PENALTY, MAX_TARGETS, TransportMemory};
 pub use reconnect::{ReconnectConfig, ReconnectState, Reconnecting};

@@ -4,10 +4,11 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use qymux_transport::{BoxSession, Error, Limit, Mode, Options, Protocol, Result};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How many times a random port is tried when UDP cannot take the port TCP got.
 const PORT_ATTEMPTS: usize = 16;
@@ -38,6 +39,11 @@ pub struct Listener {
     quic: Option<qymux_quic::Listener>,
     local_addr: SocketAddr,
     max_sessions: Option<usize>,
+    /// Set once a transport's accept has failed: the other keeps serving.
+    tcp_down: AtomicBool,
+    quic_down: AtomicBool,
+    /// Set by `close` and `shutdown`: accept errors are then expected, not logged.
+    closing: AtomicBool,
 }
 
 impl fmt::Debug for Listener {
@@ -121,20 +127,64 @@ impl Listener {
             quic,
             local_addr,
             max_sessions,
+            tcp_down: AtomicBool::new(false),
+            quic_down: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         })
     }
 
     /// Waits for the next session, QUIC or TCP (see its `protocol()`).
+    ///
+    /// When one transport fails (its accept returns an error: the UDP socket broke, the
+    /// QUIC endpoint ended), the failure is logged and the other transport keeps
+    /// serving; the error is returned once no transport is left.
     pub async fn accept(&self) -> Result<BoxSession> {
         loop {
-            let session = match (&self.tcp, &self.quic) {
+            let tcp = self
+                .tcp
+                .as_ref()
+                .filter(|_| !self.tcp_down.load(Ordering::Acquire));
+            let quic = self
+                .quic
+                .as_ref()
+                .filter(|_| !self.quic_down.load(Ordering::Acquire));
+            let accepted = match (tcp, quic) {
                 (Some(tcp), Some(quic)) => tokio::select! {
-                    session = tcp.accept() => Accepted::Tcp(session?),
-                    session = quic.accept() => Accepted::Quic(session?),
+                    session = tcp.accept() => session.map(Accepted::Tcp).map_err(|e| (Protocol::Tcp, e)),
+                    session = quic.accept() => session.map(Accepted::Quic).map_err(|e| (Protocol::Quic, e)),
                 },
-                (Some(tcp), None) => Accepted::Tcp(tcp.accept().await?),
-                (None, Some(quic)) => Accepted::Quic(quic.accept().await?),
+                (Some(tcp), None) => tcp
+                    .accept()
+                    .await
+                    .map(Accepted::Tcp)
+                    .map_err(|e| (Protocol::Tcp, e)),
+                (None, Some(quic)) => quic
+                    .accept()
+                    .await
+                    .map(Accepted::Quic)
+                    .map_err(|e| (Protocol::Quic, e)),
                 (None, None) => return Err(Error::Closed),
+            };
+            let session = match accepted {
+                Ok(session) => session,
+                Err((protocol, e)) => {
+                    let (down, other) = match protocol {
+                        Protocol::Tcp => (
+                            &self.tcp_down,
+                            self.quic.is_some() && !self.quic_down.load(Ordering::Acquire),
+                        ),
+                        _ => (
+                            &self.quic_down,
+                            self.tcp.is_some() && !self.tcp_down.load(Ordering::Acquire),
+                        ),
+                    };
+                    down.store(true, Ordering::Release);
+                    if !other || self.closing.load(Ordering::Acquire) {
+                        return Err(e);
+                    }
+                    warn!(%protocol, error = %e, "this transport stopped accepting; serving the other one only");
+                    continue;
+                }
             };
             // Each transport caps its own sessions; the cap covers both together.
             match self.max_sessions {
@@ -156,6 +206,7 @@ impl Listener {
     /// closes it (TLS close_notify, or QUIC `CONNECTION_CLOSE`) as soon as it has no open
     /// stream, or when `grace` has passed. Returns when every session is closed.
     pub async fn shutdown(&self, grace: Duration) {
+        self.closing.store(true, Ordering::Release);
         let tcp = async {
             if let Some(t) = &self.tcp {
                 t.shutdown(grace).await;
@@ -167,6 +218,18 @@ impl Listener {
             }
         };
         tokio::join!(tcp, quic);
+    }
+
+    /// The TCP side, if this listener serves TCP (its session count, or to close it
+    /// alone).
+    pub fn tcp_listener(&self) -> Option<&qymux_tcp::Listener> {
+        self.tcp.as_ref()
+    }
+
+    /// The QUIC side, if this listener serves QUIC (its quinn endpoint's statistics, or
+    /// to close it alone).
+    pub fn quic_listener(&self) -> Option<&qymux_quic::Listener> {
+        self.quic.as_ref()
     }
 
     /// The bound address (the same port for UDP and TCP).
@@ -188,6 +251,7 @@ impl Listener {
 
     /// Stops accepting on both transports; sessions already accepted keep running.
     pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
         if let Some(t) = &self.tcp {
             t.close();
         }

@@ -122,7 +122,13 @@ impl ReconnectState {
 ///
 /// - **Callback.** `on_session` runs for every new session (the first, after each
 ///   reconnect, after a move to QUIC), as its own task: serve gRPC on it again, register
-///   again. It should return when the session ends (its `accept` then fails).
+///   again. It should return when the session ends (its `accept` then fails). It owns
+///   the session: if it returns or panics while the session is still up, nobody would
+///   serve it, so the session is closed and redialed (with backoff), and the state never
+///   says `Connected` for a session nobody serves. A callback that only hands the
+///   session elsewhere should end with `session.closed().await`.
+/// - **Shutdown** waits, up to [`ReconnectConfig::drain_timeout`], for the last
+///   session's callback and for sessions still draining after a move to QUIC.
 /// - **State.** [`state`](Reconnecting::state) is a [`watch`] channel of
 ///   [`ReconnectState`]: connected (over which transport, to which server), connecting,
 ///   waiting to reconnect (retry number, wait, last error), stopped.
@@ -212,6 +218,7 @@ impl Reconnecting {
             session: session_tx,
             stop: stop_rx,
             generation: 0,
+            background: tokio::task::JoinSet::new(),
         };
         let task = tokio::spawn(run.run());
         Ok(Reconnecting {
@@ -274,12 +281,27 @@ struct Run<F> {
     session: watch::Sender<Option<BoxSession>>,
     stop: watch::Receiver<bool>,
     generation: u64,
+    /// Session callbacks and drains of replaced sessions.
+    background: tokio::task::JoinSet<()>,
 }
 
 /// How holding a session ended.
 enum Held {
     Ended(CloseReason),
+    /// The callback panicked or returned while its session was up: the session was
+    /// closed (this error says why) and is redialed.
+    Abandoned(Error),
     Stop,
+}
+
+/// Why a callback that ended while its session was up is treated as a lost session.
+fn abandoned(finished: std::result::Result<(), tokio::task::JoinError>) -> Error {
+    let why = match finished {
+        Err(e) if e.is_panic() => "the session callback panicked",
+        Err(_) => "the session callback was cancelled",
+        Ok(()) => "the session callback returned while its session was up",
+    };
+    Error::io(std::io::Error::other(why))
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -315,15 +337,20 @@ where
                 Ok(session) => {
                     attempt = 0;
                     let since = Instant::now();
-                    match self.hold(&dialer, session).await {
+                    let held = self.hold(&dialer, session).await;
+                    let lived = since.elapsed();
+                    if !matches!(held, Held::Stop) && lived >= self.config.backoff.reset_after {
+                        retry = 0;
+                    }
+                    match held {
                         Held::Stop => break,
                         Held::Ended(reason) => {
-                            let lived = since.elapsed();
-                            if lived >= self.config.backoff.reset_after {
-                                retry = 0;
-                            }
                             warn!(server = dialer.addr(), %reason, ?lived, "session ended; reconnecting");
                             reason.to_error()
+                        }
+                        Held::Abandoned(error) => {
+                            warn!(server = dialer.addr(), %error, ?lived, "closed the session its callback left; reconnecting");
+                            error
                         }
                     }
                 }
@@ -357,15 +384,35 @@ where
             }
         }
         self.session.send_replace(None);
+        // Shutdown waits for what it started: the callback of the last session (which
+        // sees its session closed) and the drains of replaced sessions, each bounded.
+        self.finish_background().await;
         self.state
             .send_replace(ReconnectState::Stopped { last_error: None });
+    }
+
+    /// Waits, up to [`ReconnectConfig::drain_timeout`], for the callbacks and drains
+    /// still running; aborts what is left after that.
+    async fn finish_background(&mut self) {
+        let all = async { while self.background.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.drain_timeout, all)
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.background.len(),
+                "session callbacks still running after the drain timeout; aborting them"
+            );
+            self.background.abort_all();
+            while self.background.join_next().await.is_some() {}
+        }
     }
 
     /// Hands `session` out and keeps it (or the QUIC session that replaces it) until it
     /// ends or the loop is stopped.
     async fn hold(&mut self, dialer: &Dialer, session: Concrete) -> Held {
         let mut current = session;
-        self.hand_out(dialer, &current);
+        let mut callback = self.hand_out(dialer, &current);
         loop {
             let boxed = current.boxed();
             let upgrade = self.config.upgrade_to_quic
@@ -382,6 +429,10 @@ where
                     reason = boxed.closed() => {
                         self.session.send_replace(None);
                         Held::Ended(reason)
+                    }
+                    finished = callback.wait() => {
+                        self.retire(&boxed).await;
+                        Held::Abandoned(abandoned(finished))
                     }
                 };
             }
@@ -405,6 +456,10 @@ where
                     self.session.send_replace(None);
                     return Held::Ended(reason);
                 }
+                finished = callback.wait() => {
+                    self.retire(&boxed).await;
+                    return Held::Abandoned(abandoned(finished));
+                }
                 result = quic => result,
             };
             match result {
@@ -413,8 +468,10 @@ where
                         server = dialer.addr(),
                         "QUIC gets through again; moving the session to QUIC"
                     );
-                    self.hand_out(dialer, &quic);
-                    tokio::spawn(drain_and_close(current, self.config.drain_timeout));
+                    // The old session's callback serves it while it drains.
+                    callback = self.hand_out(dialer, &quic);
+                    self.background
+                        .spawn(drain_and_close(current, self.config.drain_timeout));
                     current = quic;
                 }
                 Err(e) => debug!(error = %e, "QUIC still fails; staying on TCP"),
@@ -423,7 +480,7 @@ where
     }
 
     /// Publishes a new session and runs the callback on it.
-    fn hand_out(&mut self, dialer: &Dialer, session: &Concrete) {
+    fn hand_out(&mut self, dialer: &Dialer, session: &Concrete) -> Callback {
         let boxed = session.boxed();
         self.generation += 1;
         info!(server = dialer.addr(), protocol = %boxed.protocol(), generation = self.generation, "connected");
@@ -433,13 +490,38 @@ where
             protocol: boxed.protocol(),
             generation: self.generation,
         });
-        tokio::spawn((self.on_session)(boxed));
+        // Reap what has finished, so the set holds only what still runs.
+        while self.background.try_join_next().is_some() {}
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn((self.on_session)(boxed));
+        // Watched by `hold` through the oneshot; joined (and so awaited at shutdown)
+        // through the set.
+        self.background.spawn(async move {
+            let _ = done.send(task.await);
+        });
+        Callback { finished }
     }
 
     /// Stops handing out `session` and closes it.
     async fn retire(&mut self, session: &BoxSession) {
         self.session.send_replace(None);
         session.close().await;
+    }
+}
+
+/// The callback running on the current session.
+struct Callback {
+    finished: tokio::sync::oneshot::Receiver<std::result::Result<(), tokio::task::JoinError>>,
+}
+
+impl Callback {
+    /// Waits until the callback returns or panics. Cancel-safe.
+    async fn wait(&mut self) -> std::result::Result<(), tokio::task::JoinError> {
+        match (&mut self.finished).await {
+            Ok(finished) => finished,
+            // The watcher was aborted (shutdown's bound): the callback is gone too.
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -536,3 +536,63 @@ async fn shutdown_closes_streams_that_outlive_the_grace_period() {
         "a cut stream is an error, not EOF"
     );
 }
+
+/// A callback owns its session: when it panics, or returns while the session is still
+/// up, nobody serves the session any more. It is closed (the server sees it go), the
+/// state stops saying `Connected`, and the agent redials and runs the callback again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_panics_or_returns_gets_its_session_closed_and_redialed() {
+    let pki = pki();
+    for mode in [Mode::Tcp, Mode::Quic] {
+        let (listener, dialer) = listen_and_dialer(&pki, mode).await;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let agent = Reconnecting::start(vec![dialer], quick(), {
+            let calls = calls.clone();
+            move |session: BoxSession| {
+                let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    match call {
+                        // Dies on the first session, gives up on the second ...
+                        0 => panic!("a bug in the application's callback"),
+                        1 => drop(session),
+                        // ... and serves the third for good.
+                        _ => echo_streams(session).await,
+                    }
+                }
+            }
+        })
+        .unwrap();
+        let mut state = agent.state();
+
+        for n in 1..=2u64 {
+            let server = guard("accept", listener.accept()).await.unwrap();
+            // The server sees the agent close the session nobody serves ...
+            let reason = guard("the abandoned session ends", server.closed()).await;
+            assert!(
+                matches!(reason, CloseReason::Peer(_)),
+                "{mode:?} session {n}: the agent closed it cleanly: {reason:?}"
+            );
+            // ... and the agent goes on to a new one. (The states in between, with the
+            // callback's failure as `last_error`, may pass faster than a watch shows.)
+            wait_state(&mut state, "the next session", |s| generation(s) > n).await;
+        }
+        // The third session is served.
+        let server = guard("accept", listener.accept()).await.unwrap();
+        let mut stream = server.open().await.unwrap();
+        assert_eq!(
+            round_trip(&mut stream, b"still served").await,
+            b"still served"
+        );
+        let state_now = wait_state(&mut state, "connected", |s| {
+            matches!(s, ReconnectState::Connected { .. })
+        })
+        .await;
+        assert_eq!(
+            generation(&state_now),
+            3,
+            "{mode:?}: three sessions handed out"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        guard("shutdown", agent.shutdown()).await;
+    }
+}

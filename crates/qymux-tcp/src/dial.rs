@@ -5,20 +5,22 @@ use std::sync::Arc;
 
 use qymux_tls::Side;
 use qymux_transport::{
-    CloseReason, Error, HandshakeError, Options, PeerIdentity, Result, TimeoutKind,
+    CloseReason, Error, HandshakeError, Options, PeerIdentity, Result, TimeoutKind, eyeballs,
 };
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
-use tracing::debug;
 
 use crate::engine::core::Role;
 use crate::session::{Session, Start};
 use crate::socket;
 
-/// Dials `addr` (`host:port`; every resolved address is tried in turn) and returns a
-/// session once the server has accepted the TLS handshake.
+/// Dials `addr` (`host:port`) and returns a session once the server has accepted the TLS
+/// handshake. When the name resolves to several addresses they are raced as Happy
+/// Eyeballs does ([`qymux_transport::eyeballs`]: families interleaved, the next attempt
+/// after 250 ms without an answer or at once after a failure), so an address that drops
+/// packets does not keep a working one from being tried.
 ///
 /// `server_name` is the name the server's certificate must be valid for (ignored when
 /// the certificate is pinned). The TCP connect is bounded by
@@ -112,19 +114,12 @@ pub(crate) async fn connect(addr: &str, options: &Options) -> Result<TcpStream> 
             .await
             .map_err(connect_error)?
             .collect();
-        let mut last = None;
-        for candidate in addrs {
-            match TcpStream::connect(candidate).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => {
-                    debug!(%candidate, "TCP connect failed: {e}");
-                    last = Some(e);
-                }
-            }
-        }
-        Err(connect_error(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no address resolved")
-        })))
+        // Happy Eyeballs: an address that drops packets holds up the next one by the
+        // attempt delay, not by the whole connect timeout.
+        eyeballs::race(addrs, eyeballs::ATTEMPT_DELAY, TcpStream::connect)
+            .await
+            .map(|(stream, _)| stream)
+            .map_err(connect_error)
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await

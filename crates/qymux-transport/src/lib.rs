@@ -37,6 +37,7 @@
 pub mod admission;
 mod boxed;
 mod error;
+pub mod eyeballs;
 mod options;
 pub mod proxy;
 pub mod registry;
@@ -44,7 +45,7 @@ mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
-pub use options::{Options, QuicRetry, Secret};
+pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
 pub use proxy::{Proxy, ProxyError};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};

@@ -50,7 +50,9 @@ pub struct Options {
     /// refused until one finishes.
     pub max_pending_handshakes: usize,
     /// Maximum number of live sessions a listener holds at once (handed out or waiting
-    /// for `accept`), `None` for no cap (the default). A session whose handshake
+    /// for `accept`); 10,000 by default ([`DEFAULT_MAX_SESSIONS`]), `None` for no cap.
+    /// With the per-session receive budgets this bounds what a listener's peers can make
+    /// it buffer; a server for a larger fleet raises it. A session whose handshake
     /// completes beyond it is refused at once, not queued: over QUIC it is closed with
     /// the reason `limit reached: at most N sessions per listener`, over TCP it gets a
     /// yamux GoAway (the wire has no room for a reason); the listener logs
@@ -175,6 +177,9 @@ pub enum QuicRetry {
     Never,
 }
 
+/// The default [`Options::max_sessions`].
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -185,7 +190,7 @@ impl Default for Options {
             max_streams: 1024,
             close_timeout: Duration::from_secs(5),
             max_pending_handshakes: 1024,
-            max_sessions: None,
+            max_sessions: Some(DEFAULT_MAX_SESSIONS),
             open_timeout: Duration::from_secs(10),
             accept_backlog: 256,
             receive_budget: 256 * 1024 * 1024,
@@ -423,6 +428,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Options::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_listener_cap_is_finite_by_default() {
+        let o = Options::default();
+        assert_eq!(o.max_sessions, Some(DEFAULT_MAX_SESSIONS));
+        assert!(o.max_pending_per_source < o.max_pending_handshakes);
     }
 
     #[test]
