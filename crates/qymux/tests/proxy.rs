@@ -413,7 +413,11 @@ async fn a_reconnecting_agent_stays_behind_its_proxy() {
     let server = Server::start().await;
     let agent = server.agent(Mode::Auto, socks_url(&proxy, SOCKS_PASSWORD_ENCODED));
     let reconnecting = agent
-        .connect_forever(ReconnectConfig::default(), |_session| async {})
+        // The callback holds each session until it ends (one that returns early
+        // abandons its session, which is then closed and redialed).
+        .connect_forever(ReconnectConfig::default(), |session| async move {
+            session.closed().await;
+        })
         .unwrap();
     let accepted = server.listener.accept().await.unwrap();
     let mut state = reconnecting.state();
