@@ -27,6 +27,11 @@ pub struct ReconnectConfig {
     /// How long the streams of a session being replaced (after a move to QUIC) get to
     /// finish before it is closed anyway (default 30 s).
     pub drain_timeout: Duration,
+    /// After the server closed the session cleanly (a graceful shutdown, a restart), the
+    /// first redial waits a random time up to this (default 1 s), so that the agents of
+    /// a server that shuts down do not all arrive at the next server in the same
+    /// instant. Later retries follow [`backoff`](ReconnectConfig::backoff).
+    pub clean_close_spread: Duration,
 }
 
 impl Default for ReconnectConfig {
@@ -35,6 +40,7 @@ impl Default for ReconnectConfig {
             backoff: Backoff::default(),
             upgrade_to_quic: true,
             drain_timeout: Duration::from_secs(30),
+            clean_close_spread: Duration::from_secs(1),
         }
     }
 }
@@ -50,6 +56,19 @@ impl ReconnectConfig {
     pub fn upgrade_to_quic(mut self, value: bool) -> Self {
         self.upgrade_to_quic = value;
         self
+    }
+
+    /// Sets [`ReconnectConfig::clean_close_spread`].
+    pub fn clean_close_spread(mut self, value: Duration) -> Self {
+        self.clean_close_spread = value;
+        self
+    }
+
+    /// The wait before the first redial after the server closed the session cleanly:
+    /// uniform between zero and [`clean_close_spread`](ReconnectConfig::clean_close_spread).
+    pub fn clean_close_delay(&self) -> Duration {
+        self.clean_close_spread
+            .mul_f64(rand::random_range(0.0..=1.0))
     }
 
     /// Sets [`ReconnectConfig::drain_timeout`].
@@ -333,6 +352,7 @@ where
                 () = stopped(&mut self.stop) => break,
                 dialed = dialer.dial_concrete() => dialed,
             };
+            let mut closed_by_server = false;
             let error = match dialed {
                 Ok(session) => {
                     attempt = 0;
@@ -345,6 +365,7 @@ where
                     match held {
                         Held::Stop => break,
                         Held::Ended(reason) => {
+                            closed_by_server = matches!(reason, CloseReason::Peer(_));
                             warn!(server = dialer.addr(), %reason, ?lived, "session ended; reconnecting");
                             reason.to_error()
                         }
@@ -369,7 +390,12 @@ where
             };
             // Lost or unreachable: the next server, after a jittered wait.
             index = index.wrapping_add(1);
-            let retry_in = self.config.backoff.delay(retry);
+            // A server that closed cleanly closed its other agents too: spread the herd.
+            let retry_in = if closed_by_server && retry == 0 {
+                self.config.clean_close_delay()
+            } else {
+                self.config.backoff.delay(retry)
+            };
             self.state.send_replace(ReconnectState::Reconnecting {
                 retry,
                 retry_in,

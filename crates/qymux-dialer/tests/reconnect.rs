@@ -32,10 +32,12 @@ fn echo_and_report(
 
 /// Quick retries so that tests do not wait on the default 100 ms..30 s.
 fn quick() -> ReconnectConfig {
-    ReconnectConfig::default().backoff(Backoff::new(
-        Duration::from_millis(10),
-        Duration::from_millis(100),
-    ))
+    ReconnectConfig::default()
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ))
+        .clean_close_spread(Duration::from_millis(10))
 }
 
 async fn wait_state(
@@ -126,6 +128,23 @@ fn a_thousand_agents_do_not_return_in_the_same_second() {
         per_second[d.min(29)] += 1;
     }
     assert!(per_second.iter().all(|n| *n < 60), "{per_second:?}");
+}
+
+#[test]
+fn agents_closed_by_a_server_spread_their_first_redial_over_the_window() {
+    // A server that shuts down gracefully closes all its agents at once; their first
+    // redials (to the next server) are drawn uniformly over `clean_close_spread`.
+    let config = ReconnectConfig::default();
+    assert_eq!(config.clean_close_spread, Duration::from_secs(1));
+    let spread = config.clean_close_spread.as_secs_f64();
+    let mut tenths = [0usize; 10];
+    for _ in 0..10_000 {
+        let d = config.clean_close_delay().as_secs_f64();
+        assert!((0.0..=spread).contains(&d), "{d} outside the window");
+        tenths[((d / spread * 10.0) as usize).min(9)] += 1;
+    }
+    // About 1,000 each: no tenth of the window gets a crowd, none stays empty.
+    assert!(tenths.iter().all(|n| (800..1200).contains(n)), "{tenths:?}");
 }
 
 // ---------------------------------------------------------------------------------------
