@@ -55,8 +55,8 @@ cargo xtask coverage [OPTIONS] [-- ARGS...]
 cargo xtask fuzz [OPTIONS] [TARGET]...
     Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
     `pem`, programs of frames and operations for yamux_engine), and runs each target
-    (all of them if none is named: yamux_engine, pem, options) for the given time with the nightly
-    toolchain. Corpora stay in fuzz/corpus/<target>; a crash stops the task, leaving its
+    (all of them if none is named: yamux_engine, pem, options, proxy_url) for the given
+    time with the nightly toolchain. Corpora stay in fuzz/corpus/<target>; a crash stops the task, leaving its
     input in fuzz/artifacts/<target>.
 
     --seconds N            How long each target runs [default: 60]

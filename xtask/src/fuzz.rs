@@ -15,7 +15,7 @@ use crate::cli::FuzzArgs;
 use crate::coverage::{run_checked, succeeds};
 
 /// Every target in `fuzz/Cargo.toml`.
-pub(crate) const TARGETS: [&str; 3] = ["yamux_engine", "pem", "options"];
+pub(crate) const TARGETS: [&str; 4] = ["yamux_engine", "pem", "options", "proxy_url"];
 
 pub(crate) fn run(args: &FuzzArgs, root: &Path) -> Result<()> {
     let targets = selected_targets(&args.targets)?;
@@ -220,6 +220,14 @@ fn seed_corpora(fuzz_dir: &Path) -> Result<()> {
     }
     options.extend_from_slice(b"auto");
     seed(&corpus, "options", "defaults", &options)?;
+    // A proxy URL with percent-encoded credentials, a NO_PROXY list, a target.
+    seed(
+        &corpus,
+        "proxy_url",
+        "socks5",
+        b"socks5://agent:p%40ss@[::1]:1080\n.corp.example, 10.0.0.0/8 *\ngit.corp.example:443",
+    )?;
+    seed(&corpus, "proxy_url", "http", b"http://proxy.example:3128/")?;
     Ok(())
 }
 

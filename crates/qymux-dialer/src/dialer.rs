@@ -39,6 +39,13 @@ pub const SUPERSEDED: &str = "superseded";
 /// broken path and clears it. If TCP fails, QUIC gets one more attempt delay before the
 /// dial fails with TCP's error (not its whole connect timeout).
 ///
+/// With a proxy in the options ([`Options::proxy`]) that applies to the target, Auto
+/// dials TCP through the proxy alone, and [`Mode::Quic`] is a configuration error: an
+/// operator who sets a proxy expects every connection to go through it, and where one is
+/// needed UDP is usually blocked, so a QUIC attempt would only cost its attempt delay.
+/// [`Proxy::allow_direct_quic`](qymux_transport::Proxy::allow_direct_quic) lets QUIC go
+/// straight to the server instead (Auto then races it against TCP through the proxy).
+///
 /// Cheap to clone; clones share the memory.
 #[derive(Debug, Clone)]
 pub struct Dialer {
@@ -137,8 +144,31 @@ impl Dialer {
         self.options.validate()?;
         match self.mode {
             Mode::Tcp => self.tcp().await,
+            Mode::Quic if !self.quic_allowed() => Err(Error::Config(format!(
+                "Mode::Quic cannot reach {} through the proxy {}: a proxy carries TCP only \
+                 (use Mode::Tcp or Mode::Auto, or Proxy::allow_direct_quic to dial QUIC directly)",
+                self.addr,
+                self.options
+                    .proxy
+                    .as_ref()
+                    .map_or(String::new(), ToString::to_string),
+            ))),
             Mode::Quic => self.quic().await.map(Concrete::Quic),
+            _ if !self.quic_allowed() => {
+                debug!(target = %self.addr, "a proxy is configured: TCP through it, no QUIC");
+                self.tcp().await
+            }
             _ => self.auto().await,
+        }
+    }
+
+    /// Whether this dialer may dial QUIC: not when a proxy applies to the target
+    /// (everything then goes through the proxy, which carries TCP only), unless the
+    /// proxy allows QUIC to go straight to the server.
+    pub(crate) fn quic_allowed(&self) -> bool {
+        match &self.options.proxy {
+            Some(proxy) if proxy.applies_to(&self.addr) => proxy.allows_direct_quic(),
+            _ => true,
         }
     }
 

@@ -21,7 +21,8 @@ pub struct ReconnectConfig {
     /// In [`Mode::Auto`], while the session runs over TCP because QUIC failed, dial QUIC
     /// again in the background when the dialer's memory lets it
     /// ([`TransportMemory`](crate::TransportMemory)), and move to it when it connects
-    /// (default `true`).
+    /// (default `true`). Not while a proxy applies to the server
+    /// ([`Options::proxy`](qymux_transport::Options::proxy)), unless it allows direct QUIC.
     pub upgrade_to_quic: bool,
     /// How long the streams of a session being replaced (after a move to QUIC) get to
     /// finish before it is closed anyway (default 30 s).
@@ -442,6 +443,7 @@ where
             let boxed = current.boxed();
             let upgrade = self.config.upgrade_to_quic
                 && dialer.transport_mode() == Mode::Auto
+                && dialer.quic_allowed()
                 && boxed.protocol() == Protocol::Tcp;
             if !upgrade {
                 return tokio::select! {

@@ -24,6 +24,12 @@ use crate::socket;
 /// the certificate is pinned). The TCP connect is bounded by
 /// [`Options::connect_timeout`], the TLS handshake by [`Options::handshake_timeout`].
 ///
+/// With [`Options::proxy`] set (and its `NO_PROXY` list not matching `addr`), the
+/// connection goes through that HTTP CONNECT or SOCKS5 proxy: `addr` is sent to the
+/// proxy as it is (a host name is resolved by the proxy), the connect and the proxy's
+/// answer together are bounded by the connect timeout, and a refusal is
+/// [`Error::Proxy`] saying what the proxy answered.
+///
 /// The session is returned only after the server's first yamux frame arrived: in TLS
 /// 1.3 a server refuses a client certificate after the client's side of the handshake
 /// has finished, and this is how that refusal becomes a handshake error here rather
@@ -37,7 +43,10 @@ pub async fn dial(
     options.validate()?;
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| Error::Config(format!("invalid server name {server_name:?}: {e}")))?;
-    let tcp = connect(addr, options).await?;
+    let tcp = match crate::proxy::for_target(options, addr) {
+        Some(proxy) => crate::proxy::connect(proxy, addr, options).await?,
+        None => connect(addr, options).await?,
+    };
     let local_addr = tcp.local_addr()?;
     let remote_addr = tcp.peer_addr()?;
     socket::configure(&tcp, options);
@@ -92,7 +101,8 @@ pub async fn dial(
     }
 }
 
-async fn connect(addr: &str, options: &Options) -> Result<TcpStream> {
+/// A direct TCP connection to `addr`, within [`Options::connect_timeout`].
+pub(crate) async fn connect(addr: &str, options: &Options) -> Result<TcpStream> {
     let connect_error = |source: std::io::Error| Error::Connect {
         addr: addr.to_owned(),
         source: Arc::new(source),

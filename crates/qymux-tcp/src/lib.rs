@@ -47,6 +47,9 @@
 //!   (one beyond gets a yamux GoAway right after its handshake), and
 //!   [`Listener::shutdown`] closes its sessions gracefully (GoAway, TLS close_notify) once
 //!   their streams are done.
+//! - Agents behind proxies: with [`Options::proxy`] the dial goes through an HTTP
+//!   CONNECT or SOCKS5 proxy ([`transport::proxy`]); TLS and yamux run end to end
+//!   inside the tunnel.
 //! - Every socket gets `TCP_NODELAY`, TCP keep-alive probes at the keep-alive interval and
 //!   `TCP_USER_TIMEOUT` at the idle timeout, so the kernel also gives up on a peer that
 //!   stops acknowledging; that too is reported as `TimeoutKind::Idle`.
@@ -104,6 +107,7 @@
 mod dial;
 pub mod engine;
 mod listener;
+mod proxy;
 mod session;
 mod socket;
 mod stream;

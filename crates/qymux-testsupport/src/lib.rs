@@ -1,4 +1,5 @@
 //! Test support for Qymux: independent peers from outside the project, for interop tests,
+//! real proxy servers (tinyproxy, microsocks: [`proxies`]) for agents behind proxies,
 //! and a fault-injecting loopback proxy ([`fault`]: pass, delay, drop, blackhole, cut) for
 //! tests of dead peers, reconnects and shutdown.
 //!
@@ -63,12 +64,14 @@ mod aioquic;
 pub mod fault;
 mod gobuild;
 mod process;
+pub mod proxies;
 mod tempdir;
 
 pub use aioquic::{AioquicPeer, PYTHON_VAR, aioquic_peer};
 pub use fault::{Fault, FaultProxy};
 pub use gobuild::{GoBuildError, build_go_program, go_peer};
 pub use process::{GoClientOutput, GoCounts, GoPeer};
+pub use proxies::{ProxyServer, microsocks, tinyproxy};
 pub use tempdir::TempDir;
 
 /// The environment variable that turns a missing outside peer from a skip into a failure.

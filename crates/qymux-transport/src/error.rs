@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::escape::PeerText;
+use crate::proxy::ProxyError;
 
 /// A Qymux result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,6 +60,19 @@ pub enum Error {
     /// An I/O error on the underlying connection.
     #[error("i/o error: {0}")]
     Io(Arc<io::Error>),
+    /// The proxy ([`Options::proxy`](crate::Options::proxy)) did not open a tunnel to the
+    /// server: unreachable, credentials refused, the target refused (with what the proxy
+    /// answered), or an answer that is too long or not the protocol.
+    #[error("proxy {proxy} did not open a tunnel to {target}: {error}")]
+    Proxy {
+        /// The proxy, credentials redacted.
+        proxy: String,
+        /// The server that was dialed through it.
+        target: String,
+        /// What went wrong.
+        #[source]
+        error: ProxyError,
+    },
     /// The configuration cannot work (bad option value, missing certificate, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -129,6 +143,7 @@ impl From<Error> for io::Error {
             Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::Io(e) => e.kind(),
             Error::Config(_) => io::ErrorKind::InvalidInput,
+            Error::Proxy { error, .. } => error.io_kind(),
         };
         io::Error::new(kind, err)
     }

@@ -10,7 +10,8 @@
 //! - [`Stream`]: tokio `AsyncRead + AsyncWrite`, half-close with `shutdown`, and
 //!   [`Stream::abort`], which the peer sees as an error;
 //! - [`Listener`]: accepts sessions;
-//! - [`Options`]: timeouts, keep-alive and limits shared by the backends;
+//! - [`Options`]: timeouts, keep-alive and limits shared by the backends, and the
+//!   [`Proxy`] an agent's TCP connections go through;
 //! - [`Error`]: one error type saying what failed, convertible to [`std::io::Error`];
 //! - [`BoxSession`], [`BoxStream`], [`BoxListener`]: type-erased forms, for a transport
 //!   chosen at run time.
@@ -41,6 +42,7 @@ mod escape;
 pub mod eyeballs;
 mod incoming;
 mod options;
+pub mod proxy;
 pub mod registry;
 mod session;
 
@@ -49,6 +51,7 @@ pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
 pub use escape::{PeerText, escape_peer_text};
 pub use incoming::Incoming;
 pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
+pub use proxy::{Proxy, ProxyError};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{
     CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream,

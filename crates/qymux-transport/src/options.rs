@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::admission::{AdmissionHook, Admit, Attempt};
 use crate::error::{Error, Result};
+use crate::proxy::Proxy;
 
 /// Timeouts, keep-alive and limits that every backend honours.
 ///
@@ -117,6 +118,13 @@ pub struct Options {
     /// knows the secret can end this server's connections, so keep it as secret as the
     /// server's key. Only the derived key is used: the secret itself is never sent.
     pub quic_reset_secret: Option<Secret>,
+    /// The HTTP CONNECT or SOCKS5 proxy the TCP transport dials through (none by
+    /// default). Listeners ignore it. With a proxy, `Mode::Auto` dials TCP only (through
+    /// the proxy) unless [`Proxy::allow_direct_quic`] lets QUIC go straight to the
+    /// server; see [`proxy`](crate::proxy). The proxy's connect and handshake are both
+    /// bounded by [`connect_timeout`](Options::connect_timeout), and a session's
+    /// `remote_addr` is then the proxy's address.
+    pub proxy: Option<Proxy>,
 }
 
 /// Secret bytes (see [`Options::quic_reset_secret`]), never printed by `Debug`.
@@ -192,6 +200,7 @@ impl Default for Options {
             quic_retry: QuicRetry::Auto,
             admission: None,
             quic_reset_secret: None,
+            proxy: None,
         }
     }
 }
@@ -298,6 +307,14 @@ impl Options {
         self
     }
 
+    /// Sets [`Options::proxy`] (`None` for none): for instance
+    /// `options.proxy(Proxy::parse("http://user:password@proxy.corp:3128")?)`, or
+    /// `options.proxy(Proxy::from_env()?)` to honour `HTTPS_PROXY` / `ALL_PROXY`.
+    pub fn proxy(&mut self, proxy: impl Into<Option<Proxy>>) -> &mut Self {
+        self.proxy = proxy.into();
+        self
+    }
+
     /// Sets [`Options::quic_retry`].
     pub fn quic_retry(&mut self, value: QuicRetry) -> &mut Self {
         self.quic_retry = value;
@@ -389,6 +406,11 @@ impl Options {
                 "max_stream_window ({}) must be at least the initial window ({initial})",
                 self.max_stream_window
             )));
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy
+                .validate()
+                .map_err(|e| Error::Config(format!("proxy {proxy}: {e}")))?;
         }
         if self.max_sessions == Some(0) {
             return Err(Error::Config(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use qymux_tls::{ClientTls, ServerTls};
-use qymux_transport::{Mode, Options};
+use qymux_transport::{Mode, Options, Proxy};
 
 /// Everything a [`Qymux`](crate::Qymux) needs: the mode, the server's address, TLS for
 /// either side, and the shared timeouts and limits.
@@ -137,6 +137,27 @@ impl Config {
     /// The most sessions a listener holds at once; see [`Options::max_sessions`].
     pub fn max_sessions(mut self, max: usize) -> Self {
         self.options.max_sessions(max);
+        self
+    }
+
+    /// The HTTP CONNECT or SOCKS5 proxy the agent's TCP connections go through (`None`,
+    /// the default: direct). With a proxy, [`Mode::Auto`] dials TCP through it and does
+    /// not try QUIC, unless [`Proxy::allow_direct_quic`] lets QUIC go straight to the
+    /// server; [`Mode::Quic`] is then a configuration error. The environment is read only
+    /// when asked: `.proxy(Proxy::from_env()?)` honours `HTTPS_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY`. See [`transport::proxy`](crate::transport::proxy).
+    ///
+    /// ```
+    /// use qymux::{Config, Mode, Proxy};
+    ///
+    /// let config = Config::new()
+    ///     .mode(Mode::Auto)
+    ///     .server_addr("tunnel.example.com:443")
+    ///     .proxy(Proxy::parse("http://agent:s3cret@proxy.corp.example:3128")?);
+    /// # Ok::<(), qymux::transport::proxy::InvalidProxy>(())
+    /// ```
+    pub fn proxy(mut self, proxy: impl Into<Option<Proxy>>) -> Self {
+        self.options.proxy(proxy);
         self
     }
 

@@ -69,6 +69,9 @@
 //!   servers ([`Config::server_addrs`]), runs a callback on every new session, publishes
 //!   its [`ReconnectState`] on a `tokio::sync::watch` channel, and moves a session that
 //!   fell back to TCP over to QUIC when QUIC gets through again.
+//! - **Agents behind proxies.** Where only an HTTP proxy gets out, [`Config::proxy`]
+//!   sends the TCP connection through an HTTP CONNECT or SOCKS5 proxy, with credentials
+//!   ([`Proxy`]); the environment (`HTTPS_PROXY`, `NO_PROXY`) only when asked.
 //! - **Servers shut down gracefully.** [`Listener::shutdown`](dialer::Listener::shutdown)
 //!   stops accepting, then closes each session once its streams are finished (or a
 //!   grace period ends); [`Options::max_sessions`] caps the sessions a listener holds.
@@ -139,8 +142,8 @@ pub use qymux_dialer::{Backoff, ReconnectConfig, ReconnectState, Reconnecting};
 #[doc(inline)]
 pub use qymux_transport::{
     ALPN, BoxListener, BoxSession, BoxStream, CertificateNames, CloseReason, Error, HandshakeError,
-    Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Result, Session, Stream,
-    TimeoutKind, Verification, escape_peer_text,
+    Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Proxy, ProxyError, Result,
+    Session, Stream, TimeoutKind, Verification, escape_peer_text,
 };
 
 /// Certificates: a CA, server and client certificates, PEM, fingerprints.
