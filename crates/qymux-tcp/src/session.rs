@@ -33,11 +33,23 @@ use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tracing::{Instrument, debug, trace};
 
+use bytes::{BufMut, BytesMut};
+use tokio_util::io::poll_read_buf;
+
 use crate::engine::core::{CONTROL_HIGH_WATER, Config, Connection, Role};
+use crate::engine::frame::HEADER_LEN;
 use crate::stream::Stream;
 
 /// What the driver reads into; freed whenever the connection goes quiet.
 const READ_BUF: usize = 32 * 1024;
+
+/// DATA bodies with at least this much still to come are read straight into a buffer of
+/// their own, which the stream keeps (no copy between the connection and the stream).
+const DIRECT_MIN: u32 = 8 * 1024;
+
+/// The largest buffer the driver reads one body into at a time (well below glibc's
+/// initial mmap threshold of 128 KiB, so buffers come from the heap, not fresh pages).
+const DIRECT_CHUNK: u32 = 64 * 1024;
 
 /// Reads per driver turn before it yields to other tasks.
 const READS_PER_TURN: usize = 16;
@@ -474,6 +486,9 @@ impl Session {
             shared: shared.clone(),
             reader,
             buf: Vec::new(),
+            body: BytesMut::new(),
+            next_body: None,
+            header_alone: false,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
             write_error: None,
@@ -670,6 +685,14 @@ struct Driver {
     shared: Arc<Shared>,
     reader: ReadHalf<BoxIo>,
     buf: Vec<u8>,
+    /// The buffer a large body is being read into: its spare capacity is the next part
+    /// of that body (never more than the body has left).
+    body: BytesMut,
+    /// What the engine said after the last input: bytes of the DATA body in progress.
+    next_body: Option<u32>,
+    /// The last body was read straight: read the next header alone, so a large body
+    /// that follows is not copied through `buf`.
+    header_alone: bool,
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
     write_error: Option<io::Error>,
@@ -757,24 +780,51 @@ impl Driver {
                 break;
             }
             reads += 1;
-            if self.buf.is_empty() {
-                self.buf.resize(READ_BUF, 0);
-            }
-            let mut rb = ReadBuf::new(&mut self.buf);
-            match Pin::new(&mut self.reader).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        match self.take_write_error() {
-                            Some(err) => shared.with_conn(|c| c.handle_eof_after_write_error(err)),
-                            None => shared.with_conn(Connection::handle_eof),
-                        }
-                        break;
+            let read = match self.next_body {
+                Some(left) if self.body.capacity() > self.body.len() || left >= DIRECT_MIN => {
+                    if self.body.capacity() == self.body.len() {
+                        self.body = BytesMut::with_capacity(left.min(DIRECT_CHUNK) as usize);
                     }
+                    // Never past the body: what follows it goes through the engine's parser.
+                    let mut limited = (&mut self.body).limit(left as usize);
+                    poll_read_buf(Pin::new(&mut self.reader), cx, &mut limited).map_ok(|n| {
+                        let chunk = self.body.split().freeze();
+                        (n, Some(chunk))
+                    })
+                }
+                _ => {
+                    let size = if self.header_alone {
+                        HEADER_LEN
+                    } else {
+                        READ_BUF
+                    };
+                    if self.buf.len() != size {
+                        self.buf.resize(size, 0);
+                    }
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    Pin::new(&mut self.reader)
+                        .poll_read(cx, &mut rb)
+                        .map_ok(|()| (rb.filled().len(), None))
+                }
+            };
+            match read {
+                Poll::Ready(Ok((0, _))) => {
+                    match self.take_write_error() {
+                        Some(err) => shared.with_conn(|c| c.handle_eof_after_write_error(err)),
+                        None => shared.with_conn(Connection::handle_eof),
+                    }
+                    break;
+                }
+                Poll::Ready(Ok((n, chunk))) => {
                     let now = Instant::now();
-                    stopped = shared.with_conn(|c| {
-                        c.handle_input(&self.buf[..n], now);
-                        stop(c)
+                    self.header_alone = chunk.is_some();
+                    let buf = &self.buf;
+                    (stopped, self.next_body) = shared.with_conn(|c| {
+                        match chunk {
+                            Some(chunk) => c.handle_body_chunk(chunk, now),
+                            None => c.handle_input(&buf[..n], now),
+                        }
+                        (stop(c), c.body_in_progress())
                     });
                 }
                 Poll::Ready(Err(e)) => {

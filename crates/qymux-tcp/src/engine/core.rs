@@ -10,8 +10,10 @@
 //!
 //! # Memory
 //!
-//! A stream's received data lives in one ring buffer that frame bodies are appended to,
-//! whatever their size: one-byte frames coalesce there, nothing is allocated per frame.
+//! A stream's received data lives in its receive buffer (`recv.rs`): large frame bodies
+//! are read by the driver straight into buffers of their own and kept without a copy
+//! ([`Connection::handle_body_chunk`]); small ones coalesce in one growing tail, so
+//! one-byte frames allocate nothing per frame.
 //! A peer can make a stream buffer at most the window this side granted it, and the sum
 //! of all granted windows is capped by [`Config::receive_budget`]. Beyond that a session
 //! holds a fixed amount per open stream (its state, about 200 bytes) and a bounded queue
@@ -22,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use qymux_transport::{CloseReason, Error, Limit, TimeoutKind};
 
 use super::frame::{
@@ -29,6 +32,7 @@ use super::frame::{
     GO_AWAY_PROTOCOL_ERROR, HEADER_LEN, Header, TYPE_DATA, TYPE_GO_AWAY, TYPE_PING,
     TYPE_WINDOW_UPDATE,
 };
+use super::recv::RecvBuf;
 
 /// The window every stream starts with, in both directions (fixed by the spec).
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
@@ -98,7 +102,7 @@ enum ResetBy {
 #[derive(Debug)]
 struct StreamState {
     /// Received, not yet read.
-    recv: VecDeque<u8>,
+    recv: RecvBuf,
     /// Credit the peer still has.
     recv_window: u32,
     /// The window this stream is granted in all (its charge against the budget).
@@ -120,7 +124,7 @@ struct StreamState {
 impl StreamState {
     fn new(outbound: bool, send_window: u32) -> Self {
         Self {
-            recv: VecDeque::new(),
+            recv: RecvBuf::default(),
             recv_window: INITIAL_WINDOW,
             window: INITIAL_WINDOW,
             send_window,
@@ -429,12 +433,66 @@ impl Connection {
         }
     }
 
+    /// The DATA body being received, when its bytes go to a stream: how many are still
+    /// to come. The driver may then read up to that many bytes straight into a buffer of
+    /// their own and hand them over with [`Connection::handle_body_chunk`]: no copy
+    /// between the connection and the stream's buffer.
+    pub fn body_in_progress(&self) -> Option<u32> {
+        match self.parse {
+            Parse::Body {
+                remaining,
+                deliver: true,
+                ..
+            } if self.ended.is_none() => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Takes the next bytes from the peer, read straight into `chunk`: the same as
+    /// [`Connection::handle_input`], except that the part of `chunk` belonging to the body
+    /// in progress is kept without copying. Bytes beyond that body are handled as input.
+    pub fn handle_body_chunk(&mut self, mut chunk: Bytes, now: Instant) {
+        if self.ended.is_some() || chunk.is_empty() {
+            return;
+        }
+        if let Parse::Body {
+            id,
+            remaining,
+            deliver: true,
+            fin,
+        } = &mut self.parse
+        {
+            let (id, fin) = (*id, *fin);
+            let take = (*remaining as usize).min(chunk.len());
+            *remaining -= take as u32;
+            let done = *remaining == 0;
+            self.last_rx = now;
+            let body = chunk.split_to(take);
+            self.counters.bytes_in += body.len() as u64;
+            if let Some(s) = self.streams.get_mut(&id)
+                && s.reset.is_none()
+            {
+                s.recv.push_chunk(body);
+                if let Some(w) = s.read_waker.take() {
+                    self.to_wake.push(w);
+                }
+            }
+            if done {
+                self.parse = NEW_HEADER;
+                if fin {
+                    self.on_fin(id);
+                }
+            }
+        }
+        self.handle_input(&chunk, now);
+    }
+
     fn deliver(&mut self, id: u32, bytes: &[u8]) {
         self.counters.bytes_in += bytes.len() as u64;
         if let Some(s) = self.streams.get_mut(&id)
             && s.reset.is_none()
         {
-            s.recv.extend(bytes);
+            s.recv.push_slice(bytes);
             if let Some(w) = s.read_waker.take() {
                 self.to_wake.push(w);
             }
@@ -585,7 +643,7 @@ impl Connection {
                 // data before its FIN is complete, and stays readable up to EOF; only
                 // our writes fail.
                 if !s.fin_received {
-                    s.recv = VecDeque::new();
+                    s.recv = RecvBuf::default();
                 }
                 self.to_wake.extend(s.read_waker.take());
                 self.to_wake.extend(s.write_waker.take());
@@ -782,16 +840,7 @@ impl Connection {
             if dst.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            let (a, b) = s.recv.as_slices();
-            let n1 = a.len().min(dst.len());
-            dst[..n1].copy_from_slice(&a[..n1]);
-            let n2 = b.len().min(dst.len() - n1);
-            dst[n1..n1 + n2].copy_from_slice(&b[..n2]);
-            let n = n1 + n2;
-            s.recv.drain(..n);
-            if s.recv.is_empty() && s.recv.capacity() > 2 * s.window as usize {
-                s.recv.shrink_to(s.window as usize);
-            }
+            let n = s.recv.read(dst);
             self.grant(id, now);
             return Poll::Ready(Ok(n));
         }
@@ -914,7 +963,7 @@ impl Connection {
             return;
         }
         s.reset = Some(ResetBy::Local);
-        s.recv = VecDeque::new();
+        s.recv = RecvBuf::default();
         self.to_wake.extend(s.read_waker.take());
         self.to_wake.extend(s.write_waker.take());
         if !ended {
