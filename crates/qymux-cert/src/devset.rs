@@ -77,10 +77,10 @@ pub fn existing_dev_set_files(dir: &Path) -> Vec<PathBuf> {
 /// of the files that exist, and nothing is written. [`CertError::InvalidName`] for a
 /// name that cannot be used, [`CertError::Io`] if writing fails.
 pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
-    if !options.overwrite {
-        if let Some(path) = existing_dev_set_files(dir).into_iter().next() {
-            return Err(CertError::AlreadyExists { path });
-        }
+    if !options.overwrite
+        && let Some(path) = existing_dev_set_files(dir).into_iter().next()
+    {
+        return Err(CertError::AlreadyExists { path });
     }
     let server_names: Vec<&str> = options.server_names.iter().map(String::as_str).collect();
     let ca = CertificateAuthority::new(&options.ca_name)?;
