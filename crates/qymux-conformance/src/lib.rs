@@ -292,6 +292,43 @@ pub async fn round_trips_both_directions<B: Backend>() {
     );
 }
 
+/// `stats` counts stream bytes and streams each way, the same on both backends.
+pub async fn stats_count_bytes_and_streams<B: Backend>() {
+    let p = pair::<B>().await;
+    let before = p.client.stats();
+    assert_eq!(before.protocol, p.client.protocol());
+    assert_eq!((before.bytes_sent, before.streams_opened), (0, 0));
+    let mut opened = p.client.open().await.expect("open");
+    let mut accepted = p.server.accept().await.expect("accept");
+    assert!(p.client.stats().open_streams >= 1);
+    opened.write_all(&payload(3, 1000)).await.expect("write");
+    opened.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got.len(), 1000);
+    accepted
+        .write_all(&payload(4, 500))
+        .await
+        .expect("write back");
+    accepted.shutdown().await.expect("shutdown back");
+    let mut back = Vec::new();
+    opened.read_to_end(&mut back).await.expect("read back");
+    assert_eq!(back.len(), 500);
+
+    let (c, s) = (p.client.stats(), p.server.stats());
+    assert_eq!((c.bytes_sent, c.bytes_received), (1000, 500), "{c:?}");
+    assert_eq!((s.bytes_sent, s.bytes_received), (500, 1000), "{s:?}");
+    assert_eq!((c.streams_opened, c.streams_accepted), (1, 0), "{c:?}");
+    assert_eq!((s.streams_opened, s.streams_accepted), (0, 1), "{s:?}");
+    assert_eq!(s.protocol, p.server.protocol());
+    for rtt in [c.rtt, s.rtt].into_iter().flatten() {
+        assert!(rtt < Duration::from_secs(10), "{rtt:?}");
+    }
+    // The same through a BoxSession.
+    let boxed = qymux_transport::BoxSession::new(p.client.clone());
+    assert_eq!(boxed.stats().bytes_sent, 1000);
+}
+
 /// The peer's accept sees a stream before anything is written on it.
 pub async fn stream_visible_before_any_write<B: Backend>() {
     let p = pair::<B>().await;
@@ -1066,6 +1103,7 @@ macro_rules! conformance_suite {
     ($backend:ty) => {
         $crate::conformance_suite!(@tests $backend;
             round_trips_both_directions,
+            stats_count_bytes_and_streams,
             stream_visible_before_any_write,
             many_concurrent_streams,
             half_close,

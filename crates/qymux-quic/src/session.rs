@@ -5,17 +5,19 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
-use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result};
+use qymux_transport::{
+    CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result, SessionStats,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::config::initial_stream_credit;
 use crate::error::{SESSION_CLOSED, STREAM_ABORTED, close_reason};
@@ -54,6 +56,14 @@ pub(crate) struct Shared {
     drain: Mutex<Drain>,
     /// What the drain task, `drain` and `accept` wait on.
     drain_signals: Arc<DrainSignals>,
+    /// Stream bytes read and written, streams accepted and opened (for `stats`).
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    streams_in: AtomicU64,
+    streams_out: AtomicU64,
+    /// `qymux_session{id, protocol, local, remote}`: the session's operations and its
+    /// drain task run in it.
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -210,12 +220,15 @@ impl Shared {
         debug!("draining: no new streams; closing when the last one is done");
         // `accept` calls waiting on quinn switch to the waiting streams.
         self.drain_signals.events.notify_waiters();
-        tokio::spawn(drain_task(
-            self.connection.clone(),
-            Arc::downgrade(self),
-            self.drain_signals.clone(),
-            gone,
-        ));
+        tokio::spawn(
+            drain_task(
+                self.connection.clone(),
+                Arc::downgrade(self),
+                self.drain_signals.clone(),
+                gone,
+            )
+            .instrument(self.span.clone()),
+        );
         true
     }
 
@@ -348,6 +361,13 @@ impl Session {
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|chain| PeerIdentity::new(*chain));
+        let span = tracing::debug_span!(
+            "qymux_session",
+            id = qymux_transport::next_session_id(),
+            protocol = "quic",
+            local = ?endpoint.local_addr().ok(),
+            remote = %connection.remote_address(),
+        );
         Session {
             shared: Arc::new(Shared {
                 connection,
@@ -372,6 +392,11 @@ impl Session {
                     events: Notify::new(),
                     done: watch::Sender::new(false),
                 }),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                streams_in: AtomicU64::new(0),
+                streams_out: AtomicU64::new(0),
+                span,
             }),
         }
     }
@@ -414,6 +439,7 @@ impl Session {
         // From here on the stream owns the reservation.
         reserved.hand_over();
         shared.outbound_open.fetch_add(1, Ordering::AcqRel);
+        shared.streams_out.fetch_add(1, Ordering::Relaxed);
         let mut stream = Stream::new(send, recv, shared.clone(), true);
         stream.announce().await?;
         Ok(stream)
@@ -443,6 +469,7 @@ impl Session {
             if shared.draining.load(Ordering::Acquire) {
                 if let Some((send, recv)) = shared.next_waiting() {
                     // Its slot was reserved when the drain took it from quinn.
+                    shared.streams_in.fetch_add(1, Ordering::Relaxed);
                     return Ok(Stream::new(send, recv, shared.clone(), false));
                 }
                 let err = shared.connection.closed().await;
@@ -462,6 +489,7 @@ impl Session {
             if let Some(reserved) = Reserved::new(shared) {
                 reserved.hand_over();
                 shared.grow_stream_credit();
+                shared.streams_in.fetch_add(1, Ordering::Relaxed);
                 return Ok(Stream::new(send, recv, shared.clone(), false));
             }
             debug!(
@@ -576,6 +604,19 @@ impl Session {
         self.shared.streams_open.load(Ordering::Relaxed)
     }
 
+    /// What the session has carried so far; see [`qymux_transport::Session::stats`].
+    pub fn stats(&self) -> SessionStats {
+        let shared = &self.shared;
+        let mut stats = SessionStats::new(Protocol::Quic);
+        stats.rtt = Some(shared.connection.rtt());
+        stats.bytes_sent = shared.bytes_out.load(Ordering::Relaxed);
+        stats.bytes_received = shared.bytes_in.load(Ordering::Relaxed);
+        stats.streams_opened = shared.streams_out.load(Ordering::Relaxed);
+        stats.streams_accepted = shared.streams_in.load(Ordering::Relaxed);
+        stats.open_streams = shared.streams_open.load(Ordering::Acquire);
+        stats
+    }
+
     /// The quinn connection underneath, for statistics (RTT, congestion) and other
     /// advanced use. Opening or accepting streams on it directly bypasses Qymux's
     /// stream limit and announcement.
@@ -614,10 +655,10 @@ impl qymux_transport::Session for Session {
     type Stream = Stream;
 
     fn open(&self) -> impl Future<Output = Result<Stream>> + Send {
-        Session::open(self)
+        Session::open(self).instrument(self.shared.span.clone())
     }
     fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
-        Session::accept(self)
+        Session::accept(self).instrument(self.shared.span.clone())
     }
     fn protocol(&self) -> Protocol {
         Protocol::Quic
@@ -632,15 +673,18 @@ impl qymux_transport::Session for Session {
         Session::peer_identity(self)
     }
     fn close(&self) -> impl Future<Output = ()> + Send {
-        Session::close(self)
+        Session::close(self).instrument(self.shared.span.clone())
     }
     fn drain(&self) -> impl Future<Output = ()> + Send {
-        Session::drain(self)
+        Session::drain(self).instrument(self.shared.span.clone())
     }
     fn closed(&self) -> impl Future<Output = CloseReason> + Send {
         Session::closed(self)
     }
     fn close_reason(&self) -> Option<CloseReason> {
         Session::close_reason(self)
+    }
+    fn stats(&self) -> SessionStats {
+        Session::stats(self)
     }
 }

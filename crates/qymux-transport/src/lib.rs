@@ -43,7 +43,10 @@ pub use boxed::{BoxListener, BoxSession, BoxStream};
 pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
 pub use options::Options;
 pub use rustls_pki_types::CertificateDer;
-pub use session::{CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream};
+pub use session::{
+    CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, SessionStats, Stream,
+    next_session_id,
+};
 
 /// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.
 pub const ALPN: &[u8] = b"qymux";
