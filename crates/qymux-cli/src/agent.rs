@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -17,6 +17,7 @@ use qymux::{
 };
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{AgentConfig, AgentService, ConnectMode, Trust};
@@ -29,11 +30,15 @@ const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Services = Arc<BTreeMap<String, AgentService>>;
 
+/// The services this session holds. A stream for a service can arrive just before the
+/// `granted` line that precedes it on the control stream is read: it waits for it.
+type Granted = watch::Sender<HashSet<String>>;
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub(crate) async fn run(path: PathBuf) -> Result<()> {
     let config = AgentConfig::load(&path)?;
     if let Some(addr) = &config.metrics {
-        crate::metrics::serve(addr).await?;
+        crate::metrics::serve(addr, None).await?;
     }
     let mut tls = match &config.trust {
         Trust::Ca(path) => ClientTls::with_ca_file(path)
@@ -156,7 +161,7 @@ async fn serve_session(services: Services, session: BoxSession, mode: Mode) {
         session.close().await;
         return;
     };
-    let granted: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let granted: Arc<Granted> = Arc::new(watch::Sender::new(HashSet::new()));
     let accepting = tokio::spawn(
         accept_streams(session.clone(), services.clone(), granted.clone()).in_current_span(),
     );
@@ -185,7 +190,7 @@ async fn serve_session(services: Services, session: BoxSession, mode: Mode) {
 async fn control_loop(
     session: &BoxSession,
     services: &Services,
-    granted: &Mutex<HashSet<String>>,
+    granted: &Granted,
     control: BoxStream,
     fingerprint: &[u8],
 ) -> Result<(), String> {
@@ -226,8 +231,10 @@ async fn control_loop(
             }
             Msg::Granted { service } => {
                 pending.remove(&service);
+                granted.send_modify(|g| {
+                    g.insert(service.clone());
+                });
                 info!(service = %service, "claim granted");
-                lock(granted).insert(service);
             }
             Msg::Refused { service, reason } => {
                 pending.remove(&service);
@@ -235,8 +242,10 @@ async fn control_loop(
                 counter!("qymux_claims_refused_total", "service" => service).increment(1);
             }
             Msg::Revoked { service, reason } => {
+                granted.send_modify(|g| {
+                    g.remove(&service);
+                });
                 warn!(service = %service, reason = %reason, "claim revoked");
-                lock(granted).remove(&service);
             }
             Msg::Changed => {
                 debug!("the server's services changed; claiming again");
@@ -248,17 +257,13 @@ async fn control_loop(
     }
 }
 
-fn lock(granted: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    granted.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Claims for the services neither granted nor being claimed.
 fn claims(
     services: &Services,
-    granted: &Mutex<HashSet<String>>,
+    granted: &Granted,
     pending: &mut HashMap<String, Vec<u8>>,
 ) -> Vec<Msg> {
-    let granted = lock(granted);
+    let granted = granted.borrow();
     let mut out = Vec::new();
     for name in services.keys() {
         if granted.contains(name) || pending.contains_key(name) {
@@ -274,11 +279,7 @@ fn claims(
     out
 }
 
-async fn accept_streams(
-    session: BoxSession,
-    services: Services,
-    granted: Arc<Mutex<HashSet<String>>>,
-) {
+async fn accept_streams(session: BoxSession, services: Services, granted: Arc<Granted>) {
     while let Ok(stream) = session.accept().await {
         let services = services.clone();
         let granted = granted.clone();
@@ -296,7 +297,7 @@ async fn accept_streams(
 async fn forward_stream(
     mut stream: BoxStream,
     services: &Services,
-    granted: &Mutex<HashSet<String>>,
+    granted: &Granted,
 ) -> Result<(), String> {
     let name = match tokio::time::timeout(HEADER_TIMEOUT, proto::read_header(&mut stream)).await {
         Ok(Ok(name)) => name,
@@ -309,8 +310,12 @@ async fn forward_stream(
             return Err("no stream header in time".into());
         }
     };
+    let held = async {
+        let mut rx = granted.subscribe();
+        rx.wait_for(|g| g.contains(&name)).await.is_ok()
+    };
     let svc = match services.get(&name) {
-        Some(svc) if lock(granted).contains(&name) => svc,
+        Some(svc) if tokio::time::timeout(HEADER_TIMEOUT, held).await == Ok(true) => svc,
         _ => {
             qymux::Stream::abort(&mut stream);
             return Err(format!(

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -14,8 +15,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+/// Called before each scrape, to bring counters kept elsewhere up to date.
+pub(crate) type Upkeep = Arc<dyn Fn() + Send + Sync>;
+
 /// Installs the recorder and serves `/metrics` on `addr`; returns the bound address.
-pub(crate) async fn serve(addr: &str) -> Result<SocketAddr> {
+pub(crate) async fn serve(addr: &str, upkeep: Option<Upkeep>) -> Result<SocketAddr> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -25,19 +29,23 @@ pub(crate) async fn serve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let local = listener.local_addr()?;
     info!(addr = %local, "metrics listening at /metrics");
-    tokio::spawn(accept(listener, handle));
+    tokio::spawn(accept(listener, handle, upkeep));
     Ok(local)
 }
 
-async fn accept(listener: TcpListener, handle: PrometheusHandle) {
+async fn accept(listener: TcpListener, handle: PrometheusHandle, upkeep: Option<Upkeep>) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let handle = handle.clone();
+        let upkeep = upkeep.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handle = handle.clone();
+                if let Some(upkeep) = &upkeep {
+                    upkeep();
+                }
                 async move { Ok::<_, Infallible>(respond(&req, &handle)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -33,9 +33,6 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs the server until SIGTERM or SIGINT, then drains.
 pub(crate) async fn run(path: PathBuf) -> Result<()> {
     let config = ServerConfig::load(&path)?;
-    if let Some(addr) = &config.metrics {
-        crate::metrics::serve(addr).await?;
-    }
     let identity = Identity::load_pem_files(&config.cert, &config.key).with_context(|| {
         format!(
             "loading {} and {}",
@@ -62,6 +59,16 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?,
     );
+    if let Some(addr) = &config.metrics {
+        let listener = Arc::downgrade(&listener);
+        let upkeep: crate::metrics::Upkeep = Arc::new(move || {
+            if let Some(l) = listener.upgrade() {
+                counter!("qymux_handshakes_total", "outcome" => "failed")
+                    .absolute(l.handshake_failures());
+            }
+        });
+        crate::metrics::serve(addr, Some(upkeep)).await?;
+    }
     let state = Arc::new(State {
         services: Mutex::new(BTreeMap::new()),
         changed: watch::Sender::new(0),
@@ -448,8 +455,9 @@ async fn accept_agents(listener: Arc<qymux::Listener>, state: Arc<State>) {
             }
             Err(e) if e.is_session_closed() => return,
             Err(e) => {
-                counter!("qymux_handshakes_total", "outcome" => "failed").increment(1);
-                debug!(error = %e, "agent handshake failed");
+                // Handshake failures are counted by the listener (`handshake_failures`).
+                warn!(error = %e, "accepting an agent failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -511,7 +519,14 @@ async fn serve_agent(state: Arc<State>, id: u64, session: BoxSession) {
     match result {
         Ok(()) => {
             let reason = session.closed().await;
-            info!(%reason, "agent disconnected");
+            let stats = session.stats();
+            info!(
+                %reason,
+                bytes_sent = stats.bytes_sent,
+                bytes_received = stats.bytes_received,
+                streams = stats.streams_opened,
+                "agent disconnected"
+            );
         }
         Err(e) => {
             warn!(error = %e, "agent session closed");

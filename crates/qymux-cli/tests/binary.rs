@@ -166,8 +166,17 @@ allow = ["qymux-agent"]
         }
     }
 
+    // Something that is not an agent: a failed handshake.
+    {
+        use std::io::Write as _;
+        let mut bogus = std::net::TcpStream::connect(&addr).unwrap();
+        bogus.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    }
+
     // /metrics, scraped and parsed.
-    let samples = scrape(&metrics_addr);
+    let samples = scrape_until(&metrics_addr, "failed handshake", |s| {
+        metric(s, "qymux_handshakes_total", &[("outcome", "failed")]) >= 1.0
+    });
     assert!(
         metric(
             &samples,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
@@ -42,6 +43,8 @@ pub struct Listener {
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
     registry: Arc<SessionRegistry<Session>>,
+    /// Handshakes that failed or timed out.
+    failures: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Listener {
@@ -93,13 +96,21 @@ impl Listener {
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let task = tokio::spawn(accept_loop(endpoint.clone(), options, tx, registry.clone()));
+        let failures = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            options,
+            tx,
+            registry.clone(),
+            failures.clone(),
+        ));
         Ok(Listener {
             endpoint,
             local_addr,
             ready: Mutex::new(rx),
             task,
             registry,
+            failures,
         })
     }
 
@@ -110,6 +121,12 @@ impl Listener {
             return Err(Error::Closed);
         }
         self.ready.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// How many handshakes failed or timed out so far (a client that is not a Qymux
+    /// peer, an untrusted client certificate, a stalled handshake).
+    pub fn handshake_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -190,6 +207,7 @@ async fn accept_loop(
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
+    failures: Arc<AtomicU64>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
@@ -215,6 +233,7 @@ async fn accept_loop(
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
+        let failures = failures.clone();
         handshakes.spawn(async move {
             match handshake(incoming, endpoint, &options).await {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
@@ -230,7 +249,10 @@ async fn accept_loop(
                     // Holds the slot until the application takes the session.
                     let _ = ready.send(session).await;
                 }
-                Err(e) => debug!(%peer, "QUIC handshake failed: {e}"),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "QUIC handshake failed: {e}");
+                }
             }
             drop(slot);
         });

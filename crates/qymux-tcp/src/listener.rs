@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qymux_tls::Side;
@@ -35,6 +36,8 @@ pub struct Listener {
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
     registry: Arc<SessionRegistry<Session>>,
+    /// Handshakes that failed or timed out.
+    failures: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Listener {
@@ -69,18 +72,21 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
+        let failures = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_loop(
             tcp,
             TlsAcceptor::from(tls),
             options,
             tx,
             registry.clone(),
+            failures.clone(),
         ));
         Listener {
             local_addr,
             ready: Mutex::new(rx),
             task,
             registry,
+            failures,
         }
     }
 
@@ -91,6 +97,12 @@ impl Listener {
             return Err(Error::Closed);
         }
         self.ready.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// How many handshakes failed or timed out so far (a client that is not a Qymux
+    /// peer, an untrusted client certificate, a stalled handshake).
+    pub fn handshake_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -148,6 +160,7 @@ async fn accept_loop(
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
+    failures: Arc<AtomicU64>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
@@ -174,6 +187,7 @@ async fn accept_loop(
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
+        let failures = failures.clone();
         handshakes.spawn(async move {
             match handshake(stream, peer, &acceptor, &options).await {
                 Ok(session) if !registry.admit(&session, options.max_sessions) => {
@@ -187,7 +201,10 @@ async fn accept_loop(
                     // Holds the slot until the application takes the session.
                     let _ = ready.send(session).await;
                 }
-                Err(e) => debug!(%peer, "handshake failed: {e}"),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "handshake failed: {e}");
+                }
             }
             drop(slot);
         });

@@ -490,6 +490,23 @@ pub fn scrape(addr: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// Scrapes until `check` holds (bounded by [`WAIT`]), for counters that follow an
+/// event in another process.
+pub fn scrape_until(addr: &str, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let samples = scrape(addr);
+        if check(&samples) {
+            return samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics: no {what} within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn parse_sample(line: &str) -> Option<Sample> {
     let (series, value) = line.rsplit_once(' ')?;
     let value: f64 = value.parse().ok()?;
