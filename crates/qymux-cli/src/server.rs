@@ -27,7 +27,7 @@ use crate::proto::{self, Msg};
 const AGENT_WAIT: Duration = Duration::from_secs(5);
 /// How often the server pings each agent's control stream (RTT metric, liveness).
 const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// How long an agent has to answer a challenge.
+/// How long an agent has to open its control stream, and to answer a challenge.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the server until SIGTERM or SIGINT, then drains.
@@ -483,6 +483,13 @@ async fn serve_agent(state: Arc<State>, id: u64, session: BoxSession) {
         s = session.accept() => s,
         reason = session.closed() => {
             info!(%reason, "agent session ended before its control stream");
+            gauge!("qymux_sessions", "protocol" => protocol).decrement(1.0);
+            return;
+        }
+        () = tokio::time::sleep(CLAIM_TIMEOUT) => {
+            // Not an agent, or a stuck one: it holds no session slot for long.
+            warn!(timeout = ?CLAIM_TIMEOUT, "no control stream in time; closing the session");
+            session.close().await;
             gauge!("qymux_sessions", "protocol" => protocol).decrement(1.0);
             return;
         }
