@@ -142,6 +142,8 @@ pub(crate) struct ServerFile {
 pub(crate) struct ServerServiceFile {
     pub(crate) public: String,
     pub(crate) token: Option<String>,
+    /// A file holding the token (trailing whitespace ignored), instead of `token`.
+    pub(crate) token_file: Option<PathBuf>,
     pub(crate) allow: Option<Vec<String>>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_source: Option<usize>,
@@ -221,6 +223,26 @@ pub(crate) fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `token` or the contents of `token_file` (resolved from `base`), not both.
+fn token_of(
+    service: &str,
+    token: Option<String>,
+    file: Option<&Path>,
+    base: &Path,
+) -> Result<Option<String>> {
+    match (token, file) {
+        (Some(_), Some(_)) => bail!("service {service:?}: set `token` or `token_file`, not both"),
+        (token, None) => Ok(token),
+        (None, Some(file)) => {
+            let path = resolve(base, file);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("service {service:?}: reading token_file {}", path.display())
+            })?;
+            Ok(Some(text.trim_end().to_owned()))
+        }
+    }
+}
+
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
@@ -252,8 +274,9 @@ impl ServerConfig {
 
     pub(crate) fn from_file(file: ServerFile, base: &Path) -> Result<Self> {
         let mut services = BTreeMap::new();
-        for (name, s) in file.services {
+        for (name, mut s) in file.services {
             check_service_name(&name).map_err(anyhow::Error::msg)?;
+            s.token = token_of(&name, s.token.take(), s.token_file.as_deref(), base)?;
             let has_token = s.token.as_deref().is_some_and(|t| !t.is_empty());
             if s.token.as_deref() == Some("") {
                 bail!("service {name:?}: the token is empty");
@@ -349,6 +372,7 @@ pub(crate) struct AgentFile {
 pub(crate) struct AgentServiceFile {
     local: String,
     token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for AgentServiceFile {
@@ -356,6 +380,7 @@ impl fmt::Debug for AgentServiceFile {
         f.debug_struct("AgentServiceFile")
             .field("local", &self.local)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -434,11 +459,12 @@ impl AgentConfig {
         let mut services = BTreeMap::new();
         for (name, s) in file.services {
             check_service_name(&name).map_err(anyhow::Error::msg)?;
+            let token = token_of(&name, s.token, s.token_file.as_deref(), base)?;
             services.insert(
                 name,
                 AgentService {
                     local: s.local,
-                    token: s.token,
+                    token,
                 },
             );
         }
@@ -517,6 +543,31 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("a b"), "{e}");
+    }
+
+    #[test]
+    fn token_files_resolve_from_the_config_dir() {
+        let dir = std::env::temp_dir().join(format!("qymux-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("web.token"), "0123456789abcdef-from-file\n").unwrap();
+        let file: ServerFile = toml::from_str(
+            "listen = \"x:1\"\ncert = \"c\"\nkey = \"k\"\n\
+             [services.web]\npublic = \"x:2\"\ntoken_file = \"web.token\"\n",
+        )
+        .unwrap();
+        let c = ServerConfig::from_file(file, &dir).unwrap();
+        assert_eq!(
+            c.services["web"].token.as_deref(),
+            Some("0123456789abcdef-from-file")
+        );
+        let file: ServerFile = toml::from_str(
+            "listen = \"x:1\"\ncert = \"c\"\nkey = \"k\"\n\
+             [services.web]\npublic = \"x:2\"\ntoken_file = \"missing.token\"\n",
+        )
+        .unwrap();
+        let e = ServerConfig::from_file(file, &dir).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.token"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl State {
         // Stop first, so a changed service can bind its public address again.
         for svc in &stopped {
             info!(service = %svc.def.name, "service stopped");
-            svc.stop();
+            svc.stop().await;
         }
         let mut first_error = None;
         for (name, def) in defs {
@@ -197,7 +197,7 @@ struct Service {
     def: ServiceDef,
     pool: Pool,
     /// The public accept loop and its connections.
-    public: Mutex<Option<tokio::task::AbortHandle>>,
+    public: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set to stop accepting public connections (a drain).
     stop_accept: watch::Sender<bool>,
 }
@@ -218,7 +218,7 @@ impl Service {
             serve_public(svc.clone(), listener, svc.stop_accept.subscribe())
                 .instrument(info_span!("service", service = %svc.def.name)),
         );
-        *svc.public.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        *svc.public.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         info!(
             service = %svc.def.name,
             public = %local,
@@ -235,13 +235,16 @@ impl Service {
         self.stop_accept.send_replace(true);
     }
 
-    /// Stops the service: its public connections are reset.
-    fn stop(&self) {
-        if let Some(h) = self.public.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            h.abort();
-        }
+    /// Stops the service: its public connections are reset, and its public address is
+    /// free again when this returns.
+    async fn stop(&self) {
         self.stop_accepting();
         self.pool.clear();
+        let task = self.public.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 

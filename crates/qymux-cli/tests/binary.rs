@@ -536,3 +536,56 @@ fn cert_writes_the_dev_set_and_refuses_to_overwrite() {
         format!("qymux {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn sighup_changing_a_token_revokes_the_claim_and_rebinds_the_same_address() {
+    let dir = cert_dir("cli-hup-token");
+    let server_cfg = write(
+        &dir,
+        "server.toml",
+        &server_toml(
+            false,
+            &format!("[services.web]\npublic = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+        ),
+    );
+    let (mut server, addr, publics) = start_server(&server_cfg, &["web"]);
+    let echo = echo_service();
+    let token_file = write(&dir, "web.token", &format!("{TOKEN}\n"));
+    let cfg = write(
+        &dir,
+        "agent.toml",
+        &agent_toml(
+            &[&addr],
+            "",
+            &format!(
+                "[services.web]\nlocal = \"{echo}\"\ntoken_file = {:?}\n",
+                token_file.file_name().unwrap()
+            ),
+        ),
+    );
+    let mut agent = Proc::agent("agent", &cfg);
+    agent.wait_msg("claim granted", &[("service", "web")]);
+
+    // The same public address, another token: the service restarts there, the agent's
+    // claim is revoked, and its old token is refused.
+    write(
+        &dir,
+        "server.toml",
+        &server_toml(
+            false,
+            &format!(
+                "[services.web]\npublic = \"{}\"\ntoken = \"{OTHER_TOKEN}\"\n",
+                publics[0]
+            ),
+        ),
+    );
+    server.signal("HUP");
+    server.wait_msg("service stopped", &[("service", "web")]);
+    let again = server.wait_msg("service listening", &[("service", "web")]);
+    assert_eq!(field(&again, "public"), publics[0]);
+    agent.wait_msg("claim revoked", &[("service", "web")]);
+    agent.wait_msg("claim refused", &[("service", "web")]);
+    server.wait_msg("claim refused", &[("service", "web")]);
+    let mut c = EchoClient::connect(&publics[0]);
+    assert!(c.wait_closed(), "no agent holds web any more: reset");
+}
