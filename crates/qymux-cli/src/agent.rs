@@ -28,7 +28,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to a service's local address may take.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Services = Arc<BTreeMap<String, AgentService>>;
+/// The agent's services, replaced by a SIGHUP reload.
+type Services = Arc<watch::Sender<Arc<BTreeMap<String, AgentService>>>>;
 
 /// The services this session holds. A stream for a service can arrive just before the
 /// `granted` line that precedes it on the control stream is read: it waits for it.
@@ -50,7 +51,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
             .client_identity_files(cert, key)
             .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
     }
-    let services: Services = Arc::new(config.services.clone());
+    let services: Services = Arc::new(watch::Sender::new(Arc::new(config.services.clone())));
     let groups: Vec<Vec<String>> = match config.connect {
         ConnectMode::First => vec![config.servers.clone()],
         ConnectMode::All => config.servers.iter().map(|s| vec![s.clone()]).collect(),
@@ -58,7 +59,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
     info!(
         servers = ?config.servers,
         connect = ?config.connect,
-        services = ?services.keys().collect::<Vec<_>>(),
+        services = ?config.services.keys().collect::<Vec<_>>(),
         "agent starting"
     );
     let mut running = Vec::new();
@@ -91,7 +92,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
         tokio::spawn(log_states(reconnecting.state()));
         running.push(reconnecting);
     }
-    wait_for_stop().await;
+    wait_for_stop(&path, &config, &services).await;
     info!("stopping");
     for r in running {
         r.shutdown().await;
@@ -99,7 +100,8 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop() {
+/// Reloads the services on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_stop(path: &std::path::Path, running: &AgentConfig, services: &Services) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -112,7 +114,16 @@ async fn wait_for_stop() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => warn!("SIGHUP: the agent does not reload its config; restart it to apply changes"),
+            _ = hup.recv() => match AgentConfig::load(path) {
+                Ok(new) => {
+                    if new.servers != running.servers || new.connect != running.connect {
+                        warn!("SIGHUP: only [services] are reloaded; restart to change servers or TLS");
+                    }
+                    info!(services = ?new.services.keys().collect::<Vec<_>>(), "SIGHUP: services reloaded");
+                    services.send_replace(Arc::new(new.services));
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: config refused; keeping the running services"),
+            },
         }
     }
 }
@@ -197,7 +208,9 @@ async fn control_loop(
     let (reader, mut writer) = tokio::io::split(control);
     let mut reader = BufReader::new(reader);
     let mut pending: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = claims(services, granted, &mut pending);
+    let mut reloads = services.subscribe();
+    let mut current = reloads.borrow_and_update().clone();
+    let mut out = claims(&current, granted, &mut pending);
     loop {
         for m in out.drain(..) {
             writer
@@ -209,6 +222,27 @@ async fn control_loop(
         let msg = tokio::select! {
             m = proto::read_msg(&mut reader) => m,
             _ = session.closed() => return Ok(()),
+            Ok(()) = reloads.changed() => {
+                let new = reloads.borrow_and_update().clone();
+                // Services removed, or whose token changed, are given back.
+                let held: Vec<String> = granted.borrow().iter().cloned().collect();
+                for name in held {
+                    let same = match (current.get(&name), new.get(&name)) {
+                        (Some(old), Some(new)) => old.token == new.token,
+                        _ => false,
+                    };
+                    if !same {
+                        granted.send_modify(|g| {
+                            g.remove(&name);
+                        });
+                        info!(service = %name, "claim released (reload)");
+                        out.push(Msg::Release { service: name });
+                    }
+                }
+                current = new;
+                out.extend(claims(&current, granted, &mut pending));
+                continue;
+            }
         };
         let msg = match msg {
             Ok(Some(m)) => m,
@@ -219,9 +253,10 @@ async fn control_loop(
         match msg {
             Msg::Challenge { service, nonce } => {
                 let (Some(client_nonce), Some(svc)) =
-                    (pending.get(&service), services.get(&service))
+                    (pending.get(&service), current.get(&service))
                 else {
-                    return Err(format!("challenge for {service:?}, which was not claimed"));
+                    debug!(service = %service, "challenge for a claim no longer pending; ignored");
+                    continue;
                 };
                 let mac = svc
                     .token
@@ -249,7 +284,7 @@ async fn control_loop(
             }
             Msg::Changed => {
                 debug!("the server's services changed; claiming again");
-                out = claims(services, granted, &mut pending);
+                out = claims(&current, granted, &mut pending);
             }
             Msg::Ping { id } => out.push(Msg::Pong { id }),
             other => return Err(format!("unexpected control message: {other:?}")),
@@ -259,7 +294,7 @@ async fn control_loop(
 
 /// Claims for the services neither granted nor being claimed.
 fn claims(
-    services: &Services,
+    services: &BTreeMap<String, AgentService>,
     granted: &Granted,
     pending: &mut HashMap<String, Vec<u8>>,
 ) -> Vec<Msg> {
@@ -314,7 +349,8 @@ async fn forward_stream(
         let mut rx = granted.subscribe();
         rx.wait_for(|g| g.contains(&name)).await.is_ok()
     };
-    let svc = match services.get(&name) {
+    let svc = services.borrow().get(&name).cloned();
+    let svc = match svc {
         Some(svc) if tokio::time::timeout(HEADER_TIMEOUT, held).await == Ok(true) => svc,
         _ => {
             qymux::Stream::abort(&mut stream);

@@ -7,7 +7,9 @@
 //! service, `claim NAME CNONCE`; the server answers `challenge NAME SNONCE`; the agent
 //! answers `proof NAME MAC` (`-` when it has no token); the server answers
 //! `granted NAME` or `refused NAME REASON`. Later the server may send `changed` (its
-//! services were reloaded: claim what is not granted again) and `revoked NAME REASON`.
+//! services were reloaded: claim what is not granted again) and `revoked NAME REASON`,
+//! and the agent `release NAME` (its own reload dropped the service). The server sends
+//! `ping N` now and then; the agent answers `pong N`.
 //! Lines are UTF-8, at most [`MAX_LINE`] bytes, ending in `\n`; nonces and MACs are hex.
 //!
 //! **Proof.** `MAC = HMAC-SHA256(token, "qymux-claim-v1" 0 NAME 0 SNONCE CNONCE FP)`
@@ -61,6 +63,9 @@ pub(crate) enum Msg {
         reason: String,
     },
     Changed,
+    Release {
+        service: String,
+    },
     Ping {
         id: u64,
     },
@@ -96,6 +101,7 @@ impl Msg {
             Msg::Changed => "changed".to_owned(),
             Msg::Ping { id } => format!("ping {id}"),
             Msg::Pong { id } => format!("pong {id}"),
+            Msg::Release { service } => format!("release {service}"),
         };
         s.push('\n');
         s
@@ -143,6 +149,9 @@ impl Msg {
                 reason: rest.unwrap_or("").to_owned(),
             },
             "changed" if service.is_none() => Msg::Changed,
+            "release" if rest.is_none() => Msg::Release {
+                service: need(service)?,
+            },
             "ping" | "pong" if rest.is_none() => {
                 let id = service.and_then(|s| s.parse().ok()).ok_or_else(bad)?;
                 if verb == "ping" {
@@ -307,6 +316,9 @@ mod tests {
             Msg::Changed,
             Msg::Ping { id: 7 },
             Msg::Pong { id: u64::MAX },
+            Msg::Release {
+                service: "web".into(),
+            },
         ];
         for m in msgs {
             let line = m.encode();

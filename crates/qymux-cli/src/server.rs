@@ -612,6 +612,12 @@ async fn control_loop(
                             }
                         }
                     }
+                    Msg::Release { service } => {
+                        if let Some(svc) = granted.remove(&service) {
+                            svc.pool.remove(id);
+                            info!(service = %service, "claim released by the agent");
+                        }
+                    }
                     Msg::Pong { id: pong } => {
                         if let Some((sent_id, at)) = ping_sent
                             && sent_id == pong

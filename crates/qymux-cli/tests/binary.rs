@@ -589,3 +589,48 @@ fn sighup_changing_a_token_revokes_the_claim_and_rebinds_the_same_address() {
     let mut c = EchoClient::connect(&publics[0]);
     assert!(c.wait_closed(), "no agent holds web any more: reset");
 }
+
+#[test]
+fn agent_sighup_adds_and_releases_services_while_another_carries_traffic() {
+    let dir = cert_dir("cli-agent-hup");
+    let services = format!(
+        "[services.web]\npublic = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
+         [services.extra]\npublic = \"127.0.0.1:0\"\ntoken = \"{OTHER_TOKEN}\"\n"
+    );
+    let server_cfg = write(&dir, "server.toml", &server_toml(false, &services));
+    let (mut server, addr, publics) = start_server(&server_cfg, &["web", "extra"]);
+    let echo = echo_service();
+    let extra_local = echo_service();
+    let web_only = format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n");
+    let cfg = write(&dir, "agent.toml", &agent_toml(&[&addr], "", &web_only));
+    let mut agent = Proc::agent("agent", &cfg);
+    agent.wait_msg("claim granted", &[("service", "web")]);
+    let mut conn = EchoClient::connect(&publics[0]);
+    assert_eq!(conn.roundtrip("before").unwrap(), "before");
+
+    // Add extra.
+    write(
+        &dir,
+        "agent.toml",
+        &agent_toml(
+            &[&addr],
+            "",
+            &format!(
+                "{web_only}\n[services.extra]\nlocal = \"{extra_local}\"\ntoken = \"{OTHER_TOKEN}\"\n"
+            ),
+        ),
+    );
+    agent.signal("HUP");
+    agent.wait_msg("claim granted", &[("service", "extra")]);
+    let mut extra = EchoClient::connect(&publics[1]);
+    assert_eq!(extra.roundtrip("extra").unwrap(), "extra");
+    assert_eq!(conn.roundtrip("during").unwrap(), "during");
+
+    // Drop extra again: the server takes the agent out of its pool.
+    write(&dir, "agent.toml", &agent_toml(&[&addr], "", &web_only));
+    agent.signal("HUP");
+    server.wait_msg("claim released by the agent", &[("service", "extra")]);
+    let mut gone = EchoClient::connect(&publics[1]);
+    assert!(gone.wait_closed(), "nobody holds extra any more");
+    assert_eq!(conn.roundtrip("after").unwrap(), "after");
+}
