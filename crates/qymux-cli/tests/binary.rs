@@ -634,3 +634,50 @@ fn agent_sighup_adds_and_releases_services_while_another_carries_traffic() {
     assert!(gone.wait_closed(), "nobody holds extra any more");
     assert_eq!(conn.roundtrip("after").unwrap(), "after");
 }
+
+#[test]
+fn agent_metrics_count_the_fallback_to_tcp_and_a_reconnect() {
+    let dir = cert_dir("cli-agent-metrics");
+    // A server on TCP only: an agent in auto mode falls back from QUIC.
+    let tcp_only = |listen: &str| {
+        server_toml(
+            false,
+            &format!("[services.web]\npublic = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\"\nmode = \"tcp\""),
+        )
+    };
+    let server_cfg = write(&dir, "server.toml", &tcp_only("127.0.0.1:0"));
+    let (mut server, addr, _) = start_server(&server_cfg, &["web"]);
+    let echo = echo_service();
+    let cfg = write(
+        &dir,
+        "agent.toml",
+        &agent_toml(
+            &[&addr],
+            "metrics = \"127.0.0.1:0\"",
+            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
+        ),
+    );
+    let mut agent = Proc::agent("agent", &cfg);
+    let metrics_addr = field(
+        &agent.wait_msg("metrics listening at /metrics", &[]),
+        "addr",
+    );
+    agent.wait_msg("claim granted", &[("service", "web")]);
+    let samples = scrape(&metrics_addr);
+    assert_eq!(metric(&samples, "qymux_fallbacks_total", &[]), 1.0);
+    assert_eq!(metric(&samples, "qymux_reconnects_total", &[]), 0.0);
+
+    // The server dies and comes back on the same address: the agent reconnects.
+    server.sigkill();
+    let again_cfg = write(&dir, "server-again.toml", &tcp_only(&addr));
+    let (_again, _, _) = start_server(&again_cfg, &["web"]);
+    agent.wait_msg("claim granted", &[("service", "web")]);
+    let samples = scrape(&metrics_addr);
+    assert_eq!(metric(&samples, "qymux_reconnects_total", &[]), 1.0);
+    assert_eq!(metric(&samples, "qymux_fallbacks_total", &[]), 2.0);
+    assert!(metric(&samples, "qymux_handshakes_total", &[("outcome", "ok")]) >= 2.0);
+}
