@@ -306,6 +306,9 @@ impl ServerConfig {
             if max_connections == 0 || per_source == 0 {
                 bail!("service {name:?}: connection caps must be at least 1");
             }
+            if s.idle_timeout.is_some_and(|d| d.0.is_zero()) {
+                bail!("service {name:?}: idle_timeout must be more than zero");
+            }
             services.insert(
                 name.clone(),
                 ServiceDef {
@@ -526,6 +529,11 @@ mod tests {
         let base = "listen = \"x:1\"\ncert = \"c\"\nkey = \"k\"\n";
         let e = server(&format!("{base}[services.open]\npublic = \"x:2\"\n")).unwrap_err();
         assert!(e.to_string().contains("\"open\""), "{e}");
+        let e = server(&format!(
+            "{base}[services.a]\npublic = \"x:2\"\ntoken = \"0123456789abcdef\"\nidle_timeout = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("idle_timeout"), "{e}");
         let e = server(&format!("{base}colour = 1\n")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
         let e = server(&format!(
