@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{AgentConfig, AgentService, ConnectMode, Trust};
+use crate::config::{AgentConfig, AgentFlags, AgentService, ConnectMode, Trust};
 use crate::proto::{self, Msg};
 
 /// How long the server gets to send a stream's header.
@@ -36,8 +36,11 @@ type Services = Arc<watch::Sender<Arc<BTreeMap<String, AgentService>>>>;
 type Granted = watch::Sender<HashSet<String>>;
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub(crate) async fn run(path: PathBuf) -> Result<()> {
-    let config = AgentConfig::load(&path)?;
+pub(crate) async fn run(path: Option<PathBuf>, flags: AgentFlags) -> Result<()> {
+    let config = match &path {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::from_flags(&flags)?,
+    };
     if let Some(addr) = &config.metrics {
         crate::metrics::serve(addr, None).await?;
     }
@@ -92,7 +95,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
         tokio::spawn(log_states(reconnecting.state()));
         running.push(reconnecting);
     }
-    wait_for_stop(&path, &config, &services).await;
+    wait_for_stop(path.as_deref(), &config, &services).await;
     info!("stopping");
     for r in running {
         r.shutdown().await;
@@ -101,7 +104,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
 }
 
 /// Reloads the services on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(path: &std::path::Path, running: &AgentConfig, services: &Services) {
+async fn wait_for_stop(path: Option<&std::path::Path>, running: &AgentConfig, services: &Services) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -114,15 +117,16 @@ async fn wait_for_stop(path: &std::path::Path, running: &AgentConfig, services: 
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => match AgentConfig::load(path) {
-                Ok(new) => {
+            _ = hup.recv() => match path.map(AgentConfig::load) {
+                None => warn!("SIGHUP: started from flags, there is no config file to reload"),
+                Some(Ok(new)) => {
                     if new.servers != running.servers || new.connect != running.connect {
                         warn!("SIGHUP: only [services] are reloaded; restart to change servers or TLS");
                     }
                     info!(services = ?new.services.keys().collect::<Vec<_>>(), "SIGHUP: services reloaded");
                     services.send_replace(Arc::new(new.services));
                 }
-                Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: config refused; keeping the running services"),
+                Some(Err(e)) => warn!(error = %format!("{e:#}"), "SIGHUP: config refused; keeping the running services"),
             },
         }
     }

@@ -598,3 +598,139 @@ mod tests {
         assert!(matches!(&c.trust, Trust::Ca(p) if p == Path::new("/x/ca.pem")));
     }
 }
+
+/// `--service NAME=ADDR`.
+pub(crate) fn parse_service_flag(text: &str) -> Result<(String, String), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=ADDRESS, e.g. web=0.0.0.0:8080"))?;
+    check_service_name(name)?;
+    if addr.is_empty() {
+        return Err(format!("{text:?}: the address is empty"));
+    }
+    Ok((name.to_owned(), addr.to_owned()))
+}
+
+/// The token of a one-service setup without a file: `--token-file`, else the
+/// environment variable `QYMUX_TOKEN` (never a command-line argument, which `ps` shows).
+fn flag_token(token_file: Option<&Path>) -> Result<Option<String>> {
+    match token_file {
+        Some(_) => token_of("", None, token_file, Path::new(".")),
+        None => Ok(std::env::var("QYMUX_TOKEN").ok().filter(|t| !t.is_empty())),
+    }
+}
+
+/// A one-service server from command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerFlags {
+    /// The address agents dial.
+    #[arg(long, requires_all = ["cert", "key", "service"])]
+    pub(crate) listen: Option<String>,
+    /// The server certificate (PEM).
+    #[arg(long)]
+    pub(crate) cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// Require agents to present a certificate from this CA.
+    #[arg(long)]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    pub(crate) metrics: Option<String>,
+    /// The service, `NAME=PUBLIC_ADDRESS`.
+    #[arg(long, value_parser = parse_service_flag)]
+    pub(crate) service: Option<(String, String)>,
+    /// The service's token, from a file (or the environment variable QYMUX_TOKEN).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// A client certificate name allowed to claim the service (repeatable).
+    #[arg(long)]
+    pub(crate) allow: Vec<String>,
+}
+
+impl ServerConfig {
+    /// A one-service server from flags, checked like a file.
+    pub(crate) fn from_flags(f: &ServerFlags) -> Result<Self> {
+        let (Some(listen), Some(cert), Some(key), Some((name, public))) =
+            (&f.listen, &f.cert, &f.key, &f.service)
+        else {
+            bail!("without --config, give --listen, --cert, --key and --service NAME=PUBLIC");
+        };
+        let service = ServerServiceFile {
+            public: public.clone(),
+            token: flag_token(f.token_file.as_deref())?,
+            token_file: None,
+            allow: (!f.allow.is_empty()).then(|| f.allow.clone()),
+            max_connections: None,
+            max_connections_per_source: None,
+            idle_timeout: None,
+        };
+        let file = ServerFile {
+            listen: listen.clone(),
+            mode: ModeName::Auto,
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: f.client_ca.clone(),
+            metrics: f.metrics.clone(),
+            shutdown_grace: None,
+            session: SessionOptions::default(),
+            services: BTreeMap::from([(name.clone(), service)]),
+        };
+        Self::from_file(file, Path::new("."))
+    }
+}
+
+/// A one-service agent from command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct AgentFlags {
+    /// The server to dial (repeat for several: the next on failure).
+    #[arg(long = "server", requires = "service")]
+    pub(crate) servers: Vec<String>,
+    /// Verify the server with this CA certificate.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Verify the server by its certificate's SHA-256 fingerprint.
+    #[arg(long)]
+    pub(crate) pin: Option<String>,
+    /// The name to verify the server against (default: the host of --server).
+    #[arg(long)]
+    pub(crate) server_name: Option<String>,
+    /// The service, `NAME=LOCAL_ADDRESS`.
+    #[arg(long, value_parser = parse_service_flag)]
+    pub(crate) service: Option<(String, String)>,
+    /// The service's token, from a file (or the environment variable QYMUX_TOKEN).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// A one-service agent from flags, checked like a file.
+    pub(crate) fn from_flags(f: &AgentFlags) -> Result<Self> {
+        let Some((name, local)) = &f.service else {
+            bail!("without --config, give --server, --ca or --pin, and --service NAME=LOCAL");
+        };
+        let file = AgentFile {
+            server: None,
+            servers: Some(f.servers.clone()),
+            connect: ConnectMode::First,
+            mode: ModeName::Auto,
+            server_name: f.server_name.clone(),
+            ca: f.ca.clone(),
+            pin: f.pin.clone(),
+            cert: None,
+            key: None,
+            metrics: None,
+            session: SessionOptions::default(),
+            services: BTreeMap::from([(
+                name.clone(),
+                AgentServiceFile {
+                    local: local.clone(),
+                    token: flag_token(f.token_file.as_deref())?,
+                    token_file: None,
+                },
+            )]),
+        };
+        Self::from_file(file, Path::new("."))
+    }
+}

@@ -35,17 +35,34 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server from a TOML config file (SIGHUP reloads its services, SIGTERM
-    /// drains).
+    /// drains), or one service from flags (`--listen --cert --key --service`).
     Server {
         /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(
+            long,
+            short,
+            required_unless_present = "listen",
+            conflicts_with = "listen"
+        )]
+        config: Option<PathBuf>,
+        /// Or one service from flags, without a file.
+        #[command(flatten)]
+        flags: config::ServerFlags,
     },
-    /// Run an agent from a TOML config file.
+    /// Run an agent from a TOML config file (SIGHUP reloads its services), or one
+    /// service from flags (`--server --ca|--pin --service`).
     Agent {
         /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(
+            long,
+            short,
+            required_unless_present = "servers",
+            conflicts_with = "servers"
+        )]
+        config: Option<PathBuf>,
+        /// Or one service from flags, without a file.
+        #[command(flatten)]
+        flags: config::AgentFlags,
     },
     /// Write development certificates: a CA, a server and a client certificate.
     Cert(CertArgs),
@@ -82,8 +99,12 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     let result = match cli.command {
         Command::Cert(args) => cert(&args),
-        Command::Server { config } => runtime().and_then(|rt| rt.block_on(server::run(config))),
-        Command::Agent { config } => runtime().and_then(|rt| rt.block_on(agent::run(config))),
+        Command::Server { config, flags } => {
+            runtime().and_then(|rt| rt.block_on(server::run(config, flags)))
+        }
+        Command::Agent { config, flags } => {
+            runtime().and_then(|rt| rt.block_on(agent::run(config, flags)))
+        }
         Command::Probe(args) => runtime().and_then(|rt| rt.block_on(probe::run(args))),
     };
     match result {

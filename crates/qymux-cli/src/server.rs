@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{ServerConfig, ServiceDef};
+use crate::config::{ServerConfig, ServerFlags, ServiceDef};
 use crate::proto::{self, Msg};
 
 /// How long a public connection waits for an agent of its service when none holds it.
@@ -31,8 +31,11 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the server until SIGTERM or SIGINT, then drains.
-pub(crate) async fn run(path: PathBuf) -> Result<()> {
-    let config = ServerConfig::load(&path)?;
+pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()> {
+    let config = match &path {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::from_flags(&flags)?,
+    };
     let identity = Identity::load_pem_files(&config.cert, &config.key).with_context(|| {
         format!(
             "loading {} and {}",
@@ -85,7 +88,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
         "listening for agents"
     );
     let accepting = tokio::spawn(accept_agents(listener.clone(), state.clone()));
-    wait_for_stop(&path, &state).await;
+    wait_for_stop(path.as_deref(), &state).await;
     info!(grace = ?config.shutdown_grace, "SIGTERM: draining");
     accepting.abort();
     state.stop_public();
@@ -96,7 +99,7 @@ pub(crate) async fn run(path: PathBuf) -> Result<()> {
 }
 
 /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(path: &Path, state: &Arc<State>) {
+async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -109,6 +112,10 @@ async fn wait_for_stop(path: &Path, state: &Arc<State>) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                let Some(path) = path else {
+                    warn!("SIGHUP: started from flags, there is no config file to reload");
+                    continue;
+                };
                 match ServerConfig::load(path) {
                     Ok(new) => match state.apply(&new.services).await {
                         Ok(()) => info!(services = new.services.len(), "SIGHUP: services reloaded"),

@@ -70,8 +70,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `qymux ARGS --log-format json`.
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_with_env(name, args, &[])
+    }
+
+    /// Starts `qymux ARGS --log-format json` with more environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(qymux_bin())
             .args(args)
+            .envs(env.iter().copied())
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info,qymux=debug")
             .stdin(Stdio::null())
@@ -246,7 +252,12 @@ pub fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
 /// Starts a server from `config` and waits for its address, and each service's public
 /// address, from its log.
 pub fn start_server(config: &Path, services: &[&str]) -> (Proc, String, Vec<String>) {
-    let mut server = Proc::server(config);
+    wait_server(Proc::server(config), services)
+}
+
+/// Waits for a started server's address and its services' public addresses.
+pub fn wait_server(server: Proc, services: &[&str]) -> (Proc, String, Vec<String>) {
+    let mut server = server;
     let mut publics = vec![String::new(); services.len()];
     let mut left = services.len();
     let mut addr = String::new();
