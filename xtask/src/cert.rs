@@ -3,19 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use qymux_cert::{CertificateAuthority, Fingerprint, Identity};
+use qymux_cert::{
+    CertificateAuthority, DevSetOptions, Fingerprint, existing_dev_set_files, write_dev_set,
+};
 
 use crate::cli::CertArgs;
-
-/// The files `cert` writes, in the order they are written.
-pub(crate) const FILES: [&str; 6] = [
-    "ca.pem",
-    "ca.key",
-    "server.pem",
-    "server.key",
-    "client.pem",
-    "client.key",
-];
 
 /// Resolves `path` against the workspace root unless it is absolute.
 pub(crate) fn resolve(root: &Path, path: &Path) -> PathBuf {
@@ -28,13 +20,10 @@ pub(crate) fn resolve(root: &Path, path: &Path) -> PathBuf {
 
 /// The target files that exist already (a dangling symlink counts).
 pub(crate) fn existing(dir: &Path) -> Vec<PathBuf> {
-    FILES
-        .iter()
-        .map(|name| dir.join(name))
-        .filter(|path| path.symlink_metadata().is_ok())
-        .collect()
+    existing_dev_set_files(dir)
 }
 
+/// Writes the set with `qymux_cert::write_dev_set`, the code `qymux cert` shares.
 pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
     if args.crl {
         return crl(args, root);
@@ -54,47 +43,26 @@ pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
             );
         }
     }
-
-    // Make everything first, so that a bad name leaves no files behind.
-    let server_names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
-    let mut ca = CertificateAuthority::new(&args.ca_name).context("making the CA")?;
-    if let Some(days) = args.days {
-        ca = ca.with_leaf_validity_days(days)?;
-    }
-    let server = ca
-        .issue_server(&server_names)
-        .context("making the server certificate")?;
-    let client = ca
-        .issue_client(&args.client_name)
-        .context("making the client certificate")?;
-
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = |name: &str| dir.join(name);
-    ca.write_pem_files(path("ca.pem"), path("ca.key"), args.force)?;
-    server.write_pem_files(path("server.pem"), path("server.key"), args.force)?;
-    client.write_pem_files(path("client.pem"), path("client.key"), args.force)?;
+    let options = DevSetOptions {
+        ca_name: args.ca_name.clone(),
+        server_names: args.server_names.clone(),
+        client_name: args.client_name.clone(),
+        overwrite: args.force,
+        days: args.days,
+    };
+    let set = write_dev_set(&dir, &options)
+        .with_context(|| format!("writing certificates into {}", dir.display()))?;
 
     let server_desc = format!("server certificate for {}", args.server_names.join(", "));
     let client_desc = format!("client certificate CN={}", args.client_name);
     let ca_desc = format!("CA certificate CN={}", args.ca_name);
     println!("Wrote {}:", dir.display());
-    print_pair("ca", &ca_desc, "CA private key", ca.fingerprint());
-    print_pair(
-        "server",
-        &server_desc,
-        "server private key",
-        server.fingerprint(),
-    );
-    print_pair(
-        "client",
-        &client_desc,
-        "client private key",
-        client.fingerprint(),
-    );
+    print_pair("ca", &ca_desc, "CA private key", set.ca);
+    print_pair("server", &server_desc, "server private key", set.server);
+    print_pair("client", &client_desc, "client private key", set.client);
     println!();
     println!("Trust ca.pem on both sides (roots for the dialer, client roots for mTLS),");
-    println!("or pin the server instead: sha256:{}", server.fingerprint());
-    check_round_trip(&dir, &server)?;
+    println!("or pin the server instead: sha256:{}", set.server);
     Ok(())
 }
 
@@ -141,21 +109,10 @@ fn print_pair(stem: &str, cert_desc: &str, key_desc: &str, fingerprint: Fingerpr
     println!("  {:<11} {key_desc}{mode}", format!("{stem}.key"));
 }
 
-/// Reads the server files back, so that a broken write does not go unnoticed.
-fn check_round_trip(dir: &Path, server: &Identity) -> Result<()> {
-    let again = Identity::load_pem_files(dir.join("server.pem"), dir.join("server.key"))?;
-    if again.fingerprint() != server.fingerprint() {
-        bail!(
-            "{} does not hold what was written",
-            dir.join("server.pem").display()
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qymux_cert::CertificateAuthority;
 
     struct TempDir(PathBuf);
 

@@ -54,18 +54,24 @@
 #![deny(missing_docs)]
 
 mod ca;
+mod devset;
 mod error;
 mod fingerprint;
 mod identity;
+mod names;
 mod pem;
 mod x509;
 
 pub use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 pub use crate::ca::{CertificateAuthority, MAX_VALIDITY_DAYS, self_signed};
+pub use crate::devset::{
+    DEV_SET_FILES, DevSet, DevSetOptions, existing_dev_set_files, write_dev_set,
+};
 pub use crate::error::{CertError, Result};
 pub use crate::fingerprint::Fingerprint;
 pub use crate::identity::Identity;
+pub use crate::names::CertNames;
 pub use crate::pem::{crl_to_pem, load_certs_pem, load_key_pem, parse_certs_pem, parse_key_pem};
 
 #[cfg(test)]

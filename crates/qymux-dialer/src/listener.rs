@@ -201,6 +201,12 @@ impl Listener {
             + self.quic.as_ref().map_or(0, |q| q.session_count())
     }
 
+    /// How many handshakes failed or timed out so far, over both transports.
+    pub fn handshake_failures(&self) -> u64 {
+        self.tcp.as_ref().map_or(0, |t| t.handshake_failures())
+            + self.quic.as_ref().map_or(0, |q| q.handshake_failures())
+    }
+
     /// Shuts down gracefully on both transports: stops accepting at once, then drains
     /// every session accepted (a yamux GoAway; over QUIC no more stream grants) and
     /// closes it (TLS close_notify, or QUIC `CONNECTION_CLOSE`) as soon as it has no open

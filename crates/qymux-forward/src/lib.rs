@@ -10,6 +10,9 @@
 //! - [`forward_listener`]: every connection a local [`TcpListener`] accepts is forwarded
 //!   to a new stream **opened** on the session — typically on the server, to expose that
 //!   service on a local port;
+//! - [`splice`]: one TCP connection and one stream the caller picked, joined with the
+//!   same guarantees, for protocols that choose the stream themselves (the `qymux`
+//!   binary's services);
 //! - [`tunnel`]: both put together, as a server that hands its public connections to the
 //!   most recent agent, and an agent that redials with backoff when its session drops.
 //!
@@ -101,6 +104,7 @@
 mod config;
 mod forwarder;
 mod pump;
+mod splice;
 mod stats;
 pub mod tunnel;
 
@@ -108,4 +112,5 @@ pub use config::{ForwardConfig, Target};
 pub use forwarder::{
     ForwardHandle, Forwarder, StopReason, Stopped, forward_accepted, forward_listener,
 };
+pub use splice::{SpliceError, SpliceOptions, Spliced, splice};
 pub use stats::Stats;

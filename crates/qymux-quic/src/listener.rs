@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
@@ -51,6 +52,8 @@ pub struct Listener {
     task: JoinHandle<()>,
     registry: Arc<SessionRegistry<Session>>,
     close_timeout: Duration,
+    /// Handshakes that failed or timed out.
+    failures: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Listener {
@@ -103,12 +106,14 @@ impl Listener {
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
         let close_timeout = options.close_timeout;
+        let failures = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_loop(
             endpoint.clone(),
             tls,
             options,
             tx,
             registry.clone(),
+            failures.clone(),
         ));
         Ok(Listener {
             endpoint,
@@ -117,6 +122,7 @@ impl Listener {
             task,
             registry,
             close_timeout,
+            failures,
         })
     }
 
@@ -127,6 +133,12 @@ impl Listener {
             return Err(Error::Closed);
         }
         self.ready.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// How many handshakes failed or timed out so far (a client that is not a Qymux
+    /// peer, an untrusted client certificate, a stalled handshake).
+    pub fn handshake_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -219,6 +231,7 @@ async fn accept_loop(
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
+    failures: Arc<AtomicU64>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
     let sources = SourceLimiter::new(options.max_pending_per_source);
@@ -278,6 +291,7 @@ async fn accept_loop(
         let ready = ready.clone();
         let registry = registry.clone();
         let tls = tls.clone();
+        let failures = failures.clone();
         handshakes.spawn(async move {
             let result = handshake(incoming, validated, endpoint, &tls, &options).await;
             drop(source_slot);
@@ -295,7 +309,10 @@ async fn accept_loop(
                     // Holds the slot until the application takes the session.
                     let _ = ready.send(session).await;
                 }
-                Err(e) => debug!(%peer, "QUIC handshake failed: {e}"),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "QUIC handshake failed: {e}");
+                }
             }
             drop(slot);
         });

@@ -5,19 +5,19 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
 use qymux_transport::{
-    CloseReason, Error, Incoming, Limit, Options, PeerIdentity, Protocol, Result,
+    CloseReason, Error, Incoming, Limit, Options, PeerIdentity, Protocol, Result, SessionStats,
 };
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::config::initial_stream_credit;
 use crate::error::{SESSION_CLOSED, STREAM_ABORTED, close_reason};
@@ -59,6 +59,14 @@ pub(crate) struct Shared {
     /// The graceful close sequence, run once however many `close` calls overlap: a
     /// second caller waits for the first's instead of cutting its delivery short.
     closing: tokio::sync::OnceCell<()>,
+    /// Stream bytes read and written, streams accepted and opened (for `stats`).
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    streams_in: AtomicU64,
+    streams_out: AtomicU64,
+    /// `qymux_session{id, protocol, local, remote}`: the session's operations and its
+    /// drain task run in it.
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -215,12 +223,15 @@ impl Shared {
         debug!("draining: no new streams; closing when the last one is done");
         // `accept` calls waiting on quinn switch to the waiting streams.
         self.drain_signals.events.notify_waiters();
-        tokio::spawn(drain_task(
-            self.connection.clone(),
-            Arc::downgrade(self),
-            self.drain_signals.clone(),
-            gone,
-        ));
+        tokio::spawn(
+            drain_task(
+                self.connection.clone(),
+                Arc::downgrade(self),
+                self.drain_signals.clone(),
+                gone,
+            )
+            .instrument(self.span.clone()),
+        );
         true
     }
 
@@ -360,6 +371,13 @@ impl Session {
         options: &Options,
         peer_identity: Option<PeerIdentity>,
     ) -> Session {
+        let span = tracing::debug_span!(
+            "qymux_session",
+            id = qymux_transport::next_session_id(),
+            protocol = "quic",
+            local = ?endpoint.local_addr().ok(),
+            remote = %connection.remote_address(),
+        );
         Session {
             shared: Arc::new(Shared {
                 connection,
@@ -385,6 +403,11 @@ impl Session {
                     done: watch::Sender::new(false),
                 }),
                 closing: tokio::sync::OnceCell::new(),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                streams_in: AtomicU64::new(0),
+                streams_out: AtomicU64::new(0),
+                span,
             }),
         }
     }
@@ -427,6 +450,7 @@ impl Session {
         // From here on the stream owns the reservation.
         reserved.hand_over();
         shared.outbound_open.fetch_add(1, Ordering::AcqRel);
+        shared.streams_out.fetch_add(1, Ordering::Relaxed);
         let mut stream = Stream::new(send, recv, shared.clone(), true);
         stream.announce().await?;
         Ok(stream)
@@ -456,6 +480,7 @@ impl Session {
             if shared.draining.load(Ordering::Acquire) {
                 if let Some((send, recv)) = shared.next_waiting() {
                     // Its slot was reserved when the drain took it from quinn.
+                    shared.streams_in.fetch_add(1, Ordering::Relaxed);
                     return Ok(Stream::new(send, recv, shared.clone(), false));
                 }
                 let err = shared.connection.closed().await;
@@ -475,6 +500,7 @@ impl Session {
             if let Some(reserved) = Reserved::new(shared) {
                 reserved.hand_over();
                 shared.grow_stream_credit();
+                shared.streams_in.fetch_add(1, Ordering::Relaxed);
                 return Ok(Stream::new(send, recv, shared.clone(), false));
             }
             debug!(
@@ -574,6 +600,19 @@ impl Session {
         self.shared.streams_open.load(Ordering::Relaxed)
     }
 
+    /// What the session has carried so far; see [`qymux_transport::Session::stats`].
+    pub fn stats(&self) -> SessionStats {
+        let shared = &self.shared;
+        let mut stats = SessionStats::new(Protocol::Quic);
+        stats.rtt = Some(shared.connection.rtt());
+        stats.bytes_sent = shared.bytes_out.load(Ordering::Relaxed);
+        stats.bytes_received = shared.bytes_in.load(Ordering::Relaxed);
+        stats.streams_opened = shared.streams_out.load(Ordering::Relaxed);
+        stats.streams_accepted = shared.streams_in.load(Ordering::Relaxed);
+        stats.open_streams = shared.streams_open.load(Ordering::Acquire);
+        stats
+    }
+
     /// The quinn connection underneath, for statistics (RTT, congestion) and other
     /// advanced use. Opening or accepting streams on it directly bypasses Qymux's
     /// stream limit and announcement.
@@ -612,10 +651,10 @@ impl qymux_transport::Session for Session {
     type Stream = Stream;
 
     fn open(&self) -> impl Future<Output = Result<Stream>> + Send {
-        Session::open(self)
+        Session::open(self).instrument(self.shared.span.clone())
     }
     fn accept(&self) -> impl Future<Output = Result<Stream>> + Send {
-        Session::accept(self)
+        Session::accept(self).instrument(self.shared.span.clone())
     }
     fn incoming(&self) -> Incoming<Stream> {
         Session::incoming(self)
@@ -633,16 +672,19 @@ impl qymux_transport::Session for Session {
         Session::peer_identity(self)
     }
     fn close(&self) -> impl Future<Output = ()> + Send {
-        Session::close(self)
+        Session::close(self).instrument(self.shared.span.clone())
     }
     fn drain(&self) -> impl Future<Output = ()> + Send {
-        Session::drain(self)
+        Session::drain(self).instrument(self.shared.span.clone())
     }
     fn closed(&self) -> impl Future<Output = CloseReason> + Send {
         Session::closed(self)
     }
     fn close_reason(&self) -> Option<CloseReason> {
         Session::close_reason(self)
+    }
+    fn stats(&self) -> SessionStats {
+        Session::stats(self)
     }
 }
 

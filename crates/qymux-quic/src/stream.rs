@@ -134,9 +134,13 @@ impl AsyncRead for Stream {
         let before = buf.filled().len();
         match ready!(this.recv.poll_read_buf(cx, buf)) {
             Ok(()) => {
-                if buf.filled().len() == before && buf.remaining() > 0 {
+                let n = buf.filled().len() - before;
+                if n == 0 && buf.remaining() > 0 {
                     this.read_eof = true;
                 }
+                this.shared
+                    .bytes_in
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(this.read_error(e))),
@@ -159,7 +163,12 @@ impl AsyncWrite for Stream {
             return Poll::Ready(Ok(0));
         }
         match ready!(Pin::new(&mut this.send).poll_write(cx, buf)) {
-            Ok(n) => Poll::Ready(Ok(n)),
+            Ok(n) => {
+                this.shared
+                    .bytes_out
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Ok(n))
+            }
             Err(e) => Poll::Ready(Err(this.write_error(e))),
         }
     }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qymux_tls::Side;
@@ -38,6 +39,8 @@ pub struct Listener {
     ready: Mutex<mpsc::Receiver<Session>>,
     task: JoinHandle<()>,
     registry: Arc<SessionRegistry<Session>>,
+    /// Handshakes that failed or timed out.
+    failures: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Listener {
@@ -72,12 +75,21 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let task = tokio::spawn(accept_loop(tcp, tls, options, tx, registry.clone()));
+        let failures = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(
+            tcp,
+            tls,
+            options,
+            tx,
+            registry.clone(),
+            failures.clone(),
+        ));
         Listener {
             local_addr,
             ready: Mutex::new(rx),
             task,
             registry,
+            failures,
         }
     }
 
@@ -88,6 +100,12 @@ impl Listener {
             return Err(Error::Closed);
         }
         self.ready.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// How many handshakes failed or timed out so far (a client that is not a Qymux
+    /// peer, an untrusted client certificate, a stalled handshake).
+    pub fn handshake_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -145,6 +163,7 @@ async fn accept_loop(
     options: Options,
     ready: mpsc::Sender<Session>,
     registry: Arc<SessionRegistry<Session>>,
+    failures: Arc<AtomicU64>,
 ) {
     let acceptor = TlsAcceptor::from(tls.clone());
     let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
@@ -187,6 +206,7 @@ async fn accept_loop(
         let options = options.clone();
         let ready = ready.clone();
         let registry = registry.clone();
+        let failures = failures.clone();
         handshakes.spawn(async move {
             let result = handshake(stream, peer, &acceptor, &tls, &options).await;
             // The source's count covers the handshake only; the global slot is held
@@ -204,7 +224,10 @@ async fn accept_loop(
                     // Holds the slot until the application takes the session.
                     let _ = ready.send(session).await;
                 }
-                Err(e) => debug!(%peer, "handshake failed: {e}"),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "handshake failed: {e}");
+                }
             }
             drop(slot);
         });

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::{Duration, Instant};
 
-use qymux_transport::{CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result};
+use qymux_transport::{
+    CloseReason, Error, Limit, Options, PeerIdentity, Protocol, Result, SessionStats,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tracing::{Instrument, debug, trace};
 
@@ -477,6 +479,7 @@ impl Session {
         });
         let span = tracing::debug_span!(
             "qymux_session",
+            id = qymux_transport::next_session_id(),
             protocol = "tcp",
             role = ?start.role,
             local = %start.local_addr,
@@ -608,6 +611,22 @@ impl Session {
         self.handle.shared.with_conn(|c| c.rtt())
     }
 
+    /// What the session has carried so far; see [`qymux_transport::Session::stats`].
+    pub fn stats(&self) -> SessionStats {
+        let (counters, rtt, open) = self
+            .handle
+            .shared
+            .with_conn(|c| (c.counters(), c.rtt(), c.open_streams()));
+        let mut stats = SessionStats::new(Protocol::Tcp);
+        stats.rtt = rtt;
+        stats.bytes_sent = counters.bytes_out;
+        stats.bytes_received = counters.bytes_in;
+        stats.streams_opened = counters.streams_out;
+        stats.streams_accepted = counters.streams_in;
+        stats.open_streams = open;
+        stats
+    }
+
     /// The sum of the receive windows granted to the peer: the most stream data it can
     /// make this session buffer right now (see [`Options::receive_budget`]).
     pub fn granted_window(&self) -> u64 {
@@ -671,6 +690,9 @@ impl qymux_transport::Session for Session {
     }
     fn close_reason(&self) -> Option<CloseReason> {
         Session::close_reason(self)
+    }
+    fn stats(&self) -> SessionStats {
+        Session::stats(self)
     }
 }
 

@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::Result;
 use crate::incoming::Incoming;
-use crate::session::{CloseReason, Listener, PeerIdentity, Protocol, Session, Stream};
+use crate::session::{
+    CloseReason, Listener, PeerIdentity, Protocol, Session, SessionStats, Stream,
+};
 
 /// A stream of any backend.
 pub struct BoxStream(Box<dyn Stream>);
@@ -95,6 +97,7 @@ trait DynSession: Send + Sync + 'static {
     fn drain(&self) -> BoxFuture<'_, ()>;
     fn closed(&self) -> BoxFuture<'_, CloseReason>;
     fn close_reason(&self) -> Option<CloseReason>;
+    fn stats(&self) -> SessionStats;
 }
 
 impl<S: Session> DynSession for S {
@@ -130,6 +133,9 @@ impl<S: Session> DynSession for S {
     }
     fn close_reason(&self) -> Option<CloseReason> {
         Session::close_reason(self)
+    }
+    fn stats(&self) -> SessionStats {
+        Session::stats(self)
     }
 }
 
@@ -190,6 +196,9 @@ impl Session for BoxSession {
     }
     fn close_reason(&self) -> Option<CloseReason> {
         self.0.close_reason()
+    }
+    fn stats(&self) -> SessionStats {
+        self.0.stats()
     }
 }
 

@@ -54,8 +54,8 @@ pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};
 pub use proxy::{Proxy, ProxyError};
 pub use rustls_pki_types::CertificateDer;
 pub use session::{
-    CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, Stream,
-    Verification,
+    CertificateNames, CloseReason, Listener, Mode, PeerIdentity, Protocol, Session, SessionStats,
+    Stream, Verification, next_session_id,
 };
 
 /// The ALPN protocol id every Qymux connection negotiates, on TLS and on QUIC.

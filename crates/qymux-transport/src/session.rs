@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -290,6 +291,53 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn abort(&mut self);
 }
 
+/// What a session has carried so far: [`Session::stats`].
+///
+/// Bytes are stream payload (what applications wrote and read, without framing, TLS or
+/// QUIC overhead); streams count both those finished and those still open.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStats {
+    /// The transport.
+    pub protocol: Protocol,
+    /// The latest round-trip estimate: yamux pings over TCP (`None` until one was
+    /// answered), quinn's smoothed RTT over QUIC.
+    pub rtt: Option<Duration>,
+    /// Stream bytes sent to the peer.
+    pub bytes_sent: u64,
+    /// Stream bytes received from the peer.
+    pub bytes_received: u64,
+    /// Streams this side opened.
+    pub streams_opened: u64,
+    /// Streams the peer opened that this side took (accepted or queued for `accept`).
+    pub streams_accepted: u64,
+    /// Streams open now, in both directions.
+    pub open_streams: usize,
+}
+
+impl SessionStats {
+    /// Stats with every count zero.
+    pub fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            rtt: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            streams_opened: 0,
+            streams_accepted: 0,
+            open_streams: 0,
+        }
+    }
+}
+
+/// A number for each session of this process, counting from 1: the `id` of the session's
+/// `qymux_session` tracing span.
+pub fn next_session_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A multiplexed, encrypted connection between a dialer and a listener.
 ///
 /// Handles are cheap to clone and every method takes `&self`, so one session can be used
@@ -383,6 +431,9 @@ pub trait Session: Clone + Send + Sync + 'static {
 
     /// Why the session ended, or `None` while it is alive.
     fn close_reason(&self) -> Option<CloseReason>;
+
+    /// What the session has carried so far, and its RTT. Cheap: counters, no I/O.
+    fn stats(&self) -> SessionStats;
 }
 
 /// Accepts sessions from dialers.

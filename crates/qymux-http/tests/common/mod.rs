@@ -356,6 +356,9 @@ impl<S: Session> Session for Counting<S> {
     fn close_reason(&self) -> Option<CloseReason> {
         self.inner.close_reason()
     }
+    fn stats(&self) -> qymux_transport::SessionStats {
+        self.inner.stats()
+    }
 }
 
 /// A rustls server config for a local HTTPS target (ALPN `http/1.1`).

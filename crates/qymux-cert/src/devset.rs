@@ -1,0 +1,119 @@
+//! A development set of certificates in one directory: what `cargo xtask cert` and
+//! `qymux cert` write.
+
+use std::path::{Path, PathBuf};
+
+use crate::{CertError, CertificateAuthority, Fingerprint, Identity, Result};
+
+/// The files [`write_dev_set`] writes, in the order they are written.
+pub const DEV_SET_FILES: [&str; 6] = [
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "client.pem",
+    "client.key",
+];
+
+/// What [`write_dev_set`] makes: the names in the certificates, and whether existing
+/// files may be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSetOptions {
+    /// The CA's common name (default `Qymux Development CA`).
+    pub ca_name: String,
+    /// The server certificate's names, DNS names or IP addresses (default `localhost`,
+    /// `127.0.0.1`, `::1`).
+    pub server_names: Vec<String>,
+    /// The client (agent) certificate's common name, also its DNS name when it is a
+    /// valid one (default `qymux-agent`).
+    pub client_name: String,
+    /// Replace files that exist already (default: refuse, and write nothing).
+    pub overwrite: bool,
+    /// How long the server and client certificates are valid, in days (default: the
+    /// CA's default leaf validity).
+    pub days: Option<u32>,
+}
+
+impl Default for DevSetOptions {
+    fn default() -> Self {
+        Self {
+            ca_name: "Qymux Development CA".to_owned(),
+            server_names: ["localhost", "127.0.0.1", "::1"]
+                .map(str::to_owned)
+                .to_vec(),
+            client_name: "qymux-agent".to_owned(),
+            overwrite: false,
+            days: None,
+        }
+    }
+}
+
+/// What [`write_dev_set`] wrote: the fingerprints of the three certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSet {
+    /// The CA certificate's SHA-256 fingerprint.
+    pub ca: Fingerprint,
+    /// The server certificate's SHA-256 fingerprint (what a dialer can pin).
+    pub server: Fingerprint,
+    /// The client certificate's SHA-256 fingerprint.
+    pub client: Fingerprint,
+}
+
+/// The files of [`DEV_SET_FILES`] that exist in `dir` already (a dangling symlink
+/// counts).
+pub fn existing_dev_set_files(dir: &Path) -> Vec<PathBuf> {
+    DEV_SET_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|path| path.symlink_metadata().is_ok())
+        .collect()
+}
+
+/// Makes a CA, a server certificate and a client certificate signed by it, and writes
+/// them with their keys into `dir` (created if missing) as the six files of
+/// [`DEV_SET_FILES`]; keys get mode `0600` on Unix. Everything is made before anything
+/// is written, so a bad name leaves no files behind; the server files are read back to
+/// check the write.
+///
+/// # Errors
+///
+/// Without [`DevSetOptions::overwrite`], [`CertError::AlreadyExists`] naming the first
+/// of the files that exist, and nothing is written. [`CertError::InvalidName`] for a
+/// name that cannot be used, [`CertError::Io`] if writing fails.
+pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
+    if !options.overwrite
+        && let Some(path) = existing_dev_set_files(dir).into_iter().next()
+    {
+        return Err(CertError::AlreadyExists { path });
+    }
+    let server_names: Vec<&str> = options.server_names.iter().map(String::as_str).collect();
+    let mut ca = CertificateAuthority::new(&options.ca_name)?;
+    if let Some(days) = options.days {
+        ca = ca.with_leaf_validity_days(days)?;
+    }
+    let server = ca.issue_server(&server_names)?;
+    let client = ca.issue_client(&options.client_name)?;
+
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = |name: &str| dir.join(name);
+    let overwrite = options.overwrite;
+    ca.write_pem_files(path("ca.pem"), path("ca.key"), overwrite)?;
+    server.write_pem_files(path("server.pem"), path("server.key"), overwrite)?;
+    client.write_pem_files(path("client.pem"), path("client.key"), overwrite)?;
+
+    let again = Identity::load_pem_files(path("server.pem"), path("server.key"))?;
+    if again.fingerprint() != server.fingerprint() {
+        return Err(CertError::InvalidCertificate {
+            source_name: path("server.pem").display().to_string(),
+            reason: "does not hold what was written".to_owned(),
+        });
+    }
+    Ok(DevSet {
+        ca: ca.fingerprint(),
+        server: server.fingerprint(),
+        client: client.fingerprint(),
+    })
+}
