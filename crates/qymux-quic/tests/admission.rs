@@ -110,6 +110,22 @@ fn server_options(per_source: usize, retry: QuicRetry) -> Options {
     o
 }
 
+/// A listener with `server_options(per_source, retry)`, and the flood's sockets once
+/// each of its `FLOOD` Initials (captured beforehand) was sent.
+async fn flooded_listener(per_source: usize, retry: QuicRetry) -> (Pki, Listener, Vec<UdpSocket>) {
+    let pki = Pki::new();
+    let initials = capture_initials(&pki, FLOOD).await;
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server_tls(),
+        server_options(per_source, retry),
+    )
+    .await
+    .unwrap();
+    let sockets = flood(&initials, listener.local_addr()).await;
+    (pki, listener, sockets)
+}
+
 async fn good_client(listener: &Listener, pki: &Pki) -> qymux_transport::Result<()> {
     let mut o = options();
     o.handshake_timeout(Duration::from_secs(5));
@@ -132,16 +148,7 @@ async fn good_client(listener: &Listener, pki: &Pki) -> qymux_transport::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_source_cap_keeps_a_flood_of_initials_from_locking_others_out() {
-    let pki = Pki::new();
-    let initials = capture_initials(&pki, FLOOD).await;
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server_tls(),
-        server_options(8, QuicRetry::Never),
-    )
-    .await
-    .unwrap();
-    let sockets = flood(&initials, listener.local_addr()).await;
+    let (pki, listener, sockets) = flooded_listener(8, QuicRetry::Never).await;
     let answered = wait_for_answers(&sockets, 8).await;
     good_client(&listener, &pki)
         .await
@@ -166,16 +173,7 @@ async fn retry_lets_clients_in_while_unvalidated_initials_fill_the_listener() {
     // No per-source cap to speak of: address validation alone protects the listener.
     // Once half the slots are taken, every unvalidated Initial gets a stateless Retry;
     // the flood never answers it, the real client does and gets in.
-    let pki = Pki::new();
-    let initials = capture_initials(&pki, FLOOD).await;
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server_tls(),
-        server_options(1000, QuicRetry::Auto),
-    )
-    .await
-    .unwrap();
-    let sockets = flood(&initials, listener.local_addr()).await;
+    let (pki, listener, sockets) = flooded_listener(1000, QuicRetry::Auto).await;
     let _ = wait_for_answers(&sockets, FLOOD).await;
     good_client(&listener, &pki)
         .await
@@ -184,16 +182,7 @@ async fn retry_lets_clients_in_while_unvalidated_initials_fill_the_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_what_the_flood_gets_once_the_listener_is_half_full() {
-    let pki = Pki::new();
-    let initials = capture_initials(&pki, FLOOD).await;
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server_tls(),
-        server_options(1000, QuicRetry::Auto),
-    )
-    .await
-    .unwrap();
-    let sockets = flood(&initials, listener.local_addr()).await;
+    let (_pki, _listener, sockets) = flooded_listener(1000, QuicRetry::Auto).await;
     // Each socket is answered: a handshake (the first 32) or a Retry (the rest).
     let mut seen = vec![None; FLOOD];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -219,16 +208,7 @@ async fn without_caps_or_retry_the_same_flood_locks_the_listener() {
     // The control experiment: the flood is real. With the per-source cap as high as the
     // global one and no Retry, 127.0.0.2 takes all 64 slots, and the good client's
     // Initial is ignored until its handshake times out.
-    let pki = Pki::new();
-    let initials = capture_initials(&pki, FLOOD).await;
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server_tls(),
-        server_options(64, QuicRetry::Never),
-    )
-    .await
-    .unwrap();
-    let sockets = flood(&initials, listener.local_addr()).await;
+    let (pki, listener, sockets) = flooded_listener(64, QuicRetry::Never).await;
     let _ = wait_for_answers(&sockets, 64).await;
     assert!(
         good_client(&listener, &pki).await.is_err(),
