@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use metrics::{counter, gauge, histogram};
 use qymux::cert::{CertNames, Identity};
 use qymux::forward::{SpliceOptions, splice};
-use qymux::tls::ServerTls;
+use qymux::tls::{Crls, ServerTls};
 use qymux::transport::admission::Source;
 use qymux::{BoxSession, BoxStream, Config, Qymux, Session};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -51,6 +51,12 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
             .client_ca_file(ca)
             .with_context(|| format!("loading client_ca {}", ca.display()))?;
     }
+    if !config.client_crl.is_empty() {
+        tls = tls
+            .client_crl_files(&config.client_crl)
+            .context("loading client_crl")?;
+    }
+    let crls = tls.client_revocation().cloned();
     let qymux = Qymux::new(
         Config::new()
             .mode(config.mode)
@@ -89,7 +95,7 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
         "listening for agents"
     );
     let accepting = tokio::spawn(accept_agents(listener.clone(), state.clone()));
-    wait_for_stop(path.as_deref(), &state).await;
+    wait_for_stop(path.as_deref(), &state, crls.as_ref()).await;
     info!(grace = ?config.shutdown_grace, "SIGTERM: draining");
     accepting.abort();
     state.stop_public();
@@ -99,8 +105,9 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
     Ok(())
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>) {
+/// Reloads on SIGHUP (the services, and the CRL files the server started with); returns
+/// on SIGTERM or SIGINT.
+async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>, crls: Option<&Crls>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -113,6 +120,12 @@ async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                if let Some(crls) = crls {
+                    match crls.reload() {
+                        Ok(()) => info!(crls = crls.len(), "SIGHUP: client_crl reloaded"),
+                        Err(e) => warn!(error = %e, "SIGHUP: client_crl refused; keeping the lists in force"),
+                    }
+                }
                 let Some(path) = path else {
                     warn!("SIGHUP: started from flags, there is no config file to reload");
                     continue;
