@@ -31,6 +31,11 @@
 //!   beyond its backlog, the QUIC peer's `open` waits for a grant and fails with
 //!   [`Limit::PeerStreams`](qymux_transport::Limit) if none comes within a few round
 //!   trips.
+//! - Dropping every handle of a session and its streams closes it as
+//!   [`Session::close`] does: streams that were shut down first deliver what was written
+//!   (bounded by [`Options::close_timeout`]), as a TCP socket closed after `shutdown`
+//!   does. (quinn alone closes a connection nothing refers to at once, and drops what
+//!   was not sent yet.)
 //! - [`Session::drain`] stops granting streams and resets those the peer still opens
 //!   with its earlier grant, lets the open ones finish, then closes (QUIC has no GoAway
 //!   on Qymux's wire).

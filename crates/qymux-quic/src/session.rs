@@ -25,8 +25,9 @@ use crate::stream::Stream;
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// State the session handles and the streams share. Dropping the last of them drops the
-/// quinn connection, which closes it.
+/// State the session handles and the streams share. Dropping the last of them lets the
+/// finished streams deliver (bounded by the close timeout), then drops the quinn
+/// connection, which closes it.
 pub(crate) struct Shared {
     pub(crate) connection: quinn::Connection,
     endpoint: quinn::Endpoint,
@@ -110,6 +111,47 @@ impl Drop for Shared {
         for (send, recv) in drain.waiting.drain(..) {
             refuse(send, recv);
         }
+        // The last handle is gone. quinn closes a connection as soon as nothing refers to
+        // it, dropping the data of finished streams not yet delivered; TCP would deliver
+        // it. Each waiting `Pending` keeps the connection alive, so a task awaits them
+        // (bounded by the close timeout) and lets the connection close after. A close
+        // already begun (`close`, or the peer) has nothing left to deliver.
+        let finishing = std::mem::take(
+            &mut self
+                .finishing
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .pending,
+        );
+        if finishing.is_empty() || self.connection.close_reason().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let endpoint = self.owns_endpoint.then(|| self.endpoint.clone());
+        let deadline = Instant::now() + self.close_timeout;
+        runtime.spawn(
+            async move {
+                if timeout_at(deadline, async {
+                    for done in finishing {
+                        done.await;
+                    }
+                })
+                .await
+                .is_err()
+                {
+                    debug!("dropped session: finished streams not acknowledged within the close timeout");
+                }
+                // The last `Pending` is gone: quinn sends CONNECTION_CLOSE (code 0).
+                if let Some(endpoint) = endpoint
+                    && timeout_at(deadline, endpoint.wait_idle()).await.is_err()
+                {
+                    debug!("endpoint not idle within the close timeout");
+                }
+            }
+            .instrument(self.span.clone()),
+        );
     }
 }
 
@@ -401,7 +443,9 @@ impl Drop for Reserved<'_> {
 ///
 /// Implements [`qymux_transport::Session`]; see there for the behaviour of each method.
 /// Every Qymux stream is one bidirectional QUIC stream. When every clone of the session
-/// and every stream is dropped, the connection is closed (QUIC `CONNECTION_CLOSE`, code 0).
+/// and every stream is dropped, the streams that were shut down deliver what was written
+/// (bounded by [`Options::close_timeout`]), then the connection is closed (QUIC
+/// `CONNECTION_CLOSE`, code 0).
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,

@@ -452,3 +452,28 @@ async fn a_paused_acceptor_still_bounds_the_backlog() {
         }
     }
 }
+
+/// Dropping the last handle after `shutdown` (the stream, then the session) still
+/// delivers every byte and the FIN, as TCP does: quinn on its own closes a connection
+/// nothing refers to at once, and the unsent data was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_session_after_shutdown_still_delivers() {
+    let (_l, client, server) = pair().await;
+    let data = payload(8, 48 * 1024 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut accepted = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        let read = accepted.read_to_end(&mut got).await;
+        (read.map(|_| got), server)
+    });
+    let mut stream = client.open().await.unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    drop(client);
+    let (got, server) = reader.await.unwrap();
+    let got = got.expect("every byte and the FIN arrive");
+    assert_eq!(sha256(&got), sha256(&data));
+    let reason = tokio::time::timeout(HANG, server.closed()).await.unwrap();
+    assert!(matches!(reason, CloseReason::Peer(_)), "{reason:?}");
+}
