@@ -45,9 +45,13 @@ async fn quic_connects_via_the_second_address_when_the_first_drops_it() {
         .resolved_addrs([silent.addr(), good])
         .mode(Mode::Quic)
         .options(patient_options());
-    let accepting = tokio::spawn(async move { listener.accept().await });
+    let accepting = tokio::spawn(async move {
+        let session = listener.accept().await;
+        (listener, session)
+    });
     let agent = guard("QUIC dial", dialer.dial()).await.unwrap();
-    let server = guard("accept", accepting).await.unwrap().unwrap();
+    let (_listener, server) = guard("accept", accepting).await.unwrap();
+    let server = server.unwrap();
     assert_eq!(agent.protocol(), Protocol::Quic);
     assert_eq!(
         agent.remote_addr(),
@@ -76,8 +80,12 @@ async fn each_quic_attempt_has_its_own_deadline() {
         .resolved_addrs(silent.iter().map(Blackhole::addr).chain([good]))
         .mode(Mode::Quic)
         .options(options);
-    // Accepted on the side: a failed dial must fail the test, not wait for a session.
-    let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+    // Accepted on the side (a failed dial must fail the test, not wait for a session);
+    // the listener and the session are kept: dropping either would close the agent's.
+    let accepting = tokio::spawn(async move {
+        let session = listener.accept().await;
+        (listener, session)
+    });
     let agent = guard("QUIC dial", dialer.dial())
         .await
         .expect("the last address gets a connect timeout of its own");
@@ -86,7 +94,11 @@ async fn each_quic_attempt_has_its_own_deadline() {
         silent.iter().all(|s| s.received() > 0),
         "every silent address was tried"
     );
-    guard("accept", accepting).await.unwrap().unwrap();
+    let (_listener, server) = guard("accept", accepting).await.unwrap();
+    assert_eq!(
+        server.unwrap().remote_addr().port(),
+        agent.local_addr().port()
+    );
 }
 
 /// Auto resolves once and gives TCP the same addresses: a target whose name does not
