@@ -463,11 +463,8 @@ where
                 };
             }
             // Over TCP: try QUIC again once the memory allows it.
-            let memory = dialer.transport_memory().clone();
-            let retry_at = memory
-                .quic_broken_until(dialer.addr())
-                .unwrap_or_else(Instant::now);
             let quic = async {
+                let retry_at = dialer.quic_retry_at().await.unwrap_or_else(Instant::now);
                 tokio::time::sleep_until(retry_at).await;
                 debug!(server = dialer.addr(), "trying QUIC again");
                 dialer.dial_quic_remembered().await

@@ -6,7 +6,9 @@
 //! are not used.
 //!
 //! - [`dial`] connects and returns a [`Session`]; [`Listener`] accepts them.
-//!   [`dial_with_endpoint`] dials from a [`quinn::Endpoint`] the caller keeps.
+//!   [`dial_with_endpoint`] dials from a [`quinn::Endpoint`] the caller keeps;
+//!   [`dial_resolved`] dials addresses the caller resolved. Several addresses are raced
+//!   as Happy Eyeballs does (RFC 8305).
 //! - A [`Session`] is a cheap, cloneable handle. [`Stream`]s are visible to the peer as
 //!   soon as `open` returns: quinn announces a stream only with its first frame, so
 //!   `open` sends an empty `STREAM` frame (no byte is added to the stream).
@@ -120,7 +122,7 @@ mod session;
 mod socket;
 mod stream;
 
-pub use dial::{dial, dial_with_endpoint};
+pub use dial::{dial, dial_resolved, dial_with_endpoint};
 pub use listener::Listener;
 pub use session::{Session, WeakSession};
 pub use stream::Stream;
