@@ -206,7 +206,7 @@ async fn reach(
         match done {
             Ok(Ok(reached)) => return Ok(reached),
             Ok(Err(e @ Error::Connect { .. })) => {
-                debug!("QUIC dial attempt failed: {e}");
+                debug!("QUIC dial attempt failed: {}", e.report());
                 first_error.get_or_insert(e);
             }
             Ok(Err(e)) => return Err(e),
