@@ -264,6 +264,41 @@ mod tests {
         }
     }
 
+    /// `--force` replaces files, but never writes a key through a symlink at its path.
+    #[cfg(unix)]
+    #[test]
+    fn force_refuses_a_symlink_at_a_key_path() {
+        let dir = TempDir::new("symlink");
+        let mut args = CertArgs {
+            out: dir.0.clone(),
+            ..CertArgs::default()
+        };
+        run(&args, Path::new("/")).unwrap();
+        let before: Vec<_> = existing(&dir.0)
+            .iter()
+            .map(|path| std::fs::read(path).unwrap())
+            .collect();
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "not a key").unwrap();
+        std::fs::remove_file(dir.0.join("server.key")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.0.join("server.key")).unwrap();
+
+        args.force = true;
+        let error = format!("{:#}", run(&args, Path::new("/")).unwrap_err());
+        assert!(
+            error.contains("symbolic link") && error.contains("server.key"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not a key");
+        // Nothing of the set was replaced: the old files, the link, no temporary files.
+        for (path, old) in existing(&dir.0).iter().zip(&before) {
+            if !path.ends_with("server.key") {
+                assert_eq!(&std::fs::read(path).unwrap(), old, "{}", path.display());
+            }
+        }
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 7);
+    }
+
     #[test]
     fn a_bad_name_writes_nothing() {
         let dir = TempDir::new("badname");

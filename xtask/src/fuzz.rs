@@ -265,7 +265,8 @@ mod tests {
 
     #[test]
     fn every_target_is_in_the_fuzz_manifest() {
-        let manifest = fs::read_to_string(crate::workspace_root().join("fuzz/Cargo.toml")).unwrap();
+        let manifest =
+            fs::read_to_string(crate::workspace_root().unwrap().join("fuzz/Cargo.toml")).unwrap();
         for target in TARGETS {
             assert!(
                 manifest.contains(&format!("name = \"{target}\"")),

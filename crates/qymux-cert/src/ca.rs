@@ -11,7 +11,8 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 
-use crate::pem::{certs_to_pem, encode_block, parse_certs_pem, parse_key_pem, write_pair};
+use crate::files::write_pair;
+use crate::pem::{certs_to_pem, encode_block, parse_certs_pem, parse_key_pem};
 use crate::x509::{self, CA_VALIDITY, LEAF_VALIDITY};
 use crate::{CertError, Fingerprint, Identity, Result};
 
@@ -302,8 +303,11 @@ impl CertificateAuthority {
     /// # Errors
     ///
     /// Without `overwrite`, [`CertError::AlreadyExists`] if either file exists, and then
-    /// nothing is written. [`CertError::Io`] if writing fails (parent directories are not
-    /// created).
+    /// nothing is written. [`CertError::Symlink`] if either path is a symbolic link, even
+    /// with `overwrite`. [`CertError::Io`] if writing fails (parent directories are not
+    /// created). Both files are written to temporary files beside them first and moved
+    /// into place together, so a failure leaves the old pair (or none), never a key with
+    /// a certificate it does not belong to.
     pub fn write_pem_files(
         &self,
         cert: impl AsRef<Path>,

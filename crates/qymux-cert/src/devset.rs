@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::files::{Output, write_all};
 use crate::{CertError, CertificateAuthority, Fingerprint, Identity, Result};
 
 /// The files [`write_dev_set`] writes, in the order they are written.
@@ -72,14 +73,17 @@ pub fn existing_dev_set_files(dir: &Path) -> Vec<PathBuf> {
 /// Makes a CA, a server certificate and a client certificate signed by it, and writes
 /// them with their keys into `dir` (created if missing) as the six files of
 /// [`DEV_SET_FILES`]; keys get mode `0600` on Unix. Everything is made before anything
-/// is written, so a bad name leaves no files behind; the server files are read back to
-/// check the write.
+/// is written, so a bad name leaves no files behind; the six files are written to
+/// temporary files beside their targets and moved into place only when all are written,
+/// so a failure leaves the old set (or none) rather than a mix; the server files are
+/// read back to check the write.
 ///
 /// # Errors
 ///
 /// Without [`DevSetOptions::overwrite`], [`CertError::AlreadyExists`] naming the first
 /// of the files that exist, and nothing is written. [`CertError::InvalidName`] for a
-/// name that cannot be used, [`CertError::Io`] if writing fails.
+/// name that cannot be used, [`CertError::Symlink`] if a target is a symbolic link
+/// (even with `overwrite`), [`CertError::Io`] if writing fails.
 pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
     if !options.overwrite
         && let Some(path) = existing_dev_set_files(dir).into_iter().next()
@@ -99,10 +103,27 @@ pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
         source,
     })?;
     let path = |name: &str| dir.join(name);
-    let overwrite = options.overwrite;
-    ca.write_pem_files(path("ca.pem"), path("ca.key"), overwrite)?;
-    server.write_pem_files(path("server.pem"), path("server.key"), overwrite)?;
-    client.write_pem_files(path("client.pem"), path("client.key"), overwrite)?;
+    // All six files or none: a failure never leaves a key beside a certificate it does
+    // not belong to, nor a server certificate that the CA file beside it did not sign.
+    let pems = [
+        ("ca.pem", ca.cert_pem(), false),
+        ("ca.key", ca.key_pem(), true),
+        ("server.pem", server.cert_pem(), false),
+        ("server.key", server.key_pem(), true),
+        ("client.pem", client.cert_pem(), false),
+        ("client.key", client.key_pem(), true),
+    ];
+    let paths: Vec<PathBuf> = pems.iter().map(|(name, _, _)| path(name)).collect();
+    let outputs: Vec<Output<'_>> = pems
+        .iter()
+        .zip(&paths)
+        .map(|((_, pem, secret), path)| Output {
+            path,
+            contents: pem.as_bytes(),
+            secret: *secret,
+        })
+        .collect();
+    write_all(&outputs, options.overwrite)?;
 
     let again = Identity::load_pem_files(path("server.pem"), path("server.key"))?;
     if again.fingerprint() != server.fingerprint() {

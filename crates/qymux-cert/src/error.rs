@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// Reading or writing a file failed.
-    #[error("I/O error on {}: {source}", path.display())]
+    #[error("I/O error on {}", path.display())]
     Io {
         /// The file that could not be read or written.
         path: PathBuf,
@@ -82,13 +82,21 @@ pub enum CertError {
     },
 
     /// Generating a key or signing a certificate failed.
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[source] rcgen::Error),
 
     /// A file exists already and overwriting was not asked for.
     #[error("refusing to overwrite existing file {}", path.display())]
     AlreadyExists {
         /// The file that exists.
+        path: PathBuf,
+    },
+
+    /// The path where a certificate or key was to be written is a symbolic link. It is
+    /// refused even when overwriting, so a key never lands where the link points.
+    #[error("refusing to write through the symbolic link {}", path.display())]
+    Symlink {
+        /// The symbolic link.
         path: PathBuf,
     },
 

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::pem::{certs_to_pem, key_to_pem, parse_certs, parse_key, read, write_pair};
+use crate::files::write_pair;
+use crate::pem::{certs_to_pem, key_to_pem, parse_certs, parse_key, read};
 use crate::{CertError, Fingerprint, Result, x509};
 
 /// An end-entity certificate (with the rest of its chain) and its private key: what a
@@ -128,8 +129,11 @@ impl Identity {
     /// # Errors
     ///
     /// Without `overwrite`, [`CertError::AlreadyExists`] if either file exists, and then
-    /// nothing is written. [`CertError::Io`] if writing fails (parent directories are not
-    /// created).
+    /// nothing is written. [`CertError::Symlink`] if either path is a symbolic link, even
+    /// with `overwrite`. [`CertError::Io`] if writing fails (parent directories are not
+    /// created). Both files are written to temporary files beside them first and moved
+    /// into place together, so a failure leaves the old pair (or none), never a key with
+    /// a certificate it does not belong to.
     pub fn write_pem_files(
         &self,
         cert: impl AsRef<Path>,

@@ -56,6 +56,7 @@
 mod ca;
 mod devset;
 mod error;
+mod files;
 mod fingerprint;
 mod identity;
 mod names;

@@ -1,7 +1,6 @@
 //! PEM in and out, and the files that hold it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
 use std::path::Path;
 
 use rustls_pki_types::pem::{self, PemObject};
@@ -173,78 +172,6 @@ pub(crate) fn encode_block(out: &mut String, label: &str, der: &[u8]) {
     out.push_str("-----END ");
     out.push_str(label);
     out.push_str("-----\n");
-}
-
-/// Writes a certificate file and a key file (mode 0600 on Unix).
-///
-/// Without `overwrite`, nothing is written if either file exists, and a file this call
-/// created is removed again if the other one cannot be written.
-pub(crate) fn write_pair(
-    cert_path: &Path,
-    cert_pem: &str,
-    key_path: &Path,
-    key_pem: &str,
-    overwrite: bool,
-) -> Result<()> {
-    if !overwrite {
-        for path in [cert_path, key_path] {
-            // `symlink_metadata` also sees a dangling symlink, which `create_new` refuses.
-            if path.symlink_metadata().is_ok() {
-                return Err(CertError::AlreadyExists {
-                    path: path.to_owned(),
-                });
-            }
-        }
-    }
-    write_file(cert_path, cert_pem.as_bytes(), false, overwrite)?;
-    if let Err(error) = write_file(key_path, key_pem.as_bytes(), true, overwrite) {
-        if !overwrite {
-            // Best effort: leave nothing half-written behind.
-            let _ = fs::remove_file(cert_path);
-        }
-        return Err(error);
-    }
-    Ok(())
-}
-
-fn write_file(path: &Path, contents: &[u8], secret: bool, overwrite: bool) -> Result<()> {
-    let io_error = |source: io::Error| {
-        if source.kind() == io::ErrorKind::AlreadyExists {
-            CertError::AlreadyExists {
-                path: path.to_owned(),
-            }
-        } else {
-            CertError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        }
-    };
-    let mut options = OpenOptions::new();
-    options.write(true);
-    if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file: File = options.open(path).map_err(io_error)?;
-    #[cfg(unix)]
-    if secret {
-        // `mode` applies only to a file that is created; tighten an existing one too,
-        // before the secret goes into it.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io_error)?;
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    file.write_all(contents).map_err(io_error)?;
-    file.sync_all().map_err(io_error)
 }
 
 /// Encodes a certificate revocation list as PEM (`-----BEGIN X509 CRL-----`), the form

@@ -775,3 +775,96 @@ fn revocation_lists_name_the_revoked_serials() {
     let (_, parsed) = x509_parser::parse_x509_crl(empty.as_ref()).unwrap();
     assert_eq!(parsed.iter_revoked_certificates().count(), 0);
 }
+
+#[cfg(unix)]
+#[test]
+fn writing_refuses_a_symlink_at_the_key_path_even_when_overwriting() {
+    let dir = TempDir::new();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let elsewhere = dir.join("elsewhere");
+    std::fs::write(&elsewhere, "not a key").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let dev = self_signed(&["localhost"]).unwrap();
+    for overwrite in [false, true] {
+        match dev.write_pem_files(&cert, &key, overwrite) {
+            Err(CertError::Symlink { path }) => assert_eq!(path, key),
+            other => panic!("overwrite {overwrite}: {other:?}"),
+        }
+        // Nothing went through the link, nothing else was written, no temporary file left.
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "not a key");
+        assert!(
+            std::fs::symlink_metadata(&key)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!cert.exists());
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 2);
+    }
+
+    // A dangling link is refused too.
+    std::fs::remove_file(&elsewhere).unwrap();
+    let result = dev.write_pem_files(&cert, &key, true);
+    assert!(
+        matches!(result, Err(CertError::Symlink { .. })),
+        "{result:?}"
+    );
+    assert!(!elsewhere.exists());
+
+    // So is the development set, with nothing of it written.
+    let set_dir = TempDir::new();
+    std::fs::write(set_dir.join("target"), "keep").unwrap();
+    std::os::unix::fs::symlink(set_dir.join("target"), set_dir.join("client.key")).unwrap();
+    let options = DevSetOptions {
+        overwrite: true,
+        ..DevSetOptions::default()
+    };
+    match write_dev_set(&set_dir.0, &options) {
+        Err(CertError::Symlink { path }) => assert_eq!(path, set_dir.join("client.key")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(set_dir.join("target")).unwrap(),
+        "keep"
+    );
+    assert_eq!(std::fs::read_dir(&set_dir.0).unwrap().count(), 2);
+}
+
+#[test]
+fn a_failed_key_write_leaves_the_old_certificate() {
+    let dir = TempDir::new();
+    let cert = dir.join("server.pem");
+    let ca = CertificateAuthority::new("Test CA").unwrap();
+    let first = ca.issue_server(&["localhost"]).unwrap();
+    first
+        .write_pem_files(&cert, dir.join("server.key"), false)
+        .unwrap();
+
+    // The key cannot be written (its directory does not exist): the certificate, which
+    // comes first, must not be replaced either.
+    let second = ca.issue_server(&["localhost"]).unwrap();
+    let result = second.write_pem_files(&cert, dir.join("missing/server.key"), true);
+    assert!(matches!(result, Err(CertError::Io { .. })), "{result:?}");
+    assert_eq!(load_certs_pem(&cert).unwrap(), first.cert_chain());
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 2);
+}
+
+#[test]
+fn writing_leaves_no_temporary_files() {
+    let dir = TempDir::new();
+    let options = DevSetOptions::default();
+    write_dev_set(&dir.0, &options).unwrap();
+    let overwrite = DevSetOptions {
+        overwrite: true,
+        ..options
+    };
+    write_dev_set(&dir.0, &overwrite).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected = DEV_SET_FILES.map(str::to_owned).to_vec();
+    expected.sort();
+    assert_eq!(names, expected);
+}

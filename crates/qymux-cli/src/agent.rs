@@ -147,10 +147,12 @@ async fn log_states(mut states: tokio::sync::watch::Receiver<ReconnectState>) {
                 retry_in,
                 last_error,
                 ..
-            } => warn!(error = %last_error, ?retry_in, "session lost or dial failed; retrying"),
+            } => {
+                warn!(error = %last_error.report(), ?retry_in, "session lost or dial failed; retrying")
+            }
             ReconnectState::Stopped { last_error } => {
                 match last_error {
-                    Some(e) => warn!(error = %e, "stopped"),
+                    Some(e) => warn!(error = %e.report(), "stopped"),
                     None => info!("stopped"),
                 }
                 return;

@@ -74,7 +74,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<()> {
             let elapsed = start.elapsed();
             match session {
                 Ok(Ok(s)) => Ok((s, elapsed)),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e.report().to_string()),
                 Err(_) => Err(format!("no answer within {:?}", args.timeout)),
             }
         }

@@ -77,7 +77,7 @@ pub(crate) enum Msg {
 /// A control line that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProtoError {
-    #[error("control stream: {0}")]
+    #[error("reading the control stream failed")]
     Io(#[from] std::io::Error),
     #[error("control line longer than {MAX_LINE} bytes")]
     TooLong,

@@ -326,7 +326,7 @@ impl Pool {
                 match session.open().await {
                     Ok(stream) => return Ok(stream),
                     Err(e) => {
-                        debug!(agent = id, error = %e, "opening a stream failed; trying another agent");
+                        debug!(agent = id, error = %e.report(), "opening a stream failed; trying another agent");
                         failed.push(id);
                     }
                 }
@@ -488,7 +488,7 @@ async fn accept_agents(listener: Arc<qymux::Listener>, state: Arc<State>) {
             Err(e) if e.is_session_closed() => return,
             Err(e) => {
                 // Handshake failures are counted by the listener (`handshake_failures`).
-                warn!(error = %e, "accepting an agent failed");
+                warn!(error = %e.report(), "accepting an agent failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -266,12 +266,12 @@ impl Dialer {
         match self.quic_owned(addrs.clone()).await {
             Ok(dialed) => Ok(self.quic_won(dialed)),
             Err(e) if server_answered(&e) => {
-                debug!(target = %self.addr, error = %e, "QUIC reached the server, which said no; not a broken path");
+                debug!(target = %self.addr, error = %e.report(), "QUIC reached the server, which said no; not a broken path");
                 Err(e)
             }
             Err(e) => {
                 let penalty = self.memory.quic_failed(&addrs);
-                debug!(target = %self.addr, error = %e, ?penalty, "QUIC still fails here");
+                debug!(target = %self.addr, error = %e.report(), ?penalty, "QUIC still fails here");
                 Err(e)
             }
         }
@@ -358,7 +358,7 @@ impl Dialer {
                 }
                 Err(e) if server_answered(&e) => memory.quic_answered(&addrs),
                 Err(e) => {
-                    debug!(target = %addr, error = %e, "the QUIC attempt that lost the race failed")
+                    debug!(target = %addr, error = %e.report(), "the QUIC attempt that lost the race failed")
                 }
             }
         });
@@ -405,7 +405,7 @@ impl Dialer {
                 return match tcp.await {
                     // A busy server refused QUIC: TCP now, QUIC again next time.
                     Ok(session) if answered => Ok(session),
-                    Ok(session) => Ok(self.tcp_won(addrs, session, &quic_err.to_string())),
+                    Ok(session) => Ok(self.tcp_won(addrs, session, &quic_err.report().to_string())),
                     Err(tcp_err) => Err(pick(quic_err, tcp_err)),
                 };
             }
@@ -438,7 +438,7 @@ impl Dialer {
                         return Ok(session);
                     }
                     Err(e) => {
-                        debug!(%e, ?delay, "TCP failed; QUIC gets one more attempt delay");
+                        debug!(error = %e.report(), ?delay, "TCP failed; QUIC gets one more attempt delay");
                         grace.as_mut().reset(tokio::time::Instant::now() + delay);
                         tcp_err = Some(e);
                     }

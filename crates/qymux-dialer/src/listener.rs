@@ -182,7 +182,7 @@ impl Listener {
                     if !other || self.closing.load(Ordering::Acquire) {
                         return Err(e);
                     }
-                    warn!(%protocol, error = %e, "this transport stopped accepting; serving the other one only");
+                    warn!(%protocol, error = %e.report(), "this transport stopped accepting; serving the other one only");
                     continue;
                 }
             };

@@ -370,13 +370,13 @@ where
                             reason.to_error()
                         }
                         Held::Abandoned(error) => {
-                            warn!(server = dialer.addr(), %error, ?lived, "closed the session its callback left; reconnecting");
+                            warn!(server = dialer.addr(), error = %error.report(), ?lived, "closed the session its callback left; reconnecting");
                             error
                         }
                     }
                 }
                 Err(e @ Error::Config(_)) => {
-                    warn!(error = %e, "cannot dial: invalid configuration; stopping");
+                    warn!(error = %e.report(), "cannot dial: invalid configuration; stopping");
                     last_error = Some(e);
                     self.session.send_replace(None);
                     self.state
@@ -384,7 +384,7 @@ where
                     return;
                 }
                 Err(e) => {
-                    warn!(server = dialer.addr(), attempt, error = %e, "dial failed");
+                    warn!(server = dialer.addr(), attempt, error = %e.report(), "dial failed");
                     e
                 }
             };
@@ -497,7 +497,7 @@ where
                         .spawn(drain_and_close(current, self.config.drain_timeout));
                     current = quic;
                 }
-                Err(e) => debug!(error = %e, "QUIC still fails; staying on TCP"),
+                Err(e) => debug!(error = %e.report(), "QUIC still fails; staying on TCP"),
             }
         }
     }

@@ -358,7 +358,7 @@ pub(crate) async fn run_accepted<S: Session>(
                     break StopReason::SessionEnded(close_reason_of(e));
                 }
                 None => {
-                    warn!(error = %e, "accepting a stream failed; trying again");
+                    warn!(error = %e.report(), "accepting a stream failed; trying again");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
@@ -615,7 +615,7 @@ async fn serve_tcp<O: Opener>(
         }
         Err(OpenError::Failed(e)) => {
             tally.set(Outcome::Failed);
-            warn!(%peer, error = %e, "opening a stream failed; connection reset");
+            warn!(%peer, error = %e.report(), "opening a stream failed; connection reset");
             return;
         }
     };

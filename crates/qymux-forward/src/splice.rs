@@ -68,7 +68,11 @@ pub struct SpliceError {
 
 impl std::fmt::Display for SpliceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.error, f)
+        write!(
+            f,
+            "the spliced connection failed after {} bytes to the stream and {} back",
+            self.moved.tcp_to_stream, self.moved.stream_to_tcp
+        )
     }
 }
 

@@ -383,7 +383,7 @@ impl<S: Session> Opener for Pool<S> {
                     Ok(stream) => return Ok((stream, ended(&session))),
                     // That session has just ended: try the next one.
                     Err(e) if session.close_reason().is_some() || e.is_session_closed() => {
-                        debug!(agent = id, error = %e, "agent session gone; trying another");
+                        debug!(agent = id, error = %e.report(), "agent session gone; trying another");
                         failed.push(id);
                     }
                     Err(e) => return Err(e.into()),
@@ -417,11 +417,11 @@ async fn accept_agents<L: Listener>(
         let session = match listener.accept().await {
             Ok(session) => session,
             Err(e @ (Error::Closed | Error::Io(_))) => {
-                warn!(error = %e, "the agent listener failed; stopping");
+                warn!(error = %e.report(), "the agent listener failed; stopping");
                 return StopReason::ListenerFailed(e);
             }
             Err(e) => {
-                warn!(error = %e, "accepting an agent failed");
+                warn!(error = %e.report(), "accepting an agent failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
@@ -555,7 +555,8 @@ impl fmt::Display for AgentEvent {
                 retry_in,
             } => write!(
                 f,
-                "attempt {attempt} failed: {error}; retrying in {:.0} ms",
+                "attempt {attempt} failed: {}; retrying in {:.0} ms",
+                error.report(),
                 ms(retry_in)
             ),
             AgentEvent::Disconnected {
@@ -700,12 +701,12 @@ where
                 retry_in
             }
             Err(e @ Error::Config(_)) => {
-                warn!(error = %e, "cannot dial: invalid configuration; stopping");
+                warn!(error = %e.report(), "cannot dial: invalid configuration; stopping");
                 return StopReason::DialFailed(e);
             }
             Err(error) => {
                 let retry_in = config.backoff.delay(retry);
-                warn!(attempt, %error, retry_in = ?retry_in, "dial failed");
+                warn!(attempt, error = %error.report(), retry_in = ?retry_in, "dial failed");
                 let _ = events.send(AgentEvent::DialFailed {
                     attempt,
                     error,

@@ -63,10 +63,10 @@ pub enum ServeError {
     #[error("the session ended: {0}")]
     SessionClosed(CloseReason),
     /// tonic's server failed.
-    #[error("the gRPC server failed: {0}")]
+    #[error("the gRPC server failed")]
     Server(#[source] tonic::transport::Error),
     /// The serving task panicked or was cancelled (its runtime shut down).
-    #[error("the gRPC serving task failed: {0}")]
+    #[error("the gRPC serving task failed")]
     Task(#[source] JoinError),
 }
 

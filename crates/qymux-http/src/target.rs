@@ -57,10 +57,7 @@ impl tower::Service<Uri> for TargetConnector {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let name = ServerName::try_from(host.to_owned())
                 .map_err(|e| format!("invalid TLS server name {host:?}: {e}"))?;
-            let stream = tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| TlsHandshakeError(e.to_string()))?;
+            let stream = tls.connect(name, tcp).await.map_err(TlsHandshakeError)?;
             Ok(PlainIo::new(TargetStream::Tls(Box::new(stream))))
         })
     }
@@ -68,15 +65,19 @@ impl tower::Service<Uri> for TargetConnector {
 
 /// The TLS handshake with the target failed.
 #[derive(Debug)]
-struct TlsHandshakeError(String);
+struct TlsHandshakeError(std::io::Error);
 
 impl fmt::Display for TlsHandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TLS handshake with the target failed: {}", self.0)
+        f.write_str("TLS handshake with the target failed")
     }
 }
 
-impl std::error::Error for TlsHandshakeError {}
+impl std::error::Error for TlsHandshakeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 /// A connection to the target.
 #[derive(Debug)]

@@ -317,7 +317,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     failures.fetch_add(1, Ordering::Relaxed);
-                    debug!(%peer, "QUIC handshake failed: {e}");
+                    debug!(%peer, "QUIC handshake failed: {}", e.report());
                 }
             }
             drop(slot);

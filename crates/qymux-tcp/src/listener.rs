@@ -229,7 +229,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     failures.fetch_add(1, Ordering::Relaxed);
-                    debug!(%peer, "handshake failed: {e}");
+                    debug!(%peer, "handshake failed: {}", e.report());
                 }
             }
             drop(slot);

@@ -223,7 +223,12 @@ fn waiters_fail_when_the_driver_task_is_gone() {
         .block_on(async { tokio::time::timeout(Duration::from_secs(20), waiters).await })
         .expect("every waiter must wake when the driver is gone")
         .unwrap();
-    let driver_gone = |e: &std::io::Error| e.to_string().contains("driver task stopped");
+    // The reason is the cause under "i/o error on the connection": look along the chain.
+    let driver_gone = |e: &std::io::Error| {
+        qymux_transport::ErrorReport::new(e)
+            .to_string()
+            .contains("driver task stopped")
+    };
     let read = read.unwrap().expect_err("read must fail");
     assert!(driver_gone(&read), "{read}");
     let write = write.unwrap().expect_err("write must fail");

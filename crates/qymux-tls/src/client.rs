@@ -27,8 +27,10 @@ pub enum ServerVerification {
     /// The server's certificate must have one of these SHA-256 fingerprints. Issuer,
     /// names and dates are not checked, so a self-signed certificate works.
     Pinned(Vec<Fingerprint>),
-    /// No verification at all. Only reachable through [`crate::dangerous`].
-    DangerousSkip,
+    /// No verification at all. Only constructible through [`crate::dangerous`]: the
+    /// [`NoVerification`](crate::dangerous::NoVerification) it holds cannot be made
+    /// anywhere else.
+    DangerousSkip(crate::dangerous::NoVerification),
 }
 
 /// The client side of TLS: how the server is verified and, for mTLS, the client's own
@@ -44,7 +46,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// A client that verifies the server as `verification` says.
     pub fn new(verification: ServerVerification) -> Self {
-        if matches!(verification, ServerVerification::DangerousSkip) {
+        if matches!(verification, ServerVerification::DangerousSkip(_)) {
             tracing::warn!("TLS client built without server verification");
         }
         Self {
@@ -176,7 +178,7 @@ impl ClientTls {
                     )));
                 (builder, PathCheck::Pinned)
             }
-            ServerVerification::DangerousSkip => {
+            ServerVerification::DangerousSkip(_) => {
                 let builder = builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(

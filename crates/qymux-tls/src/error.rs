@@ -14,7 +14,7 @@ pub enum TlsError {
     #[error("no usable trust anchors: {0}")]
     NoTrustAnchors(String),
     /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
+    #[error("rustls refused the TLS configuration")]
     Rustls(#[from] rustls::Error),
     /// A certificate revocation list could not be loaded or used.
     #[error("{source_name}: {reason}")]

@@ -165,7 +165,7 @@ fn skipping_verification_lives_under_dangerous() {
     let config = qymux_tls::dangerous::skip_server_verification();
     assert!(matches!(
         config.verification(),
-        qymux_tls::ServerVerification::DangerousSkip
+        qymux_tls::ServerVerification::DangerousSkip(_)
     ));
     config.build().unwrap();
 }

@@ -23,7 +23,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The transport connection (TCP connect, UDP socket) could not be made.
-    #[error("connecting to {addr} failed: {source}")]
+    #[error("connecting to {addr} failed")]
     Connect {
         /// The address that was dialed.
         addr: String,
@@ -32,7 +32,7 @@ pub enum Error {
         source: Arc<io::Error>,
     },
     /// The TLS or QUIC handshake failed.
-    #[error("handshake failed: {0}")]
+    #[error("handshake failed")]
     Handshake(#[from] HandshakeError),
     /// An operation did not finish within its bound.
     #[error("{what} timed out after {after:?}")]
@@ -58,12 +58,12 @@ pub enum Error {
     #[error("protocol violation: {}", PeerText(.0))]
     Protocol(String),
     /// An I/O error on the underlying connection.
-    #[error("i/o error: {0}")]
-    Io(Arc<io::Error>),
+    #[error("i/o error on the connection")]
+    Io(#[source] Arc<io::Error>),
     /// The proxy ([`Options::proxy`](crate::Options::proxy)) did not open a tunnel to the
     /// server: unreachable, credentials refused, the target refused (with what the proxy
     /// answered), or an answer that is too long or not the protocol.
-    #[error("proxy {proxy} did not open a tunnel to {target}: {error}")]
+    #[error("proxy {proxy} did not open a tunnel to {target}")]
     Proxy {
         /// The proxy, credentials redacted.
         proxy: String,
@@ -104,6 +104,52 @@ impl Error {
         Error::Io(Arc::new(err))
     }
 
+    /// Whether the operation ran out of time: a Qymux bound ([`Error::Timeout`]: connect,
+    /// handshake, dead-peer detection, graceful close), or the operating system or a proxy
+    /// reporting [`io::ErrorKind::TimedOut`] for the connection.
+    ///
+    /// A timeout says nothing was heard in time, not that anything was refused: the peer
+    /// may be down, overloaded, or behind a network that drops packets.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Connect { source, .. } | Error::Io(source) => {
+                source.kind() == io::ErrorKind::TimedOut
+            }
+            Error::Proxy { error, .. } => error.io_kind() == io::ErrorKind::TimedOut,
+            _ => false,
+        }
+    }
+
+    /// Whether doing the same again later (a new dial, a new session, a new stream) may
+    /// succeed without changing anything on this side: the server could not be reached or
+    /// did not answer in time, the session or connection was lost, the peer reset the
+    /// stream, or a limit was full for now.
+    ///
+    /// Not retryable: failures that repeat until someone changes a setting or a
+    /// certificate: a failed handshake (an untrusted certificate, a pin mismatch, no
+    /// common ALPN, a refused client certificate), an invalid configuration, a protocol
+    /// violation by the peer, a session this side closed, a proxy that refused the
+    /// credentials or answered with something that is not its protocol, or a connect
+    /// refused for want of permission.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } => !matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::InvalidInput
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::Unsupported
+            ),
+            Error::Timeout { .. } | Error::ClosedByPeer(_) | Error::StreamReset | Error::Io(_) => {
+                true
+            }
+            Error::LimitReached(limit) => !matches!(limit, Limit::StreamIds),
+            Error::Proxy { error, .. } => error.is_retryable(),
+            Error::Handshake(_) | Error::Protocol(_) | Error::Closed | Error::Config(_) => false,
+        }
+    }
+
     /// Whether this error means the session is finished (closed by either side, or failed
     /// at the connection level), as opposed to one operation failing.
     pub fn is_session_closed(&self) -> bool {
@@ -117,6 +163,64 @@ impl Error {
                 ..
             }
         )
+    }
+}
+
+/// An error and its causes on one line, `what: why: root cause`: for a log line or a
+/// message to a person, where only `Display` is shown.
+///
+/// Each error's `Display` says what happened at its own level and leaves the cause to
+/// [`source()`](std::error::Error::source), so printing an error alone shows one level;
+/// this walks the whole chain, each cause once. Made by [`Error::report`] or
+/// [`ErrorReport::new`] for any error.
+///
+/// ```
+/// use qymux_transport::{Error, ErrorReport};
+///
+/// let error = Error::io(std::io::Error::other("the cable is out"));
+/// assert_eq!(error.to_string(), "i/o error on the connection");
+/// assert_eq!(
+///     error.report().to_string(),
+///     "i/o error on the connection: the cable is out"
+/// );
+/// let boxed: Box<dyn std::error::Error> = error.into();
+/// assert_eq!(
+///     ErrorReport::new(&*boxed).to_string(),
+///     "i/o error on the connection: the cable is out"
+/// );
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorReport<'a>(&'a (dyn std::error::Error + 'static));
+
+impl<'a> ErrorReport<'a> {
+    /// The report of `error` and its causes.
+    pub fn new(error: &'a (dyn std::error::Error + 'static)) -> Self {
+        Self(error)
+    }
+}
+
+impl fmt::Display for ErrorReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// This error and its causes on one line (see [`ErrorReport`]).
+    pub fn report(&self) -> ErrorReport<'_> {
+        ErrorReport(self)
     }
 }
 
@@ -288,8 +392,9 @@ mod tests {
             expected: "aa".into(),
             actual: "bb".into(),
         });
+        assert_eq!(e.to_string(), "handshake failed");
         assert_eq!(
-            e.to_string(),
+            e.report().to_string(),
             "handshake failed: server certificate fingerprint bb does not match the pinned aa"
         );
         assert_eq!(

@@ -47,7 +47,7 @@ pub mod registry;
 mod session;
 
 pub use boxed::{BoxListener, BoxSession, BoxStream};
-pub use error::{Error, HandshakeError, Limit, Result, TimeoutKind};
+pub use error::{Error, ErrorReport, HandshakeError, Limit, Result, TimeoutKind};
 pub use escape::{PeerText, escape_peer_text};
 pub use incoming::Incoming;
 pub use options::{DEFAULT_MAX_SESSIONS, Options, QuicRetry, Secret};

@@ -339,11 +339,12 @@ pub enum InvalidProxy {
     #[error("invalid proxy credentials: {0}")]
     InvalidCredentials(&'static str),
     /// The proxy named by an environment variable does not parse.
-    #[error("the proxy in ${var}: {error}")]
+    #[error("the proxy in ${var} is invalid")]
     Env {
         /// The variable.
         var: String,
         /// Why its value was refused.
+        #[source]
         error: Box<InvalidProxy>,
     },
 }
@@ -354,8 +355,8 @@ pub enum InvalidProxy {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The proxy itself could not be reached.
-    #[error("the proxy cannot be reached: {0}")]
-    Unreachable(Arc<io::Error>),
+    #[error("the proxy cannot be reached")]
+    Unreachable(#[source] Arc<io::Error>),
     /// The proxy wants credentials, or refused the ones given: HTTP 407 (or 401), a
     /// SOCKS5 username/password failure, or no SOCKS5 method both sides accept. The text
     /// says what the proxy answered.
@@ -384,11 +385,32 @@ pub enum ProxyError {
     Malformed(String),
     /// The connection to the proxy failed while it was being asked (for instance, it
     /// closed the connection before it answered).
-    #[error("the connection to the proxy failed: {0}")]
-    Io(Arc<io::Error>),
+    #[error("the connection to the proxy failed")]
+    Io(#[source] Arc<io::Error>),
 }
 
 impl ProxyError {
+    /// Whether asking the proxy again later may succeed: it could not be reached, the
+    /// connection to it failed, or it could not reach the target (HTTP 5xx; SOCKS5
+    /// general failure, network or host unreachable, refused, TTL expired). Refused
+    /// credentials, a target the proxy does not allow, and answers that are not the
+    /// protocol are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProxyError::Unreachable(_) | ProxyError::Io(_) => true,
+            ProxyError::HttpStatus { status, .. } => *status >= 500,
+            ProxyError::Socks(reply) => !matches!(
+                reply,
+                SocksReply::NotAllowed
+                    | SocksReply::CommandNotSupported
+                    | SocksReply::AddressTypeNotSupported
+            ),
+            ProxyError::AuthenticationRefused(_)
+            | ProxyError::ReplyTooLong { .. }
+            | ProxyError::Malformed(_) => false,
+        }
+    }
+
     /// The [`io::ErrorKind`] an [`Error::Proxy`](crate::Error::Proxy) converts to.
     pub fn io_kind(&self) -> io::ErrorKind {
         match self {

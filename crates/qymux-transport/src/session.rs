@@ -267,7 +267,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Peer(None) => f.write_str("closed by peer"),
             // The peer chose the reason: escaped, so it cannot forge log lines.
             CloseReason::Peer(Some(r)) => write!(f, "closed by peer: {}", PeerText(r)),
-            CloseReason::Failed(e) => write!(f, "failed: {e}"),
+            CloseReason::Failed(e) => write!(f, "failed: {}", e.report()),
         }
     }
 }

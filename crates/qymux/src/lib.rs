@@ -141,9 +141,9 @@ pub use qymux_dialer::{Backoff, ReconnectConfig, ReconnectState, Reconnecting};
 
 #[doc(inline)]
 pub use qymux_transport::{
-    ALPN, BoxListener, BoxSession, BoxStream, CertificateNames, CloseReason, Error, HandshakeError,
-    Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Proxy, ProxyError, Result,
-    Session, Stream, TimeoutKind, Verification, escape_peer_text,
+    ALPN, BoxListener, BoxSession, BoxStream, CertificateNames, CloseReason, Error, ErrorReport,
+    HandshakeError, Incoming, Limit, Mode, Options, PeerIdentity, PeerText, Protocol, Proxy,
+    ProxyError, Result, Session, Stream, TimeoutKind, Verification, escape_peer_text,
 };
 
 /// Certificates: a CA, server and client certificates, PEM, fingerprints.

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use qymux_dialer::{Dialer, ReconnectConfig, Reconnecting};
 use qymux_tls::ClientTls;
-use qymux_transport::{BoxSession, Error, Result};
+use qymux_transport::{BoxSession, Error, ErrorReport, Result};
 
 use crate::config::Config;
 
@@ -49,7 +49,7 @@ impl Qymux {
         })?;
         let tls = server_tls
             .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
         let mut options = self.config.options.clone();
         if options.quic_reset_secret.is_none() {
             options.quic_reset_secret(server_tls.identity().private_key().secret_der());
@@ -121,7 +121,7 @@ impl Qymux {
             .unwrap_or_else(ClientTls::with_system_roots);
         let tls = client_tls
             .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
         Ok(Dialer::new(addr, name, tls)
             .mode(config.mode)
             .options(config.options.clone()))
