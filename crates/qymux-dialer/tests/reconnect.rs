@@ -263,6 +263,7 @@ async fn state_goes_connecting_connected_reconnecting_stopped() {
             server: addr,
             protocol,
             generation,
+            ..
         } => {
             assert_eq!(addr, listener.local_addr().to_string());
             assert_eq!(protocol, Protocol::Tcp);
