@@ -32,8 +32,8 @@ enum Task {
     /// Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
     /// `pem`, programs of frames and operations for yamux_engine), and runs each target
     /// (all of them if none is named: yamux_engine, pem, options, proxy_url) for the
-    /// given time with the nightly toolchain. Corpora stay in fuzz/corpus/<target>; a
-    /// crash stops the task, leaving its input in fuzz/artifacts/<target>.
+    /// given time with the nightly toolchain. Corpora stay in fuzz/corpus/TARGET; a
+    /// crash stops the task, leaving its input in fuzz/artifacts/TARGET.
     Fuzz(FuzzCli),
     /// Run many sessions x streams against one listener and check resources.
     ///
@@ -179,7 +179,7 @@ struct CoverageCli {
     /// Open the HTML report in a browser when done
     #[arg(long)]
     open: bool,
-    /// Also run tests marked #[ignore]
+    /// Also run the tests marked ignore (the long ones)
     #[arg(long)]
     include_ignored: bool,
     /// Passed on to `cargo llvm-cov --workspace --no-report` as they are, e.g. `--
