@@ -905,7 +905,10 @@ impl Driver {
                 (a, b) => a.or(b),
             };
             let Some(next) = next else { break };
-            if self.timer_at != Some(next) {
+            // Re-armed only when the deadline comes sooner or the timer has fired: while
+            // data flows the trim deadline moves with every read, and an earlier timer
+            // that fires merely brings the driver here to look again.
+            if self.timer_at.is_none_or(|at| next < at || at <= now) {
                 self.timer_at = Some(next);
                 self.timer
                     .as_mut()
