@@ -30,6 +30,11 @@ idle_timeout = "5s"
     )
 }
 
+/// The agent's `web` service forwarding to `local`, with the right token.
+fn agent_web(local: impl std::fmt::Display) -> String {
+    format!("[services.web]\nlocal = \"{local}\"\ntoken = \"{TOKEN}\"\n")
+}
+
 fn agent_toml(servers: &[&str], extra: &str, services: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
     format!(
@@ -239,11 +244,7 @@ fn a_newer_agent_joins_the_pool_and_steals_nothing() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "", &agent_web(echo)),
     );
     let mut first = Proc::agent("agent-1", &cfg);
     first.wait_msg("claim granted", &[("service", "web")]);
@@ -288,11 +289,7 @@ fn public_side_caps_per_source_and_idle_timeout() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -386,11 +383,7 @@ fn agent_with_connect_all_keeps_a_session_to_each_server_and_survives_a_sigkill(
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr_a, &addr_b],
-            "connect = \"all\"",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr_a, &addr_b], "connect = \"all\"", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -601,7 +594,7 @@ fn agent_sighup_adds_and_releases_services_while_another_carries_traffic() {
     let (mut server, addr, publics) = start_server(&server_cfg, &["web", "extra"]);
     let echo = echo_service();
     let extra_local = echo_service();
-    let web_only = format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n");
+    let web_only = agent_web(echo);
     let cfg = write(&dir, "agent.toml", &agent_toml(&[&addr], "", &web_only));
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -655,11 +648,7 @@ fn agent_metrics_count_the_fallback_to_tcp_and_a_reconnect() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "metrics = \"127.0.0.1:0\"",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "metrics = \"127.0.0.1:0\"", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     let metrics_addr = field(
@@ -722,7 +711,7 @@ fn cert_days_and_crl_then_sighup_locks_out_a_revoked_agent() {
         &agent_toml(
             &[&addr],
             "cert = \"certs/client.pem\"\nkey = \"certs/client.key\"",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
+            &agent_web(echo),
         ),
     );
     let mut agent = Proc::agent("agent", &agent_cfg);
