@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,21 +19,6 @@ fn echo_command(args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
-}
-
-/// Collects a pipe's lines in the background.
-fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    (lines, rx)
 }
 
 /// An echo server process, killed when dropped.
@@ -52,8 +35,8 @@ impl Server {
         let mut all = vec!["server", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let mut child = echo_command(&all).spawn().expect("spawn the echo server");
-        let (stdout, lines) = collect(child.stdout.take().unwrap());
-        let (stderr, _) = collect(child.stderr.take().unwrap());
+        let (stdout, lines) = support::collect(child.stdout.take().unwrap());
+        let (stderr, _) = support::collect(child.stderr.take().unwrap());
         let mut server = Server {
             child,
             addr: String::new(),
@@ -128,8 +111,8 @@ struct Run {
 /// Runs the example with `args` to completion (killed after [`CLIENT_TIMEOUT`]).
 fn run(args: &[&str]) -> Run {
     let mut child = echo_command(args).spawn().expect("spawn the echo example");
-    let (stdout, _) = collect(child.stdout.take().unwrap());
-    let (stderr, _) = collect(child.stderr.take().unwrap());
+    let (stdout, _) = support::collect(child.stdout.take().unwrap());
+    let (stderr, _) = support::collect(child.stderr.take().unwrap());
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
