@@ -441,3 +441,120 @@ async fn a_quic_attempt_that_loses_the_race_is_closed_as_superseded_and_not_pena
     let mut stream = agent.open().await.unwrap();
     stream.write_all(b"ok").await.unwrap();
 }
+
+/// A UDP relay in front of `upstream` that passes the client's first datagram (its
+/// Initial, with the ClientHello) and drops every later one, while passing everything
+/// the server sends: the server answers (its handshake flight reaches the client, whose
+/// side of the TLS handshake completes), but never hears the client's Finished, so the
+/// QUIC handshake never completes. Counts the server's datagrams that got through.
+struct AnswerThenStall {
+    socket: Arc<tokio::net::UdpSocket>,
+    answers: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerThenStall {
+    async fn start(socket: std::net::UdpSocket, upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        socket.set_nonblocking(true).unwrap();
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket).unwrap());
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        server.connect(upstream).await.unwrap();
+        let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (front, count) = (socket.clone(), answers.clone());
+        let task = tokio::spawn(async move {
+            let (mut from_client, mut from_server) = ([0u8; 2048], [0u8; 2048]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    received = front.recv_from(&mut from_client) => {
+                        let Ok((n, from)) = received else { return };
+                        if client.is_none() {
+                            client = Some(from);
+                            let _ = server.send(&from_client[..n]).await;
+                        }
+                    }
+                    received = server.recv(&mut from_server) => {
+                        let Ok(n) = received else { return };
+                        if let Some(client) = client {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let _ = front.send_to(&from_server[..n], client).await;
+                        }
+                    }
+                }
+            }
+        });
+        AnswerThenStall {
+            socket,
+            answers,
+            task,
+        }
+    }
+
+    fn answers(&self) -> usize {
+        self.answers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerThenStall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// QUIC is penalised only when the server never answered over UDP. Here the server
+/// answers QUIC (its handshake flight arrives) but the handshake cannot complete, and TCP
+/// wins the race. The QUIC attempt is not a broken path: the penalty the race applied is
+/// lifted as the answer is seen (without it, the loser would be dropped unanswered-as-far-
+/// as-anyone-knows after its grace, and QUIC skipped for 5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_attempt_the_server_answered_is_not_penalised_though_it_lost_and_stalled() {
+    use qymux_testsupport::fault::{FaultProxy, Transport};
+
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let upstream = listener.local_addr();
+    // The stalling UDP relay and a plain TCP relay on one port number.
+    let (relay, _tcp) = guard("a port free for UDP and TCP", async {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let at = udp.local_addr().unwrap();
+            if let Ok(tcp) = FaultProxy::bind(Transport::Tcp, at, upstream).await {
+                break (AnswerThenStall::start(udp, upstream).await, tcp);
+            }
+        }
+    })
+    .await;
+    let at = relay.socket.local_addr().unwrap();
+    let memory = Arc::new(TransportMemory::default());
+    let dialer = Dialer::new(at.to_string(), "localhost", pki.client.clone())
+        .attempt_delay(Duration::from_millis(10))
+        .memory(memory.clone());
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(session) = listener.accept().await {
+            held.push(session);
+        }
+    });
+
+    let agent = guard("dial", dialer.dial()).await.unwrap();
+    assert_eq!(agent.protocol(), Protocol::Tcp, "QUIC cannot complete here");
+    guard(
+        "QUIC allowed again: the server answered",
+        memory.quic_allowed(at),
+    )
+    .await;
+    assert!(
+        relay.answers() > 0,
+        "the server's handshake flight got through"
+    );
+    assert!(memory.quic_broken_until(at).is_none());
+    accepting.abort();
+}
