@@ -442,6 +442,53 @@ async fn a_quic_attempt_that_loses_the_race_is_closed_as_superseded_and_not_pena
     stream.write_all(b"ok").await.unwrap();
 }
 
+/// The dual listener's `shutdown` reports what it did over both transports together, as
+/// each single listener does: here a QUIC session with a stream its agent keeps open
+/// (cut at the grace's end) and an idle TCP session (drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dual_listeners_shutdown_reports_both_transports() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let at = listener.local_addr();
+    let options = Options::default();
+    // One session per transport, dialed directly (an Auto dial may leave a loser).
+    let (quic, quic_server) = tokio::join!(
+        qymux_quic::dial_resolved("quic", vec![at], "localhost", pki.client.clone(), &options),
+        listener.accept(),
+    );
+    let (quic, quic_server) = (quic.unwrap(), quic_server.unwrap());
+    assert_eq!(quic_server.protocol(), Protocol::Quic);
+    let (tcp, tcp_server) = tokio::join!(
+        qymux_tcp::dial_resolved("tcp", vec![at], "localhost", pki.client.clone(), &options),
+        listener.accept(),
+    );
+    let (tcp, tcp_server) = (tcp.unwrap(), tcp_server.unwrap());
+    assert_eq!(tcp_server.protocol(), Protocol::Tcp);
+    // A stream the QUIC agent never finishes.
+    let mut open = quic.open().await.unwrap();
+    open.write_all(b"busy").await.unwrap();
+    let mut held = guard("the busy stream at the server", quic_server.accept())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).await.unwrap();
+
+    let report = guard("shutdown", listener.shutdown(Duration::from_millis(500))).await;
+    assert_eq!(
+        (report.drained, report.cut),
+        (1, 1),
+        "the idle TCP session drained, the busy QUIC one was cut: {report:?}"
+    );
+    drop((open, held, quic, tcp, quic_server, tcp_server));
+}
+
 /// A UDP relay in front of `upstream` that passes the client's first datagram (its
 /// Initial, with the ClientHello) and drops every later one, while passing everything
 /// the server sends: the server answers (its handshake flight reaches the client, whose
