@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qymux_transport::{BoxSession, Error, HandshakeError, Mode, Options, Result, TimeoutKind};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 use tracing::debug;
 
@@ -15,12 +16,18 @@ use crate::memory::TransportMemory;
 /// delay), when nothing about QUIC to the target has been measured yet.
 pub const DEFAULT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// How long a QUIC attempt that lost the race to TCP may still finish in the background
-/// (so that a slow but working path is told from a broken one); then it is dropped.
+/// How long a QUIC attempt that lost the race to TCP may still get its first answer from
+/// the server in the background (so that a slow but working path is told from a broken
+/// one); an attempt still unanswered then is dropped. One the server has answered runs
+/// on to its end (bounded by its handshake timeout).
 const LOSER_GRACE: Duration = Duration::from_secs(1);
 
-/// The close reason of a QUIC session that connected after TCP had won the race.
-pub const SUPERSEDED: &str = "superseded";
+/// The close reason of an attempt that completed after the other transport had won the
+/// race (or with it, in a tie QUIC wins): a QUIC session is closed with this reason, a
+/// TCP one with yamux GoAway code
+/// [`GO_AWAY_SUPERSEDED`](qymux_tcp::engine::frame::GO_AWAY_SUPERSEDED); at the server
+/// either ends with `CloseReason::Peer(Some(SUPERSEDED))`, not like an agent that left.
+pub const SUPERSEDED: &str = qymux_tcp::engine::frame::SUPERSEDED;
 
 /// A QUIC session with how long its dial took.
 pub(crate) type TimedQuic = (qymux_quic::Session, Duration);
@@ -42,15 +49,20 @@ pub(crate) type QuicAttempt = Pin<Box<dyn Future<Output = Result<TimedQuic>> + S
 /// round-trip time, at least 100 ms and at most 2 s; the configured
 /// [`attempt_delay`](Dialer::attempt_delay), 250 ms by default, while nothing was
 /// measured), TCP starts as well; the first to complete wins, QUIC in a tie. A TCP attempt
-/// that lost is dropped (its socket closed). A QUIC attempt still running when TCP won
-/// gets one more second in the background: if it connects, it is closed at once with
-/// the reason `superseded` (so the server can tell it from a departing agent) and QUIC
-/// counts as working for this server (its dial time is recorded, so the next attempt
-/// delay gives it the time it needs); otherwise it is dropped with its socket. When QUIC
-/// fails or is still silent while TCP works, the dialer remembers it for the server's
-/// addresses ([`TransportMemory`]): the next dials start with TCP at once, until the
-/// penalty expires; an answer from the server over UDP (a refusal, a handshake error) is
-/// not a broken path and clears it. If TCP fails, QUIC gets one more attempt delay
+/// that lost is dropped (its socket closed), or, if it had completed too (a tie), closed
+/// with the reason `superseded` ([`SUPERSEDED`]; a yamux GoAway code of Qymux's own), so
+/// the server can tell it from a departing agent. A QUIC attempt still running when TCP
+/// won goes on in the background: one the server has answered over UDP (its handshake
+/// flight arrived) runs to its end, one still unanswered after one more second is
+/// dropped with its socket; if it connects, it is closed at once as `superseded` and its
+/// dial time is recorded (so the next attempt delay gives QUIC the time it needs).
+///
+/// QUIC is remembered as failing for the server's addresses ([`TransportMemory`]: the
+/// next dials start with TCP at once, until the penalty expires) only when the server
+/// never answered over UDP: when TCP wins while QUIC is still silent, the penalty is
+/// applied, and lifted the moment a late answer comes; a refusal (a busy server), a
+/// handshake error, or a handshake that progressed but lost the race or timed out is
+/// not a broken path. If TCP fails, QUIC gets one more attempt delay
 /// before the dial fails with TCP's error (not its whole connect timeout).
 ///
 /// With a proxy in the options ([`Options::proxy`]) that applies to the target, Auto
@@ -218,6 +230,7 @@ impl Dialer {
             Mode::Quic => {
                 let addrs = self.resolve().await?;
                 self.quic_owned(addrs)
+                    .0
                     .await
                     .map(|(session, _)| Concrete::Quic(session))
             }
@@ -234,9 +247,10 @@ impl Dialer {
                 if self.memory.quic_broken_until(&addrs).is_some() {
                     return self.tcp_first(addrs).await;
                 }
-                let quic = Box::pin(self.quic_owned(addrs.clone()));
+                let (quic, answered) = self.quic_owned(addrs.clone());
                 let tcp = self.tcp(Some(addrs.clone()));
-                self.race(&addrs, quic, tcp, delay).await
+                self.race(&addrs, Box::pin(quic), answered, tcp, delay)
+                    .await
             }
         }
     }
@@ -251,21 +265,15 @@ impl Dialer {
         }
     }
 
-    /// When QUIC to this target may be tried again (`None`: now). A target that does not
-    /// resolve now has nothing remembered against it.
-    pub(crate) async fn quic_retry_at(&self) -> Option<Instant> {
-        let addrs = self.resolve().await.ok()?;
-        self.memory.quic_broken_until(&addrs)
-    }
-
     /// Dials QUIC alone and records the outcome in the memory: a success clears the
     /// target's penalty, a failure extends it.
     pub(crate) async fn dial_quic_remembered(&self) -> Result<Concrete> {
         self.options.validate()?;
         let addrs = self.resolve().await?;
-        match self.quic_owned(addrs.clone()).await {
+        let (quic, answered) = self.quic_owned(addrs.clone());
+        match quic.await {
             Ok(dialed) => Ok(self.quic_won(dialed)),
-            Err(e) if server_answered(&e) => {
+            Err(e) if *answered.borrow() || server_answered(&e) => {
                 debug!(target = %self.addr, error = %e.report(), "QUIC reached the server, which said no; not a broken path");
                 Err(e)
             }
@@ -299,22 +307,31 @@ impl Dialer {
     }
 
     /// A QUIC dial to `addrs` that owns what it needs (so that it can be finished in the
-    /// background after losing the race), timed.
+    /// background after losing the race), timed; with a receiver that turns `true` once
+    /// the server has answered over UDP (then the path works, whatever the dial's end).
     fn quic_owned(
         &self,
         addrs: Vec<SocketAddr>,
-    ) -> impl Future<Output = Result<TimedQuic>> + Send + 'static {
+    ) -> (
+        impl Future<Output = Result<TimedQuic>> + Send + 'static,
+        watch::Receiver<bool>,
+    ) {
         let (addr, name, tls, options) = (
             self.addr.clone(),
             self.server_name.clone(),
             self.tls.clone(),
             self.options.clone(),
         );
-        async move {
+        let (answered, heard) = watch::channel(false);
+        let dial = async move {
             let started = Instant::now();
-            let session = qymux_quic::dial_resolved(&addr, addrs, &name, tls, &options).await?;
+            let session = qymux_quic::dial_resolved_noting_answer(
+                &addr, addrs, &name, tls, &options, &answered,
+            )
+            .await?;
             Ok((session, started.elapsed()))
-        }
+        };
+        (dial, heard)
     }
 
     /// QUIC is remembered as failing here: TCP at once; if TCP fails too, the network may
@@ -325,6 +342,7 @@ impl Dialer {
             Ok(session) => Ok(session),
             Err(tcp_err) => self
                 .quic_owned(addrs)
+                .0
                 .await
                 .map(|dialed| self.quic_won(dialed))
                 .map_err(|quic_err| {
@@ -334,17 +352,46 @@ impl Dialer {
         }
     }
 
-    /// TCP won while QUIC was still connecting: QUIC is finished in the background. A
-    /// QUIC session that completes is closed as `superseded`, and QUIC counts as working
-    /// (it merely lost; its dial time is recorded); a server that answered over UDP
-    /// clears the penalty too; only silence keeps it.
-    fn finish_losing_quic(&self, addrs: &[SocketAddr], quic: QuicAttempt) {
+    /// TCP won while QUIC was still connecting: QUIC is finished in the background. The
+    /// moment the server answers over UDP (its handshake flight arrives, or it refuses),
+    /// a penalty is lifted: the path works, QUIC was merely slow. An attempt the server
+    /// has not answered within [`LOSER_GRACE`] is dropped with its socket, and only then
+    /// does the penalty stand; one it answered runs on to its end. A QUIC session that
+    /// completes is closed as `superseded`, and its dial time is recorded (so the next
+    /// attempt delay gives QUIC the time it needs).
+    fn finish_losing_quic(
+        &self,
+        addrs: &[SocketAddr],
+        mut quic: QuicAttempt,
+        mut answered: watch::Receiver<bool>,
+    ) {
         let (memory, addr, addrs) = (self.memory.clone(), self.addr.clone(), addrs.to_vec());
         tokio::spawn(async move {
-            let Ok(finished) = tokio::time::timeout(LOSER_GRACE, quic).await else {
-                // Silent all along: dropped with its socket; the penalty stands.
-                debug!(target = %addr, "the QUIC attempt that lost the race got no answer; dropped");
-                return;
+            let grace = sleep(LOSER_GRACE);
+            tokio::pin!(grace);
+            let mut heard = *answered.borrow_and_update();
+            let finished = loop {
+                tokio::select! {
+                    biased;
+                    finished = &mut quic => break finished,
+                    changed = answered.changed(), if !heard => {
+                        if changed.is_err() {
+                            // Only the finished dial drops its sender: the branch above
+                            // is ready.
+                            continue;
+                        }
+                        heard = *answered.borrow_and_update();
+                        if heard {
+                            debug!(target = %addr, "the server answered the QUIC attempt that lost the race: not a broken path");
+                            memory.quic_answered(&addrs);
+                        }
+                    }
+                    () = &mut grace, if !heard => {
+                        // Silent all along: dropped with its socket; the penalty stands.
+                        debug!(target = %addr, "the QUIC attempt that lost the race got no answer; dropped");
+                        return;
+                    }
+                }
             };
             match finished {
                 Ok((session, dial_time)) => {
@@ -356,7 +403,10 @@ impl Dialer {
                         SUPERSEDED.as_bytes(),
                     );
                 }
-                Err(e) if server_answered(&e) => memory.quic_answered(&addrs),
+                Err(e) if heard || server_answered(&e) => {
+                    debug!(target = %addr, error = %e.report(), "the QUIC attempt that lost the race failed after an answer");
+                    memory.quic_answered(&addrs);
+                }
                 Err(e) => {
                     debug!(target = %addr, error = %e.report(), "the QUIC attempt that lost the race failed")
                 }
@@ -384,9 +434,12 @@ impl Dialer {
         &self,
         addrs: &[SocketAddr],
         mut quic: QuicAttempt,
+        answered: watch::Receiver<bool>,
         tcp: impl Future<Output = Result<Concrete>>,
         delay: Duration,
     ) -> Result<Concrete> {
+        // Whether a failed or unfinished QUIC attempt heard from the server over UDP.
+        let heard = |e: Option<&Error>| *answered.borrow() || e.is_some_and(server_answered);
         let early = tokio::select! {
             biased;
             result = &mut quic => Some(result),
@@ -401,7 +454,7 @@ impl Dialer {
                     return Err(quic_err);
                 }
                 debug!(%quic_err, "QUIC failed early; dialing TCP");
-                let answered = server_answered(&quic_err);
+                let answered = heard(Some(&quic_err));
                 return match tcp.await {
                     // A busy server refused QUIC: TCP now, QUIC again next time.
                     Ok(session) if answered => Ok(session),
@@ -422,18 +475,28 @@ impl Dialer {
                 // QUIC first: in a tie it wins.
                 biased;
                 result = &mut quic, if quic_err.is_none() => match result {
-                    Ok(dialed) => return Ok(self.quic_won(dialed)),
+                    Ok(dialed) => {
+                        if tcp_err.is_none() {
+                            close_completed_loser(tcp.as_mut()).await;
+                        }
+                        return Ok(self.quic_won(dialed));
+                    }
                     Err(e) => quic_err = Some(e),
                 },
                 result = &mut tcp, if tcp_err.is_none() => match result {
-                    Ok(session) if quic_err.as_ref().is_some_and(server_answered) => {
+                    // The server answered over UDP: QUIC works there (busy, or slow).
+                    Ok(session) if heard(quic_err.as_ref()) => {
+                        if quic_err.is_none() {
+                            debug!(target = %self.addr, "TCP won; the server answered QUIC, which finishes in the background");
+                            self.finish_losing_quic(addrs, quic, answered);
+                        }
                         return Ok(session);
                     }
                     Ok(session) => {
                         let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
                         let session = self.tcp_won(addrs, session, &why);
                         if quic_err.is_none() {
-                            self.finish_losing_quic(addrs, quic);
+                            self.finish_losing_quic(addrs, quic, answered);
                         }
                         return Ok(session);
                     }
@@ -451,6 +514,23 @@ impl Dialer {
                 return Err(pick(q.clone(), t.clone()));
             }
         }
+    }
+}
+
+/// QUIC won while TCP was connecting too: a TCP attempt that has completed as well (a
+/// tie) already is a session at the server, so it is closed as superseded
+/// ([`qymux_tcp::Session::close_superseded`]), in the background, for the server to tell
+/// it from an agent that left; one still connecting is dropped (its handshake never
+/// completes at the server). Polls `tcp` once, without waiting.
+async fn close_completed_loser(tcp: Pin<&mut impl Future<Output = Result<Concrete>>>) {
+    let polled = tokio::select! {
+        biased;
+        result = tcp => Some(result),
+        () = std::future::ready(()) => None,
+    };
+    if let Some(Ok(Concrete::Tcp(session))) = polled {
+        debug!("TCP completed too, in a tie QUIC won; closing it as superseded");
+        tokio::spawn(async move { session.close_superseded().await });
     }
 }
 
@@ -583,7 +663,13 @@ mod tests {
                 let dialer = dialer.clone();
                 async move {
                     dialer
-                        .race(&[at], quic_attempt, tcp_attempt, Duration::ZERO)
+                        .race(
+                            &[at],
+                            quic_attempt,
+                            watch::channel(false).1,
+                            tcp_attempt,
+                            Duration::ZERO,
+                        )
                         .await
                 }
             });
@@ -601,5 +687,81 @@ mod tests {
             );
         }
         accepting.abort();
+    }
+
+    /// In a tie QUIC wins, and the TCP attempt, which completed as well and so is a
+    /// session at the server, is closed as superseded: the server's session ends with
+    /// that reason, not like an agent that left (as a dropped session would).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tcp_attempt_that_completed_in_a_tie_is_closed_as_superseded() {
+        let ca = CertificateAuthority::new("Tie CA").unwrap();
+        let server_tls = ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+            .build()
+            .unwrap();
+        let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()])
+            .build()
+            .unwrap();
+        let listener =
+            crate::Listener::bind("127.0.0.1:0", server_tls, Options::default(), Mode::Auto)
+                .await
+                .unwrap();
+        let at = listener.local_addr();
+        let options = Options::default();
+        let quic =
+            qymux_quic::dial_resolved("tie", vec![at], "localhost", client_tls.clone(), &options)
+                .await
+                .unwrap();
+        let tcp =
+            qymux_tcp::dial_resolved("tie", vec![at], "localhost", client_tls.clone(), &options)
+                .await
+                .unwrap();
+        // The server's side of the TCP attempt.
+        let server_tcp = loop {
+            let session = listener.accept().await.unwrap();
+            if session.protocol() == Protocol::Tcp {
+                break session;
+            }
+        };
+        let (open, gate) = watch::channel(false);
+        let (tcp_started, started) = oneshot::channel();
+        let quic_attempt: QuicAttempt = Box::pin({
+            let mut gate = gate.clone();
+            async move {
+                gate.wait_for(|open| *open).await.unwrap();
+                Ok((quic, Duration::from_millis(1)))
+            }
+        });
+        let tcp_attempt = {
+            let mut gate = gate.clone();
+            async move {
+                let _ = tcp_started.send(());
+                gate.wait_for(|open| *open).await.unwrap();
+                Ok(Concrete::Tcp(tcp))
+            }
+        };
+        let dialer = Dialer::new(at.to_string(), "localhost", client_tls);
+        let race = tokio::spawn(async move {
+            dialer
+                .race(
+                    &[at],
+                    quic_attempt,
+                    watch::channel(false).1,
+                    tcp_attempt,
+                    Duration::ZERO,
+                )
+                .await
+        });
+        started.await.expect("the race started TCP");
+        open.send_replace(true);
+        let winner = race.await.unwrap().unwrap();
+        assert_eq!(winner.boxed().protocol(), Protocol::Quic);
+        let reason = tokio::time::timeout(Duration::from_secs(60), server_tcp.closed())
+            .await
+            .expect("the losing TCP session was closed");
+        assert!(
+            matches!(&reason, qymux_transport::CloseReason::Peer(Some(r)) if r == SUPERSEDED),
+            "the TCP loser is closed as superseded: {reason:?}"
+        );
+        drop(listener);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use qymux_transport::registry::ShutdownReport;
 use qymux_transport::{BoxSession, Error, Limit, Mode, Options, Protocol, Result};
 use tracing::{debug, warn};
 
@@ -210,20 +211,30 @@ impl Listener {
     /// Shuts down gracefully on both transports: stops accepting at once, then drains
     /// every session accepted (a yamux GoAway; over QUIC no more stream grants) and
     /// closes it (TLS close_notify, or QUIC `CONNECTION_CLOSE`) as soon as it has no open
-    /// stream, or when `grace` has passed. Returns when every session is closed.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// stream, or when `grace` has passed. Returns when every session is closed, with
+    /// what happened to them over both transports together: how many drained and how
+    /// many were cut at their deadline (the sums of
+    /// [`qymux_tcp::Listener::shutdown`]'s and [`qymux_quic::Listener::shutdown`]'s
+    /// reports).
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.closing.store(true, Ordering::Release);
         let tcp = async {
-            if let Some(t) = &self.tcp {
-                t.shutdown(grace).await;
+            match &self.tcp {
+                Some(t) => t.shutdown(grace).await,
+                None => ShutdownReport::default(),
             }
         };
         let quic = async {
-            if let Some(q) = &self.quic {
-                q.shutdown(grace).await;
+            match &self.quic {
+                Some(q) => q.shutdown(grace).await,
+                None => ShutdownReport::default(),
             }
         };
-        tokio::join!(tcp, quic);
+        let (tcp, quic) = tokio::join!(tcp, quic);
+        let mut report = ShutdownReport::default();
+        report.drained = tcp.drained + quic.drained;
+        report.cut = tcp.cut + quic.cut;
+        report
     }
 
     /// The TCP side, if this listener serves TCP (its session count, or to close it

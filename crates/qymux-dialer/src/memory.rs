@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long QUIC is skipped after it first failed where TCP worked (then doubling).
@@ -122,6 +123,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct TransportMemory {
     entries: Mutex<HashMap<SocketAddr, Entry>>,
+    /// Told whenever a penalty may have been lifted early (QUIC worked, or a server
+    /// answered over UDP), so that a wait for the penalty's end can look again.
+    lifted: watch::Sender<()>,
     initial_penalty: Duration,
     max_penalty: Duration,
 }
@@ -137,6 +141,7 @@ impl TransportMemory {
     pub fn new(initial_penalty: Duration, max_penalty: Duration) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            lifted: watch::Sender::new(()),
             initial_penalty,
             max_penalty: max_penalty.max(initial_penalty),
         }
@@ -245,6 +250,27 @@ impl TransportMemory {
             e.quic_broken_until = None;
             e.next_penalty = None;
         });
+        self.lifted.send_replace(());
+    }
+
+    /// Waits until QUIC may be tried for `target`: returns at once when no penalty runs
+    /// ([`quic_broken_until`](Self::quic_broken_until) is `None`), else when the penalty
+    /// ends, or as soon as it is lifted early (a late QUIC answer, a QUIC success through
+    /// a dialer sharing this memory). Cancel-safe.
+    pub async fn quic_allowed(&self, target: impl Into<Target>) {
+        let target = target.into();
+        loop {
+            // Subscribed before reading, so a lift in between is not missed.
+            let mut lifts = self.lifted.subscribe();
+            let Some(until) = self.quic_broken_until(target.clone()) else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                // The sender lives in `self`: this cannot fail while borrowed.
+                _ = lifts.changed() => {}
+            }
+        }
     }
 
     /// How many server addresses are remembered.
@@ -267,6 +293,7 @@ impl TransportMemory {
                 ..Entry::default()
             }
         });
+        self.lifted.send_replace(());
     }
 
     /// A QUIC dial connected to `addr` (the address that answered) after `dial_time`,
@@ -284,6 +311,7 @@ impl TransportMemory {
                 ..Entry::default()
             }
         });
+        self.lifted.send_replace(());
     }
 }
 

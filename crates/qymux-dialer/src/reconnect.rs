@@ -21,8 +21,9 @@ pub struct ReconnectConfig {
     pub backoff: Backoff,
     /// In [`Mode::Auto`], while the session runs over TCP because QUIC failed, dial QUIC
     /// again in the background when the dialer's memory lets it
-    /// ([`TransportMemory`](crate::TransportMemory)), and move to it when it connects
-    /// (default `true`). Not while a proxy applies to the server
+    /// ([`TransportMemory`](crate::TransportMemory)), after the
+    /// [`backoff`](ReconnectConfig::backoff)'s jittered wait for each attempt, and move
+    /// to it when it connects (default `true`). Not while a proxy applies to the server
     /// ([`Options::proxy`](qymux_transport::Options::proxy)), unless it allows direct QUIC.
     pub upgrade_to_quic: bool,
     /// How long the streams of a session being replaced (after a move to QUIC) get to
@@ -161,8 +162,13 @@ impl ReconnectState {
 ///   the others this way.
 /// - **Back to QUIC.** In [`Mode::Auto`], a session over TCP because QUIC failed dials
 ///   QUIC again in the background once the dialer's
-///   [`TransportMemory`](crate::TransportMemory) penalty for that server has expired
-///   (a failure doubles the penalty). When QUIC connects, the new session is handed out
+///   [`TransportMemory`](crate::TransportMemory) penalty for that server has expired or
+///   been lifted early by a late answer over UDP (a failure without an answer doubles
+///   the penalty). Each of these attempts first waits the
+///   [`backoff`](ReconnectConfig::backoff)'s jittered delay for the number of attempts
+///   that failed so far on this session (0–100 ms before the first by default), so the
+///   agents that a busy server turned away to TCP do not all come back at once, nor
+///   retry it without pause. When QUIC connects, the new session is handed out
 ///   (state, callback), and the TCP session is drained
 ///   ([`Session::drain`](qymux_transport::Session::drain): the server opens no new
 ///   streams on it) and closed once its open streams have finished (at most
@@ -469,6 +475,10 @@ where
     async fn hold(&mut self, dialer: &Dialer, session: Concrete) -> Held {
         let mut current = session;
         let mut callback = self.hand_out(dialer, &current);
+        // Failed attempts to move this session to QUIC so far: each next attempt waits
+        // the backoff's jittered delay for it (the first too, up to its initial ceiling),
+        // so the agents of a busy server do not all retry it in the same instant.
+        let mut upgrade_retry = 0u32;
         loop {
             let boxed = current.boxed();
             let upgrade = self.config.upgrade_to_quic
@@ -492,11 +502,17 @@ where
                     }
                 };
             }
-            // Over TCP: try QUIC again once the memory allows it.
+            // Over TCP: try QUIC again after the backoff's wait, once the memory allows
+            // it (a penalty lifted early, by a late answer, counts at once).
+            let wait = self.config.backoff.delay(upgrade_retry);
             let quic = async {
-                let retry_at = dialer.quic_retry_at().await.unwrap_or_else(Instant::now);
-                tokio::time::sleep_until(retry_at).await;
-                debug!(server = dialer.addr(), "trying QUIC again");
+                tokio::time::sleep(wait).await;
+                quic_allowed(dialer).await;
+                debug!(
+                    server = dialer.addr(),
+                    retry = upgrade_retry,
+                    "trying QUIC again"
+                );
                 dialer.dial_quic_remembered().await
             };
             let result = tokio::select! {
@@ -526,8 +542,12 @@ where
                     self.background
                         .spawn(drain_and_close(current, self.config.drain_timeout));
                     current = quic;
+                    upgrade_retry = 0;
                 }
-                Err(e) => debug!(error = %e.report(), "QUIC still fails; staying on TCP"),
+                Err(e) => {
+                    debug!(server = dialer.addr(), retry = upgrade_retry, error = %e.report(), "QUIC still fails; staying on TCP");
+                    upgrade_retry = upgrade_retry.saturating_add(1);
+                }
             }
         }
     }
@@ -560,6 +580,15 @@ where
     async fn retire(&mut self, session: &BoxSession) {
         self.session.send_replace(None);
         session.close().await;
+    }
+}
+
+/// Returns once the dialer's memory lets QUIC to its server be tried: at once when no
+/// penalty runs, else when the penalty ends or is lifted early (a late QUIC answer). A
+/// target that does not resolve now has nothing remembered against it. Cancel-safe.
+async fn quic_allowed(dialer: &Dialer) {
+    if let Ok(addrs) = dialer.resolve().await {
+        dialer.transport_memory().quic_allowed(addrs).await;
     }
 }
 

@@ -441,3 +441,167 @@ async fn a_quic_attempt_that_loses_the_race_is_closed_as_superseded_and_not_pena
     let mut stream = agent.open().await.unwrap();
     stream.write_all(b"ok").await.unwrap();
 }
+
+/// The dual listener's `shutdown` reports what it did over both transports together, as
+/// each single listener does: here a QUIC session with a stream its agent keeps open
+/// (cut at the grace's end) and an idle TCP session (drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dual_listeners_shutdown_reports_both_transports() {
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let at = listener.local_addr();
+    let options = Options::default();
+    // One session per transport, dialed directly (an Auto dial may leave a loser).
+    let (quic, quic_server) = tokio::join!(
+        qymux_quic::dial_resolved("quic", vec![at], "localhost", pki.client.clone(), &options),
+        listener.accept(),
+    );
+    let (quic, quic_server) = (quic.unwrap(), quic_server.unwrap());
+    assert_eq!(quic_server.protocol(), Protocol::Quic);
+    let (tcp, tcp_server) = tokio::join!(
+        qymux_tcp::dial_resolved("tcp", vec![at], "localhost", pki.client.clone(), &options),
+        listener.accept(),
+    );
+    let (tcp, tcp_server) = (tcp.unwrap(), tcp_server.unwrap());
+    assert_eq!(tcp_server.protocol(), Protocol::Tcp);
+    // A stream the QUIC agent never finishes.
+    let mut open = quic.open().await.unwrap();
+    open.write_all(b"busy").await.unwrap();
+    let mut held = guard("the busy stream at the server", quic_server.accept())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).await.unwrap();
+
+    let report = guard("shutdown", listener.shutdown(Duration::from_millis(500))).await;
+    assert_eq!(
+        (report.drained, report.cut),
+        (1, 1),
+        "the idle TCP session drained, the busy QUIC one was cut: {report:?}"
+    );
+    drop((open, held, quic, tcp, quic_server, tcp_server));
+}
+
+/// A UDP relay in front of `upstream` that passes the client's first datagram (its
+/// Initial, with the ClientHello) and drops every later one, while passing everything
+/// the server sends: the server answers (its handshake flight reaches the client, whose
+/// side of the TLS handshake completes), but never hears the client's Finished, so the
+/// QUIC handshake never completes. Counts the server's datagrams that got through.
+struct AnswerThenStall {
+    socket: Arc<tokio::net::UdpSocket>,
+    answers: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerThenStall {
+    async fn start(socket: std::net::UdpSocket, upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        socket.set_nonblocking(true).unwrap();
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket).unwrap());
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        server.connect(upstream).await.unwrap();
+        let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (front, count) = (socket.clone(), answers.clone());
+        let task = tokio::spawn(async move {
+            let (mut from_client, mut from_server) = ([0u8; 2048], [0u8; 2048]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    received = front.recv_from(&mut from_client) => {
+                        let Ok((n, from)) = received else { return };
+                        if client.is_none() {
+                            client = Some(from);
+                            let _ = server.send(&from_client[..n]).await;
+                        }
+                    }
+                    received = server.recv(&mut from_server) => {
+                        let Ok(n) = received else { return };
+                        if let Some(client) = client {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let _ = front.send_to(&from_server[..n], client).await;
+                        }
+                    }
+                }
+            }
+        });
+        AnswerThenStall {
+            socket,
+            answers,
+            task,
+        }
+    }
+
+    fn answers(&self) -> usize {
+        self.answers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerThenStall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// QUIC is penalised only when the server never answered over UDP. Here the server
+/// answers QUIC (its handshake flight arrives) but the handshake cannot complete, and TCP
+/// wins the race. The QUIC attempt is not a broken path: the penalty the race applied is
+/// lifted as the answer is seen (without it, the loser would be dropped unanswered-as-far-
+/// as-anyone-knows after its grace, and QUIC skipped for 5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_attempt_the_server_answered_is_not_penalised_though_it_lost_and_stalled() {
+    use qymux_testsupport::fault::{FaultProxy, Transport};
+
+    let pki = pki();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap();
+    let upstream = listener.local_addr();
+    // The stalling UDP relay and a plain TCP relay on one port number.
+    let (relay, _tcp) = guard("a port free for UDP and TCP", async {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let at = udp.local_addr().unwrap();
+            if let Ok(tcp) = FaultProxy::bind(Transport::Tcp, at, upstream).await {
+                break (AnswerThenStall::start(udp, upstream).await, tcp);
+            }
+        }
+    })
+    .await;
+    let at = relay.socket.local_addr().unwrap();
+    let memory = Arc::new(TransportMemory::default());
+    let dialer = Dialer::new(at.to_string(), "localhost", pki.client.clone())
+        .attempt_delay(Duration::from_millis(10))
+        .memory(memory.clone());
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(session) = listener.accept().await {
+            held.push(session);
+        }
+    });
+
+    let agent = guard("dial", dialer.dial()).await.unwrap();
+    assert_eq!(agent.protocol(), Protocol::Tcp, "QUIC cannot complete here");
+    guard(
+        "QUIC allowed again: the server answered",
+        memory.quic_allowed(at),
+    )
+    .await;
+    assert!(
+        relay.answers() > 0,
+        "the server's handshake flight got through"
+    );
+    assert!(memory.quic_broken_until(at).is_none());
+    accepting.abort();
+}

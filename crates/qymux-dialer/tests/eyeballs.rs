@@ -219,3 +219,104 @@ async fn tcp_server_with_blackholed_udp(pki: &support::Pki) -> (Listener, Blackh
     })
     .await
 }
+
+/// A QUIC endpoint on a free loopback port that answers every attempt with
+/// `CONNECTION_REFUSED`, as a server over its handshake caps does.
+fn refusing_quic_endpoint(pki: &support::Pki) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use qymux_quic::quinn;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from((*pki.server).clone()).unwrap();
+    let refuser = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let at = refuser.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = refuser.accept().await {
+            incoming.refuse();
+        }
+    });
+    (at, task)
+}
+
+/// When every QUIC address fails, the dial says the most informative failure, not the
+/// last to come: a server that refused (on 127.0.0.1) over a silent address (127.0.0.3)
+/// whose connect timeout runs out later. With the last failure the error would be the
+/// timeout, although a server did answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_quic_addresses_failing_reports_the_refusal_not_the_later_timeout() {
+    let pki = pki();
+    let (refusing, task) = refusing_quic_endpoint(&pki);
+    let silent = Blackhole::bind_on("127.0.0.3");
+    let mut options = Options::default();
+    options.connect_timeout(Duration::from_secs(1));
+    let dialer = Dialer::new("two-addresses.invalid:1", "localhost", pki.client.clone())
+        .resolved_addrs([refusing, silent.addr()])
+        .mode(Mode::Quic)
+        .options(options);
+    let err = guard("QUIC dial", dialer.dial())
+        .await
+        .expect_err("no address can connect");
+    assert!(silent.received() > 0, "the silent address was tried");
+    match &err {
+        qymux_transport::Error::Connect { source, .. } => assert_eq!(
+            source.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{err:?}"
+        ),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    task.abort();
+}
+
+/// The same with a server whose certificate the agent does not trust (127.0.0.1) and a
+/// silent address (127.0.0.3) listed first: the certificate's rejection is the error,
+/// not the silent address's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_quic_addresses_failing_reports_the_untrusted_certificate_not_the_timeout() {
+    let pki = pki();
+    let stranger = pki_of("Some other CA");
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        stranger.server.clone(),
+        Options::default(),
+        Mode::Quic,
+    )
+    .await
+    .unwrap();
+    let silent = Blackhole::bind_on("127.0.0.3");
+    let mut options = Options::default();
+    options.connect_timeout(Duration::from_secs(1));
+    let dialer = Dialer::new("two-addresses.invalid:1", "localhost", pki.client.clone())
+        .resolved_addrs([silent.addr(), listener.local_addr()])
+        .mode(Mode::Quic)
+        .options(options);
+    let err = guard("QUIC dial", dialer.dial())
+        .await
+        .expect_err("no address can connect");
+    assert!(silent.received() > 0, "the silent address was tried");
+    assert!(
+        matches!(
+            err,
+            qymux_transport::Error::Handshake(
+                qymux_transport::HandshakeError::UntrustedCertificate(_)
+            )
+        ),
+        "expected the untrusted certificate, got {err:?}"
+    );
+}
+
+/// Certificates of a CA of their own (the agent of [`pki`] does not trust it).
+fn pki_of(name: &str) -> support::Pki {
+    use qymux_cert::CertificateAuthority;
+    use qymux_tls::{ClientTls, ServerTls};
+    let ca = CertificateAuthority::new(name).unwrap();
+    support::Pki {
+        server: ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+            .build()
+            .unwrap(),
+        client: ClientTls::with_ca(vec![ca.certificate().clone()])
+            .build()
+            .unwrap(),
+    }
+}

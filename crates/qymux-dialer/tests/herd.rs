@@ -4,9 +4,10 @@
 //! busy is an answer, not a broken path). Real sockets on loopback, default agent
 //! settings (Auto mode, default backoff and clean-close spread).
 //!
-//! `QYMUX_HERD_AGENTS` sets the number of agents (default 300). The figures (time to
-//! move, sessions per transport) are printed with `--nocapture` and recorded in
-//! docs/reliability.md; nothing here asserts a time.
+//! `QYMUX_HERD_AGENTS` sets the number of agents: 100 by default, so that the two tests
+//! fit the default suite on a 2-core machine; `QYMUX_HERD_AGENTS=300` is the long run of
+//! docs/reliability.md. The figures (time to move, sessions per transport) are printed
+//! with `--nocapture` and recorded there; nothing here asserts a time.
 
 mod support;
 
@@ -66,7 +67,6 @@ fn on(state: &ReconnectState, server: &str) -> Option<Protocol> {
 
 /// With the default clean-close spread (1 s): the redials are spread over a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails here: some agents stay on TCP to B, QUIC not penalised, for the whole guard (see docs/reliability.md#moving-a-fleet)"]
 async fn agents_moved_by_a_shutdown_onto_a_busy_server_all_end_on_quic_unpenalised() {
     herd(ReconnectConfig::default()).await;
 }
@@ -75,16 +75,22 @@ async fn agents_moved_by_a_shutdown_onto_a_busy_server_all_end_on_quic_unpenalis
 /// B's 16 slots turn QUIC attempts away (Retry, then CONNECTION_REFUSED) and agents fall
 /// back to TCP; QUIC is not penalised, so each moves to QUIC at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails here: some agents stay on TCP to B, QUIC not penalised, for the whole guard (see docs/reliability.md#moving-a-fleet)"]
 async fn a_herd_without_spread_onto_a_busy_server_all_end_on_quic_unpenalised() {
     herd(ReconnectConfig::default().clean_close_spread(Duration::ZERO)).await;
 }
 
 async fn herd(config: ReconnectConfig) {
+    // `RUST_LOG=qymux_dialer=debug` (say) traces the move, for a diagnosis.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let agents: usize = std::env::var("QYMUX_HERD_AGENTS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(100);
     let pki = pki();
     // A: room for everyone at once (all agents come from 127.0.0.1, one source).
     let mut a_options = Options::default();

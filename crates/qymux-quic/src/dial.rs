@@ -11,6 +11,7 @@ use quinn::{
 };
 use qymux_tls::Side;
 use qymux_transport::{Error, HandshakeError, Options, Result, TimeoutKind, eyeballs};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout_at};
 use tracing::debug;
 
@@ -50,7 +51,7 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
-    dial_on(None, addr, None, server_name, tls, options).await
+    dial_on(None, addr, None, server_name, tls, options, None).await
 }
 
 /// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
@@ -64,7 +65,34 @@ pub async fn dial_resolved(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
-    dial_on(None, addr, Some(addrs), server_name, tls, options).await
+    dial_on(None, addr, Some(addrs), server_name, tls, options, None).await
+}
+
+/// Like [`dial_resolved`], and sets `answered` to `true` as soon as a server has answered
+/// over UDP: its first handshake flight arrived (quinn's
+/// [`Connecting::handshake_data`] resolved), or it closed the attempt itself (a refusal,
+/// a TLS alert). A dial that fails with `answered` still `false` never heard from any
+/// server (silence, or a failure on this side): for a caller that tells a broken UDP path
+/// from a slow or busy server while the dial is still running, such as an Auto dialer
+/// whose QUIC attempt lost the race to TCP.
+pub async fn dial_resolved_noting_answer(
+    addr: &str,
+    addrs: Vec<SocketAddr>,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+    answered: &watch::Sender<bool>,
+) -> Result<Session> {
+    dial_on(
+        None,
+        addr,
+        Some(addrs),
+        server_name,
+        tls,
+        options,
+        Some(answered),
+    )
+    .await
 }
 
 /// Like [`dial`], on an endpoint the caller made and keeps, for instance to share one
@@ -80,7 +108,7 @@ pub async fn dial_with_endpoint(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
-    dial_on(Some(endpoint), addr, None, server_name, tls, options).await
+    dial_on(Some(endpoint), addr, None, server_name, tls, options, None).await
 }
 
 async fn dial_on(
@@ -90,6 +118,7 @@ async fn dial_on(
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
+    answered: Option<&watch::Sender<bool>>,
 ) -> Result<Session> {
     options.validate()?;
     let config = client_config(tls.clone(), options)?;
@@ -103,7 +132,16 @@ async fn dial_on(
                 after: options.connect_timeout,
             })??,
     };
-    let reached = reach(endpoint, candidates, addr, server_name, config, options).await?;
+    let reached = reach(
+        endpoint,
+        candidates,
+        addr,
+        server_name,
+        config,
+        options,
+        answered,
+    )
+    .await?;
     let Reached {
         endpoint,
         owns_endpoint,
@@ -197,7 +235,9 @@ struct Reached {
 /// with its own connect deadline, until one server answers. A refusal with a TLS alert
 /// is an answer that ends the dial; a QUIC `CONNECTION_REFUSED` (a busy server), local
 /// failures (no socket, unusable address) and an attempt's deadline move on to the
-/// next candidate at once.
+/// next candidate at once. When every candidate fails, the error is the most informative
+/// of theirs ([`informative`]: a refusal says more than silence), not merely the last to
+/// come.
 async fn reach(
     endpoint: Option<&Endpoint>,
     candidates: Vec<SocketAddr>,
@@ -205,28 +245,78 @@ async fn reach(
     server_name: &str,
     config: quinn::ClientConfig,
     options: &Options,
+    answered: Option<&watch::Sender<bool>>,
 ) -> Result<Reached> {
     let connect_timeout = options.connect_timeout;
     let bound = connect_timeout.min(options.idle_timeout);
+    // The most informative failure so far (a later one of equal rank replaces it).
+    let best: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let note = |e: &Error| {
+        let mut best = best.lock().unwrap_or_else(|p| p.into_inner());
+        if best
+            .as_ref()
+            .is_none_or(|b| informative(e) >= informative(b))
+        {
+            *best = Some(e.clone());
+        }
+    };
     let one = |candidate: SocketAddr| {
-        let (endpoint, config) = (endpoint.cloned(), config.clone());
+        let (endpoint, config, note) = (endpoint.cloned(), config.clone(), &note);
         async move {
-            let attempt = attempt(endpoint, candidate, addr, server_name, config, bound);
+            let attempt = attempt(
+                endpoint,
+                candidate,
+                addr,
+                server_name,
+                config,
+                bound,
+                answered,
+            );
             match tokio::time::timeout(connect_timeout, attempt).await {
-                Err(_) => Err(Error::Timeout {
-                    what: TimeoutKind::Connect,
-                    after: connect_timeout,
-                }),
-                // No answer from this address: the next one.
-                Ok(Err(e @ (Error::Connect { .. } | Error::Timeout { .. }))) => Err(e),
+                Err(_) => {
+                    let e = Error::Timeout {
+                        what: TimeoutKind::Connect,
+                        after: connect_timeout,
+                    };
+                    note(&e);
+                    Err(e)
+                }
+                // No answer from this address, or a refusal: the next one.
+                Ok(Err(e @ (Error::Connect { .. } | Error::Timeout { .. }))) => {
+                    note(&e);
+                    Err(e)
+                }
                 // Reached, or the server answered and said no: the race ends.
                 Ok(answered) => Ok(answered),
             }
         }
     };
-    let (answered, candidate) = eyeballs::race(candidates, eyeballs::ATTEMPT_DELAY, one).await?;
+    let raced = eyeballs::race(candidates, eyeballs::ATTEMPT_DELAY, one).await;
+    let (answered, candidate) = match raced {
+        Ok(reached) => reached,
+        Err(last) => {
+            let best = best.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(best.unwrap_or(last));
+        }
+    };
     debug!(%candidate, "QUIC dial: this address answered first");
     answered
+}
+
+/// How much a failed attempt tells about the target, for the error of a dial whose
+/// addresses all failed: a server that refused (QUIC `CONNECTION_REFUSED`: it is there,
+/// and busy) over a failure on this side (no route, no socket) over silence (the connect
+/// deadline ran out).
+fn informative(err: &Error) -> u8 {
+    match err {
+        Error::Timeout { .. } => 0,
+        Error::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused => {
+            2
+        }
+        Error::Connect { .. } => 1,
+        // Anything else is an answer from the server (these end the race anyway).
+        _ => 3,
+    }
 }
 
 async fn attempt(
@@ -236,6 +326,7 @@ async fn attempt(
     server_name: &str,
     config: quinn::ClientConfig,
     connect_timeout: Duration,
+    answered: Option<&watch::Sender<bool>>,
 ) -> Result<Reached> {
     let connect_error = |source: std::io::Error| Error::Connect {
         addr: addr.to_owned(),
@@ -265,7 +356,23 @@ async fn attempt(
             other => connect_error(std::io::Error::other(other)),
         })?;
     // Resolves once the server's first handshake flight was processed: it answered.
-    connecting.handshake_data().await.map_err(|e| match e {
+    let handshake_data = connecting.handshake_data().await;
+    let heard = match &handshake_data {
+        Ok(_) => true,
+        // Nothing came back, or this side gave up.
+        Err(
+            ConnectionError::TimedOut
+            | ConnectionError::LocallyClosed
+            | ConnectionError::CidsExhausted,
+        ) => false,
+        // A close, a refusal, a reset, a TLS alert: from the server, or (a certificate
+        // this side rejects) about what the server sent.
+        Err(_) => true,
+    };
+    if heard && let Some(answered) = answered {
+        answered.send_replace(true);
+    }
+    handshake_data.map_err(|e| match e {
         ConnectionError::ConnectionClosed(close)
             if close.error_code == TransportErrorCode::CONNECTION_REFUSED =>
         {

@@ -122,7 +122,7 @@ mod session;
 mod socket;
 mod stream;
 
-pub use dial::{dial, dial_resolved, dial_with_endpoint};
+pub use dial::{dial, dial_resolved, dial_resolved_noting_answer, dial_with_endpoint};
 pub use listener::Listener;
 pub use session::{Session, WeakSession};
 pub use stream::Stream;

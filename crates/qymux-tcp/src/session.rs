@@ -557,6 +557,21 @@ impl Session {
             .await;
     }
 
+    /// Closes the session as a dial that lost a race to another transport (an Auto
+    /// dialer's QUIC attempt won): as [`close`](Session::close), with the yamux GoAway
+    /// code [`GO_AWAY_SUPERSEDED`](crate::engine::frame::GO_AWAY_SUPERSEDED) instead of
+    /// a normal one, so that the server's session ends with
+    /// `CloseReason::Peer(Some("superseded"))` rather than like an agent that left. A Go
+    /// hashicorp yamux server ends the session on that code too (logging an unexpected
+    /// GoAway).
+    pub async fn close_superseded(&self) {
+        let shared = &self.handle.shared;
+        shared.with_conn(Connection::close_superseded);
+        shared.wake_driver();
+        let _ = tokio::time::timeout(shared.close_timeout * 2, poll_fn(|cx| shared.poll_done(cx)))
+            .await;
+    }
+
     /// Drains the session: a yamux GoAway tells the peer to open no more streams, streams
     /// it opens anyway are reset, streams already open carry on, and the session closes
     /// (as [`close`](Session::close)) once the last of them is dropped. Returns when it

@@ -28,8 +28,8 @@ use qymux_transport::{CloseReason, Error, Limit, TimeoutKind};
 
 use super::frame::{
     FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, GO_AWAY_INTERNAL_ERROR, GO_AWAY_NORMAL,
-    GO_AWAY_PROTOCOL_ERROR, HEADER_LEN, Header, TYPE_DATA, TYPE_GO_AWAY, TYPE_PING,
-    TYPE_WINDOW_UPDATE,
+    GO_AWAY_PROTOCOL_ERROR, GO_AWAY_SUPERSEDED, HEADER_LEN, Header, SUPERSEDED, TYPE_DATA,
+    TYPE_GO_AWAY, TYPE_PING, TYPE_WINDOW_UPDATE,
 };
 use super::recv::{Lent, RecvBuf};
 
@@ -577,6 +577,8 @@ impl Connection {
             GO_AWAY_INTERNAL_ERROR => self.end(CloseReason::Failed(Error::Protocol(
                 "the peer failed internally (yamux GoAway 2)".into(),
             ))),
+            // A dialer's attempt that lost its race: a clean close, with its reason.
+            GO_AWAY_SUPERSEDED => self.end(CloseReason::Peer(Some(SUPERSEDED.into()))),
             other => self.end(CloseReason::Failed(Error::Protocol(format!(
                 "the peer went away with unknown error code {other} (yamux GoAway)"
             )))),
@@ -1033,6 +1035,20 @@ impl Connection {
         if !self.go_away_sent {
             self.go_away_sent = true;
             self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL));
+        }
+        self.end(CloseReason::Local);
+    }
+
+    /// Closes the connection as an attempt that lost a race to another transport:
+    /// GoAway([`GO_AWAY_SUPERSEDED`]) instead of GoAway(normal), so that the peer can
+    /// tell it from a departure; otherwise as [`close`](Self::close).
+    pub fn close_superseded(&mut self) {
+        if self.ended.is_some() {
+            return;
+        }
+        if !self.go_away_sent {
+            self.go_away_sent = true;
+            self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_SUPERSEDED));
         }
         self.end(CloseReason::Local);
     }

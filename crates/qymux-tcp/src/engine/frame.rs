@@ -34,6 +34,17 @@ pub const GO_AWAY_NORMAL: u32 = 0;
 pub const GO_AWAY_PROTOCOL_ERROR: u32 = 1;
 /// GO_AWAY: the sender failed internally.
 pub const GO_AWAY_INTERNAL_ERROR: u32 = 2;
+/// GO_AWAY, Qymux's own code: the sender dialed this session in a race against another
+/// transport, the other won, and this one is closed at once ("superseded"), so the
+/// server can tell it from an agent that leaves. hashicorp's yamux ends the session on a
+/// code it does not know (logging "received unexpected go away"), which is what the
+/// sender does next anyway.
+pub const GO_AWAY_SUPERSEDED: u32 = 0x7179_0001;
+
+/// The close reason a session closed with [`GO_AWAY_SUPERSEDED`] reports
+/// (`CloseReason::Peer(Some(SUPERSEDED))`), the same as a QUIC connection closed with
+/// that reason.
+pub const SUPERSEDED: &str = "superseded";
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
