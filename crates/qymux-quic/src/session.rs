@@ -270,15 +270,15 @@ impl Shared {
         if self.connection.close_reason().is_some() {
             return false;
         }
+        // Streams that reached this side before the drain carry on: take them from quinn
+        // now, before the intake task (and `accept`) refuse whatever comes next.
+        self.take_arrived_into(&mut drain);
         drain.started = true;
         self.draining.store(true, Ordering::SeqCst);
         // MAX_STREAMS never shrinks in QUIC: what the peer was granted stays usable, and
         // the intake task refuses those streams. No grant follows any more.
         self.connection
             .set_max_concurrent_bi_streams(VarInt::from_u32(0));
-        // Streams that reached this side before the drain carry on: take them from quinn
-        // now, before the intake task refuses whatever comes next.
-        self.take_arrived_into(&mut drain);
         let (alive, gone) = oneshot::channel();
         drain.alive = Some(alive);
         drop(drain);
@@ -299,8 +299,8 @@ impl Shared {
     }
 
     /// Queues for `accept` the streams quinn holds already (those that arrived but that
-    /// the intake task did not take yet), or refuses those beyond `max_streams`. Returns
-    /// whether any was queued.
+    /// the intake task did not take yet), or refuses those beyond `max_streams`, and all
+    /// of them once a drain began. Returns whether any was queued.
     fn take_arrived(&self) -> bool {
         let mut drain = lock(&self.drain);
         self.take_arrived_into(&mut drain)
@@ -314,7 +314,14 @@ impl Shared {
             let Poll::Ready(Ok((send, recv))) = accepting.as_mut().poll(&mut cx) else {
                 return queued;
             };
-            if self.try_reserve_stream() {
+            // A stream still in quinn's queue once a drain began arrived after it began
+            // (`start_drain` took the earlier ones): refused like those the intake task
+            // sees. Handing it out would let the application act on a request after the
+            // drain closed the session, when no answer can reach the peer any more.
+            if drain.started {
+                debug!(id = %send.id(), "draining: refusing a stream the peer opened");
+                refuse(send, recv);
+            } else if self.try_reserve_stream() {
                 drain.waiting.push_back((send, recv));
                 queued = true;
             } else {
