@@ -176,13 +176,13 @@ impl Dialer {
         let addrs: Vec<SocketAddr> = match &self.addrs {
             Some(addrs) => addrs.to_vec(),
             None => tokio::time::timeout(
-                self.options.connect_timeout,
+                self.options.connect_timeout_value(),
                 tokio::net::lookup_host(&self.addr),
             )
             .await
             .map_err(|_| Error::Timeout {
                 what: TimeoutKind::Connect,
-                after: self.options.connect_timeout,
+                after: self.options.connect_timeout_value(),
             })?
             .map_err(connect_error)?
             .collect(),
@@ -211,8 +211,7 @@ impl Dialer {
                  (use Mode::Tcp or Mode::Auto, or Proxy::allow_direct_quic to dial QUIC directly)",
                 self.addr,
                 self.options
-                    .proxy
-                    .as_ref()
+                    .proxy_value()
                     .map_or(String::new(), ToString::to_string),
             ))),
             Mode::Quic => {
@@ -245,7 +244,7 @@ impl Dialer {
     /// (everything then goes through the proxy, which carries TCP only), unless the
     /// proxy allows QUIC to go straight to the server.
     pub(crate) fn quic_allowed(&self) -> bool {
-        match &self.options.proxy {
+        match self.options.proxy_value() {
             Some(proxy) if proxy.applies_to(&self.addr) => proxy.allows_direct_quic(),
             _ => true,
         }
@@ -291,8 +290,8 @@ impl Dialer {
         );
         async move {
             match addrs {
-                Some(addrs) => qymux_tcp::dial_resolved(&addr, addrs, &name, tls, &options).await,
-                None => qymux_tcp::dial(&addr, &name, tls, &options).await,
+                Some(addrs) => qymux_tcp::dial_resolved(&addr, addrs, &name, tls, options).await,
+                None => qymux_tcp::dial(&addr, &name, tls, options).await,
             }
             .map(Concrete::Tcp)
         }
@@ -312,7 +311,7 @@ impl Dialer {
         );
         async move {
             let started = Instant::now();
-            let session = qymux_quic::dial_resolved(&addr, addrs, &name, tls, &options).await?;
+            let session = qymux_quic::dial_resolved(&addr, addrs, &name, tls, options).await?;
             Ok((session, started.elapsed()))
         }
     }
@@ -549,7 +548,7 @@ mod tests {
                 vec![at],
                 "localhost",
                 client_tls.clone(),
-                &options,
+                options.clone(),
             )
             .await
             .unwrap();
@@ -558,7 +557,7 @@ mod tests {
                 vec![at],
                 "localhost",
                 client_tls.clone(),
-                &options,
+                options.clone(),
             )
             .await
             .unwrap();

@@ -350,7 +350,7 @@ async fn a_dead_quic_side_leaves_tcp_served() {
 
     let dial = tokio::spawn({
         let (addr, tls) = (addr.clone(), pki.client.clone());
-        async move { qymux_tcp::dial(&addr, "localhost", tls, &Options::default()).await }
+        async move { qymux_tcp::dial(&addr, "localhost", tls, Options::default()).await }
     });
     let server = guard("accept over TCP", listener.accept())
         .await

@@ -48,9 +48,9 @@ pub async fn dial(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(None, addr, None, server_name, tls, options).await
+    dial_on(None, addr, None, server_name, tls, &options).await
 }
 
 /// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
@@ -62,9 +62,9 @@ pub async fn dial_resolved(
     addrs: Vec<SocketAddr>,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(None, addr, Some(addrs), server_name, tls, options).await
+    dial_on(None, addr, Some(addrs), server_name, tls, &options).await
 }
 
 /// Like [`dial`], on an endpoint the caller made and keeps, for instance to share one
@@ -78,9 +78,9 @@ pub async fn dial_with_endpoint(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(Some(endpoint), addr, None, server_name, tls, options).await
+    dial_on(Some(endpoint), addr, None, server_name, tls, &options).await
 }
 
 async fn dial_on(
@@ -96,11 +96,11 @@ async fn dial_on(
     let candidates = match resolved {
         Some(addrs) if addrs.is_empty() => return Err(nothing_resolved(addr)),
         Some(addrs) => addrs,
-        None => tokio::time::timeout(options.connect_timeout, resolve(addr))
+        None => tokio::time::timeout(options.connect_timeout_value(), resolve(addr))
             .await
             .map_err(|_| Error::Timeout {
                 what: TimeoutKind::Connect,
-                after: options.connect_timeout,
+                after: options.connect_timeout_value(),
             })??,
     };
     let reached = reach(endpoint, candidates, addr, server_name, config, options).await?;
@@ -110,13 +110,13 @@ async fn dial_on(
         connecting,
     } = reached;
 
-    let handshake_deadline = Instant::now() + options.handshake_timeout;
+    let handshake_deadline = Instant::now() + options.handshake_timeout_value();
     let handshake_timeout = || Error::Timeout {
         what: TimeoutKind::Handshake,
-        after: options.handshake_timeout,
+        after: options.handshake_timeout_value(),
     };
     let failed =
-        |e: ConnectionError| handshake_failure(&e, Side::Client, options.handshake_timeout);
+        |e: ConnectionError| handshake_failure(&e, Side::Client, options.handshake_timeout_value());
     let connection = timeout_at(handshake_deadline, connecting)
         .await
         .map_err(|_| handshake_timeout())?
@@ -206,8 +206,8 @@ async fn reach(
     config: quinn::ClientConfig,
     options: &Options,
 ) -> Result<Reached> {
-    let connect_timeout = options.connect_timeout;
-    let bound = connect_timeout.min(options.idle_timeout);
+    let connect_timeout = options.connect_timeout_value();
+    let bound = connect_timeout.min(options.idle_timeout_value());
     let one = |candidate: SocketAddr| {
         let (endpoint, config) = (endpoint.cloned(), config.clone());
         async move {
