@@ -16,7 +16,7 @@ use qymux::cert::CertificateAuthority;
 use qymux::http::SessionInfo;
 use qymux::http::axum::SessionListener;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{Config, Mode, Qymux, Session};
+use qymux::{ClientConfig, Mode, Qymux, ServerConfig, Session};
 
 /// Who is calling: the session's peer, as the agent sees it.
 async fn hello(ConnectInfo(caller): ConnectInfo<SessionInfo>) -> String {
@@ -31,18 +31,17 @@ async fn item(Path(id): Path<u32>) -> String {
 async fn main() -> anyhow::Result<()> {
     let ca = CertificateAuthority::new("Qymux axum example CA")?;
     let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?);
-    let server = Qymux::new(Config::new().server_tls(server_tls));
-    let sessions = server.listen("127.0.0.1:0").await?; // QUIC and TCP on one port
+    let server = ServerConfig::new(server_tls);
+    let sessions = Qymux::listen("127.0.0.1:0", server).await?; // QUIC and TCP on one port
     let addr = sessions.local_addr();
 
     for mode in [Mode::Quic, Mode::Tcp] {
-        let agent = Qymux::new(
-            Config::new()
-                .mode(mode)
-                .server_addr(addr.to_string())
-                .server_name("localhost")
-                .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
-        );
+        let mut config = ClientConfig::new(addr.to_string());
+        config
+            .mode(mode)
+            .server_name("localhost")
+            .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()]));
+        let agent = Qymux::new(config);
         let (agent_session, server_session) = tokio::try_join!(agent.dial(), sessions.accept())?;
 
         // The agent: an axum app on its session (no local port), until the session ends.

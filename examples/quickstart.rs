@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{BoxSession, Config, Mode, Qymux, Session};
+use qymux::{BoxSession, ClientConfig, Mode, Qymux, ServerConfig, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Echoes every stream the peer opens on `session`.
@@ -43,8 +43,8 @@ async fn main() -> anyhow::Result<()> {
     let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]);
 
     // --- 1. A server in Auto mode: QUIC and TCP on the same port.
-    let server = Qymux::new(Config::new().server_tls(server_tls.clone()));
-    let listener = server.listen("127.0.0.1:0").await?;
+    let server = ServerConfig::new(server_tls.clone());
+    let listener = Qymux::listen("127.0.0.1:0", server).await?;
     let addr = listener.local_addr();
     println!("server: listening on {addr} (QUIC/UDP and TLS+yamux/TCP)");
     tokio::spawn(async move {
@@ -65,12 +65,11 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let agent = Qymux::new(
-        Config::new()
-            .server_addr(addr.to_string())
-            .server_name("localhost")
-            .client_tls(client_tls.clone()),
-    );
+    let mut config = ClientConfig::new(addr.to_string());
+    config
+        .server_name("localhost")
+        .client_tls(client_tls.clone());
+    let agent = Qymux::new(config);
     let started = Instant::now();
     let session = agent.dial().await?;
     println!(
@@ -88,8 +87,9 @@ async fn main() -> anyhow::Result<()> {
     session.close().await;
 
     // --- 2. The fallback: a server whose UDP port is blackholed.
-    let tcp_only = Qymux::new(Config::new().mode(Mode::Tcp).server_tls(server_tls));
-    let listener = tcp_only.listen("127.0.0.1:0").await?;
+    let mut tcp_only = ServerConfig::new(server_tls);
+    tcp_only.mode(Mode::Tcp);
+    let listener = Qymux::listen("127.0.0.1:0", tcp_only).await?;
     let addr = listener.local_addr();
     let _blackhole = std::net::UdpSocket::bind(addr)?; // receives, never answers
     tokio::spawn(async move {
@@ -100,25 +100,21 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("\nblackholed UDP on {addr}: QUIC packets go nowhere, TCP works");
 
-    let plain_tcp = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_addr(addr.to_string())
-            .server_name("localhost")
-            .client_tls(client_tls.clone()),
-    );
+    let mut config = ClientConfig::new(addr.to_string());
+    config
+        .mode(Mode::Tcp)
+        .server_name("localhost")
+        .client_tls(client_tls.clone());
+    let plain_tcp = Qymux::new(config);
     let started = Instant::now();
     let s = plain_tcp.dial().await?;
     let tcp_ms = ms(started.elapsed());
     println!("plain TCP dial:                  {tcp_ms:7.1} ms");
     s.close().await;
 
-    let auto = Qymux::new(
-        Config::new()
-            .server_addr(addr.to_string())
-            .server_name("localhost")
-            .client_tls(client_tls),
-    );
+    let mut config = ClientConfig::new(addr.to_string());
+    config.server_name("localhost").client_tls(client_tls);
+    let auto = Qymux::new(config);
     for label in [
         "Auto, first dial (fallback):",
         "Auto, QUIC failure remembered:",

@@ -7,9 +7,8 @@
 //! cargo run --example reverse_grpc
 //! ```
 
-use std::pin::Pin;
-
-use futures::{Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use qymux_cert::CertificateAuthority;
 use qymux_dialer::{Dialer, Listener};
 use qymux_grpc::SessionInfo;
@@ -23,70 +22,71 @@ use tonic::{Request, Response, Status, Streaming};
 /// The service the agent runs.
 struct AgentEcho;
 
-type Replies = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+type Replies = BoxStream<'static, Result<EchoReply, Status>>;
 
 #[tonic::async_trait]
 impl Echo for AgentEcho {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let caller = request
-            .extensions()
-            .get::<SessionInfo>()
-            .map(|info| format!("{} over {}", info.remote_addr, info.protocol))
-            .unwrap_or_default();
+        let info = request.extensions().get::<SessionInfo>();
+        let caller = info.map_or(String::new(), |i| {
+            format!("{} over {}", i.remote_addr, i.protocol)
+        });
         let message = format!("agent got {:?} from {caller}", request.get_ref().message);
-        Ok(Response::new(EchoReply {
-            message,
-            ..Default::default()
-        }))
+        Ok(Response::new(reply(message, 0)))
     }
 
     type ServerStreamStream = Replies;
-
     async fn server_stream(
         &self,
         request: Request<StreamRequest>,
     ) -> Result<Response<Replies>, Status> {
         let StreamRequest { message, count } = request.into_inner();
-        let replies = futures::stream::iter(0..u64::from(count)).map(move |sequence| {
-            Ok(EchoReply {
-                message: format!("{message} #{sequence}"),
-                payload: Vec::new(),
-                sequence,
-            })
-        });
-        Ok(Response::new(Box::pin(replies)))
+        let replies = futures::stream::iter(0..u64::from(count))
+            .map(move |sequence| Ok(reply(format!("{message} #{sequence}"), sequence)));
+        Ok(Response::new(replies.boxed()))
     }
 
     async fn client_stream(
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoReply>, Status> {
-        let mut requests = request.into_inner();
-        let mut count = 0;
-        while requests.message().await?.is_some() {
-            count += 1;
-        }
-        Ok(Response::new(EchoReply {
-            message: format!("agent counted {count} requests"),
-            payload: Vec::new(),
-            sequence: count,
-        }))
+        let requests = request.into_inner();
+        let count = requests
+            .try_fold(0, |n, _| async move { Ok(n + 1) })
+            .await?;
+        let message = format!("agent counted {count} requests");
+        Ok(Response::new(reply(message, count)))
     }
 
     type BidiStream = Replies;
-
     async fn bidi(
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<Replies>, Status> {
-        let replies = request.into_inner().map(|request| {
-            request.map(|request| EchoReply {
-                message: request.message.to_uppercase(),
-                ..Default::default()
-            })
-        });
-        Ok(Response::new(Box::pin(replies)))
+        let replies = (request.into_inner())
+            .map(|request| request.map(|request| reply(request.message.to_uppercase(), 0)));
+        Ok(Response::new(replies.boxed()))
     }
+}
+
+fn reply(message: String, sequence: u64) -> EchoReply {
+    EchoReply {
+        message,
+        payload: Vec::new(),
+        sequence,
+    }
+}
+
+fn request(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        payload: Vec::new(),
+    }
+}
+
+/// Requests carrying `messages`, one after the other.
+fn requests<const N: usize>(messages: [&str; N]) -> impl Stream<Item = EchoRequest> + use<N> {
+    futures::stream::iter(messages.map(request))
 }
 
 #[tokio::main]
@@ -103,63 +103,41 @@ async fn main() -> anyhow::Result<()> {
 
     // The agent: dials out once, then serves gRPC on its session until the session ends.
     let agent = tokio::spawn(async move {
-        let session = Dialer::new(addr.to_string(), "localhost", client_tls)
-            .dial()
-            .await?;
-        println!(
-            "agent:  connected over {}, serving Echo",
-            session.protocol()
-        );
+        let dialer = Dialer::new(addr.to_string(), "localhost", client_tls);
+        let session = dialer.dial().await?;
+        let protocol = session.protocol();
+        println!("agent:  connected over {protocol}, serving Echo");
         let stopped = qymux_grpc::serve(session, EchoServer::new(AgentEcho)).await;
-        match stopped {
-            Err(qymux_grpc::ServeError::SessionClosed(reason)) => {
-                println!("agent:  serving stopped, the session ended ({reason})");
-            }
-            other => anyhow::bail!("unexpected end of serving: {other:?}"),
-        }
+        let Err(qymux_grpc::ServeError::SessionClosed(reason)) = &stopped else {
+            anyhow::bail!("unexpected end of serving: {stopped:?}");
+        };
+        println!("agent:  serving stopped, the session ended ({reason})");
         anyhow::Ok(())
     });
 
     // The server: accepts the agent's session and calls the agent through it.
     let session = listener.accept().await?;
-    println!(
-        "server: agent {} connected over {}",
-        session.remote_addr(),
-        session.protocol()
-    );
+    let (remote, protocol) = (session.remote_addr(), session.protocol());
+    println!("server: agent {remote} connected over {protocol}");
     let mut echo = EchoClient::new(qymux_grpc::channel(session.clone()));
 
-    let reply = echo
-        .unary(EchoRequest {
-            message: "hello, agent".into(),
-            payload: Vec::new(),
-        })
-        .await?;
+    let reply = echo.unary(request("hello, agent")).await?;
     println!("server: unary         -> {}", reply.get_ref().message);
 
-    let mut replies = echo
-        .server_stream(StreamRequest {
-            message: "tick".into(),
-            count: 3,
-        })
-        .await?
-        .into_inner();
+    let ticks = StreamRequest {
+        message: "tick".into(),
+        count: 3,
+    };
+    let mut replies = echo.server_stream(ticks).await?.into_inner();
     while let Some(reply) = replies.message().await? {
         println!("server: server stream -> {}", reply.message);
     }
 
-    let requests = futures::stream::iter(["a", "b", "c", "d"].map(|m| EchoRequest {
-        message: m.into(),
-        payload: Vec::new(),
-    }));
-    let reply = echo.client_stream(requests).await?;
+    let reply = echo.client_stream(requests(["a", "b", "c", "d"])).await?;
     println!("server: client stream -> {}", reply.get_ref().message);
 
-    let requests = futures::stream::iter(["one", "two", "three"].map(|m| EchoRequest {
-        message: m.into(),
-        payload: Vec::new(),
-    }));
-    let mut replies = echo.bidi(requests).await?.into_inner();
+    let replies = echo.bidi(requests(["one", "two", "three"])).await?;
+    let mut replies = replies.into_inner();
     while let Some(reply) = replies.message().await? {
         println!("server: bidi          -> {}", reply.message);
     }

@@ -11,20 +11,19 @@
 //! cargo run --example reverse_http
 //! ```
 
-use std::convert::Infallible;
-use std::error::Error;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::{convert::Infallible, error::Error, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use qymux_cert::CertificateAuthority;
-use qymux_tls::{ClientTls, ServerTls};
-use qymux_transport::{BoxSession, Options, Session};
+use qymux::cert::CertificateAuthority;
+use qymux::tls::{ClientTls, ServerTls};
+use qymux::{BoxSession, ClientConfig, Mode, Qymux, ServerConfig, Session};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -34,65 +33,39 @@ async fn main() -> Result<(), BoxError> {
     let service = local_service().await?;
     println!("agent: local HTTP service on http://{service}");
 
-    for quic in [false, true] {
-        let (agent, server) = session(quic).await?;
-        println!(
-            "\n== session over {} (agent {} -> server {})",
-            server.protocol(),
-            agent.local_addr(),
-            agent.remote_addr()
-        );
+    for mode in [Mode::Tcp, Mode::Quic] {
+        let (agent, server) = session(mode).await?;
+        let (local, remote, protocol) =
+            (agent.local_addr(), agent.remote_addr(), server.protocol());
+        println!("\n== session over {protocol} (agent {local} -> server {remote})");
 
         // The agent: every stream the server opens is proxied to the local service.
-        let proxy = qymux_http::serve_proxy(
-            agent,
-            format!("http://{service}").parse()?,
-            Default::default(),
-        )
-        .await?;
+        let target = format!("http://{service}").parse()?;
+        let proxy = qymux_http::serve_proxy(agent, target, Default::default()).await?;
         println!("agent: serving {} on the session", proxy.target());
 
         // The server: an HTTP client whose connections are streams on the session.
         let client = qymux_http::client::<_, Body>(server.clone());
-
         let response = client.request(get("http://agent.internal/hello")?).await?;
-        println!(
-            "server: GET /hello -> {} {:?}",
-            response.status(),
-            text(response.into_body()).await?
-        );
+        println!("server: GET /hello -> {}", answer(response).await?);
 
         let response = client.request(get("http://agent.internal/events")?).await?;
         println!("server: GET /events -> {}", response.status());
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                print!("server:   event {}", String::from_utf8_lossy(&data));
-            }
+        let mut events = response.into_body().into_data_stream();
+        while let Some(event) = events.try_next().await? {
+            print!("server:   event {}", String::from_utf8_lossy(&event));
         }
 
-        let upload = Bytes::from(vec![7u8; 8 * 1024 * 1024]);
-        let request = Request::post("http://agent.internal/upload").body(
-            Full::new(upload)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )?;
-        let response = client.request(request).await?;
-        println!(
-            "server: POST /upload (8 MiB) -> {} {:?}",
-            response.status(),
-            text(response.into_body()).await?
-        );
+        let upload = full(vec![7u8; 8 * 1024 * 1024]);
+        let request = Request::post("http://agent.internal/upload").body(upload)?;
+        let uploaded = answer(client.request(request).await?).await?;
+        println!("server: POST /upload (8 MiB) -> {uploaded}");
 
         // HTTP/2 with prior knowledge: all requests share one stream.
         let h2 = qymux_http::http2_client::<_, Body>(server.clone());
         let response = h2.request(get("http://agent.internal/hello")?).await?;
-        println!(
-            "server: GET /hello over {:?} -> {} {:?}",
-            response.version(),
-            response.status(),
-            text(response.into_body()).await?
-        );
+        let (version, hello) = (response.version(), answer(response).await?);
+        println!("server: GET /hello over {version:?} -> {hello}");
 
         proxy.shutdown();
         println!("agent: proxy {}", proxy.stopped().await);
@@ -105,37 +78,29 @@ fn get(uri: &str) -> Result<Request<Body>, http::Error> {
     Request::get(uri).body(Empty::new().map_err(|never| match never {}).boxed_unsync())
 }
 
-async fn text(body: Incoming) -> Result<String, BoxError> {
-    Ok(String::from_utf8(
-        body.collect().await?.to_bytes().to_vec(),
-    )?)
+fn full(data: impl Into<Bytes>) -> Body {
+    UnsyncBoxBody::new(Full::new(data.into()).map_err(|never| match never {}))
 }
 
-/// A server and an agent connected over loopback; returns `(agent, server)`.
-async fn session(quic: bool) -> Result<(BoxSession, BoxSession), BoxError> {
+/// The status and the body, as text.
+async fn answer(response: Response<Incoming>) -> Result<String, BoxError> {
+    let (status, body) = (response.status(), response.into_body().collect().await?);
+    let body = body.to_bytes();
+    Ok(format!("{status} {:?}", String::from_utf8(body.to_vec())?))
+}
+
+/// A server and an agent connected over loopback in `mode`; returns `(agent, server)`.
+async fn session(mode: Mode) -> Result<(BoxSession, BoxSession), BoxError> {
     let ca = CertificateAuthority::new("Example CA")?;
-    let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?).build()?;
-    let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]).build()?;
-    let options = Options::default();
-    if quic {
-        let listener =
-            qymux_quic::Listener::bind("127.0.0.1:0", server_tls, options.clone()).await?;
-        let addr = listener.local_addr().to_string();
-        let (agent, server) = tokio::join!(
-            qymux_quic::dial(&addr, "localhost", client_tls, &options),
-            listener.accept()
-        );
-        Ok((BoxSession::new(agent?), BoxSession::new(server?)))
-    } else {
-        let listener =
-            qymux_tcp::Listener::bind("127.0.0.1:0", server_tls, options.clone()).await?;
-        let addr = listener.local_addr().to_string();
-        let (agent, server) = tokio::join!(
-            qymux_tcp::dial(&addr, "localhost", client_tls, &options),
-            listener.accept()
-        );
-        Ok((BoxSession::new(agent?), BoxSession::new(server?)))
-    }
+    let mut server = ServerConfig::new(ServerTls::new(ca.issue_server(&["localhost"])?));
+    server.mode(mode);
+    let listener = Qymux::listen("127.0.0.1:0", server).await?;
+    let mut agent = ClientConfig::new(listener.local_addr().to_string());
+    let trust = ClientTls::with_ca(vec![ca.certificate().clone()]);
+    agent.mode(mode).server_name("localhost").client_tls(trust);
+    let agent = Qymux::new(agent);
+    let (agent, server) = tokio::join!(agent.dial(), listener.accept());
+    Ok((agent?, server?))
 }
 
 /// The agent's local service.
@@ -144,67 +109,40 @@ async fn local_service() -> Result<SocketAddr, BoxError> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(handle);
-            tokio::spawn(
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .into_owned(),
-            );
+            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(handle));
+            tokio::spawn(conn.into_owned());
         }
     });
     Ok(addr)
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let body: Body = match req.uri().path() {
+    let body = match req.uri().path() {
         "/hello" => {
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("?")
-                .to_owned();
+            let host = req.headers().get(http::header::HOST);
+            let host = host.and_then(|h| h.to_str().ok()).unwrap_or("?");
             full(format!("hello, {host} (asked over {:?})", req.version()))
         }
+        // Three events, 100 ms apart: they reach the server as they happen.
         "/events" => {
-            // Three events, 100 ms apart: they reach the server as they happen.
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-            tokio::spawn(async move {
-                for i in 1..=3 {
-                    let line = format!("{i} of 3\n");
-                    if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
-                        return;
-                    }
+            let events = futures::stream::iter(1..=3).then(|i| async move {
+                if i > 1 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                Ok::<_, BoxError>(Frame::data(Bytes::from(format!("{i} of 3\n"))))
             });
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            StreamBody::new(stream).boxed_unsync()
+            StreamBody::new(events).boxed_unsync()
         }
-        "/upload" => {
-            let mut body = req.into_body();
-            let mut received = 0usize;
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(frame) => received += frame.data_ref().map_or(0, Bytes::len),
-                    Err(err) => return Ok(Response::new(full(format!("upload failed: {err}")))),
-                }
-            }
-            full(format!("received {received} bytes"))
-        }
+        "/upload" => match req.into_body().collect().await {
+            Ok(body) => full(format!("received {} bytes", body.to_bytes().len())),
+            Err(err) => full(format!("upload failed: {err}")),
+        },
         _ => {
-            let mut response = Response::new(full("not found".to_owned()));
+            let mut response = Response::new(full("not found"));
             *response.status_mut() = http::StatusCode::NOT_FOUND;
             return Ok(response);
         }
     };
     Ok(Response::new(body))
-}
-
-fn full(text: String) -> Body {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

@@ -11,7 +11,9 @@
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{BoxSession, Config, Qymux, ReconnectConfig, ReconnectState, Session};
+use qymux::{
+    BoxSession, ClientConfig, Qymux, ReconnectConfig, ReconnectState, ServerConfig, Session,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The agent's service: answers every stream the server opens, upper-cased.
@@ -35,18 +37,15 @@ async fn main() -> anyhow::Result<()> {
     let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]);
 
     // The server: one listener for QUIC and TCP.
-    let server = Qymux::new(Config::new().server_tls(server_tls));
-    let listener = server.listen("127.0.0.1:0").await?;
+    let server = ServerConfig::new(server_tls);
+    let listener = Qymux::listen("127.0.0.1:0", server).await?;
     let addr = listener.local_addr();
     println!("server: listening on {addr} ({:?})", listener.protocols());
 
     // The agent: keeps a session up and serves each one.
-    let agent = Qymux::new(
-        Config::new()
-            .server_addr(addr.to_string())
-            .server_name("localhost")
-            .client_tls(client_tls),
-    );
+    let mut config = ClientConfig::new(addr.to_string());
+    config.server_name("localhost").client_tls(client_tls);
+    let agent = Qymux::new(config);
     let reconnecting = agent.connect_forever(ReconnectConfig::default(), serve)?;
     let mut state = reconnecting.state();
     let connected = state.wait_for(ReconnectState::is_connected).await?.clone();

@@ -99,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let started = Instant::now();
-    let agent = dial(&addr, "localhost", client_tls, &Options::default()).await?;
+    let agent = dial(&addr, "localhost", client_tls, Options::default()).await?;
     println!("agent: session up in {:?}", started.elapsed());
     tokio::spawn(echo(agent.clone()));
 

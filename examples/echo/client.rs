@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use qymux::tls::ClientTls;
-use qymux::{Config, Qymux, Session};
+use qymux::{ClientConfig, Qymux, Session};
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
@@ -36,14 +36,12 @@ pub(crate) async fn client(args: ClientArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?,
         None => tls,
     };
-    let mut config = Config::new()
-        .mode(args.mode)
-        .server_addr(args.connect.clone())
-        .client_tls(tls);
+    let mut config = ClientConfig::new(args.connect.clone());
+    config.mode(args.mode).client_tls(tls);
     if let Some(name) = &args.server_name {
-        config = config.server_name(name.clone());
+        config.server_name(name.clone());
     }
-    let server_name = config.server_name_or_host().unwrap_or_default().to_owned();
+    let server_name = config.server_name_or_host().to_owned();
     let qymux = Qymux::new(config);
 
     let started = Instant::now();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use qymux::tls::ServerTls;
-use qymux::{BoxSession, Config, Qymux, Session};
+use qymux::{BoxSession, Qymux, ServerConfig, Session};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -38,9 +38,9 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("loading the client CA {}", ca.display()))?;
     }
     let fingerprint = tls.identity().fingerprint();
-    let qymux = Qymux::new(Config::new().mode(args.mode).server_tls(tls));
-    let listener = qymux
-        .listen(&args.listen)
+    let mut config = ServerConfig::new(tls);
+    config.mode(args.mode);
+    let listener = Qymux::listen(&args.listen, config)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
 

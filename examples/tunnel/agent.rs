@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use qymux::tls::ClientTls;
-use qymux::{Config, Qymux};
+use qymux::{ClientConfig, Qymux};
 use qymux_forward::tunnel::{AgentConfig, AgentEvent, run_agent};
 
 use crate::cli::{AgentArgs, Verify};
@@ -20,14 +20,14 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
             .client_identity_files(cert, key)
             .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
     }
-    let mut config = Config::new()
+    let mut config = ClientConfig::new(args.connect.clone());
+    config
         .mode(args.mode)
-        .server_addr(args.connect.clone())
         .client_tls(tls)
         .keep_alive(KEEP_ALIVE)
         .idle_timeout(IDLE_TIMEOUT);
     if let Some(name) = &args.server_name {
-        config = config.server_name(name.clone());
+        config.server_name(name.clone());
     }
     let qymux = Qymux::new(config);
     println!(
@@ -36,7 +36,7 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<u8> {
     );
 
     let mut config = AgentConfig::new(args.forward);
-    config.forward = forward_config(args.max_connections);
+    config.forward(forward_config(args.max_connections));
     let agent = run_agent(qymux.dialers()?, config);
     let mut events = agent.subscribe();
     let handle = agent.handle();

@@ -1,8 +1,8 @@
 //! `tunnel server`: agents connect on `--listen`, TCP clients on `--public`.
 
 use anyhow::Context as _;
+use qymux::Qymux;
 use qymux::tls::ServerTls;
-use qymux::{Config, Qymux};
 use qymux_forward::tunnel::{ServerConfig, run_server};
 use tokio::net::TcpListener;
 
@@ -24,15 +24,12 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("loading the client CA {}", ca.display()))?;
     }
     let fingerprint = tls.identity().fingerprint();
-    let qymux = Qymux::new(
-        Config::new()
-            .mode(args.mode)
-            .server_tls(tls)
-            .keep_alive(KEEP_ALIVE)
-            .idle_timeout(IDLE_TIMEOUT),
-    );
-    let agents = qymux
-        .listen(&args.listen)
+    let mut config = qymux::ServerConfig::new(tls);
+    config
+        .mode(args.mode)
+        .keep_alive(KEEP_ALIVE)
+        .idle_timeout(IDLE_TIMEOUT);
+    let agents = Qymux::listen(&args.listen, config)
         .await
         .with_context(|| format!("listening for agents on {}", args.listen))?;
     let public = TcpListener::bind(&args.public)
@@ -60,8 +57,9 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<u8> {
     );
 
     let mut config = ServerConfig::default();
-    config.agent_wait = args.agent_wait;
-    config.forward = forward_config(args.max_connections);
+    config
+        .agent_wait(args.agent_wait)
+        .forward(forward_config(args.max_connections));
     let server = run_server(agents, public, config);
     let mut events = server.subscribe();
     let handle = server.handle();

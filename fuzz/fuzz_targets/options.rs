@@ -61,11 +61,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(()) => {
             let now = Instant::now();
             for (name, bound) in [
-                ("connect_timeout", o.connect_timeout),
-                ("handshake_timeout", o.handshake_timeout),
-                ("idle_timeout", o.idle_timeout),
-                ("close_timeout", o.close_timeout),
-                ("first_flight_timeout", o.first_flight_timeout),
+                ("connect_timeout", o.connect_timeout_value()),
+                ("handshake_timeout", o.handshake_timeout_value()),
+                ("idle_timeout", o.idle_timeout_value()),
+                ("close_timeout", o.close_timeout_value()),
+                ("first_flight_timeout", o.first_flight_timeout_value()),
             ] {
                 assert!(!bound.is_zero(), "{name} zero");
                 let doubled = bound.checked_mul(2);
@@ -74,13 +74,13 @@ fuzz_target!(|data: &[u8]| {
                     "{name} = {bound:?} validates but overflows a deadline"
                 );
             }
-            if let Some(k) = o.keep_alive_interval {
-                assert!(!k.is_zero() && k < o.idle_timeout);
+            if let Some(k) = o.keep_alive_interval_value() {
+                assert!(!k.is_zero() && k < o.idle_timeout_value());
             }
-            assert!((1..=1 << 20).contains(&o.max_streams));
-            assert!(o.max_pending_handshakes >= 1);
-            assert!(o.max_pending_per_source >= 1);
-            assert_ne!(o.max_sessions, Some(0));
+            assert!((1..=1 << 20).contains(&o.max_streams_value()));
+            assert!(o.max_pending_handshakes_value() >= 1);
+            assert!(o.max_pending_per_source_value() >= 1);
+            assert_ne!(o.max_sessions_value(), Some(0));
         }
         Err(e) => {
             let text = e.to_string();

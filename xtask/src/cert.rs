@@ -41,14 +41,14 @@ pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
             );
         }
     }
-    let options = DevSetOptions {
-        ca_name: args.ca_name.clone(),
-        server_names: args.server_names.clone(),
-        client_name: args.client_name.clone(),
-        overwrite: args.force,
-        days: args.days,
-    };
-    let set = write_dev_set(&dir, &options)
+    let mut options = DevSetOptions::default();
+    options
+        .ca_name(args.ca_name.clone())
+        .server_names(args.server_names.clone())
+        .client_name(args.client_name.clone())
+        .overwrite(args.force)
+        .days(args.days);
+    let set = write_dev_set(&dir, options)
         .with_context(|| format!("writing certificates into {}", dir.display()))?;
 
     let server_desc = format!("server certificate for {}", args.server_names.join(", "));
@@ -239,7 +239,7 @@ mod tests {
         // The default server names include localhost and 127.0.0.1.
         for name in ["localhost", "127.0.0.1"] {
             let (session, accepted) = tokio::join!(
-                qymux_tcp::dial(&addr, name, client.clone(), &options),
+                qymux_tcp::dial(&addr, name, client.clone(), options.clone()),
                 listener.accept()
             );
             let (session, accepted) = (session.unwrap(), accepted.unwrap());

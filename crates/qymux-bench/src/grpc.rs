@@ -37,7 +37,7 @@ impl Grpc {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self> {
         let session =
-            qymux_tcp::dial(&addr.to_string(), SERVER_NAME, tls, &stacks::options()).await?;
+            qymux_tcp::dial(&addr.to_string(), SERVER_NAME, tls, stacks::options()).await?;
         Ok(Self::Tcp(
             EchoClient::new(qymux_grpc::channel(session.clone())),
             session,
@@ -49,7 +49,7 @@ impl Grpc {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self> {
         let session =
-            qymux_quic::dial(&addr.to_string(), SERVER_NAME, tls, &stacks::options()).await?;
+            qymux_quic::dial(&addr.to_string(), SERVER_NAME, tls, stacks::options()).await?;
         Ok(Self::Quic(
             EchoClient::new(qymux_grpc::channel(session.clone())),
             session,

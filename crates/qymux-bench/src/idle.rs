@@ -94,8 +94,14 @@ pub(crate) async fn measure(
             let options = stacks::options();
             Ok::<_, anyhow::Error>(match (stack, endpoint) {
                 (Stack::QymuxQuic, Some(endpoint)) => Dialed::Quic(
-                    qymux_quic::dial_with_endpoint(&endpoint, &addr, SERVER_NAME, tls, &options)
-                        .await?,
+                    qymux_quic::dial_with_endpoint(
+                        &endpoint,
+                        &addr,
+                        SERVER_NAME,
+                        tls,
+                        options.clone(),
+                    )
+                    .await?,
                 ),
                 (Stack::RawQuic, Some(endpoint)) => {
                     Dialed::RawQuic(endpoint.connect(sock, SERVER_NAME)?.await?)
@@ -106,7 +112,7 @@ pub(crate) async fn measure(
                     let name = rustls_pki_types::ServerName::try_from(SERVER_NAME)?;
                     Dialed::Tls(Box::new(connector.connect(name, tcp).await?))
                 }
-                _ => Dialed::Tcp(qymux_tcp::dial(&addr, SERVER_NAME, tls, &options).await?),
+                _ => Dialed::Tcp(qymux_tcp::dial(&addr, SERVER_NAME, tls, options.clone()).await?),
             })
         });
     }

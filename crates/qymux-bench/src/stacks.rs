@@ -72,7 +72,8 @@ impl Certs {
 /// once), and raw quinn and raw rustls have no such cap to compare with.
 pub(crate) fn options() -> qymux_transport::Options {
     let mut options = qymux_transport::Options::default();
-    options.max_pending_per_source = options.max_pending_handshakes;
+    let handshakes = options.max_pending_handshakes_value();
+    options.max_pending_per_source(handshakes);
     options
 }
 
@@ -165,7 +166,7 @@ impl Client {
         addr: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self> {
-        let session = qymux_tcp::dial(&addr.to_string(), SERVER_NAME, tls, &options()).await?;
+        let session = qymux_tcp::dial(&addr.to_string(), SERVER_NAME, tls, options()).await?;
         Ok(Self::QymuxTcp(session))
     }
 
@@ -182,7 +183,7 @@ impl Client {
         addr: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self> {
-        let session = qymux_quic::dial(&addr.to_string(), SERVER_NAME, tls, &options()).await?;
+        let session = qymux_quic::dial(&addr.to_string(), SERVER_NAME, tls, options()).await?;
         Ok(Self::QymuxQuic(session))
     }
 

@@ -17,22 +17,22 @@ pub const DEV_SET_FILES: [&str; 6] = [
 ];
 
 /// What [`write_dev_set`] makes: the names in the certificates, and whether existing
-/// files may be replaced.
+/// files may be replaced. [`DevSetOptions::default`] and the chaining setters:
+///
+/// ```
+/// use qymux_cert::DevSetOptions;
+///
+/// let mut options = DevSetOptions::default();
+/// options.server_names(["tunnel.internal"]).days(Some(30));
+/// assert_eq!(options.server_names_value(), ["tunnel.internal"]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevSetOptions {
-    /// The CA's common name (default `Qymux Development CA`).
-    pub ca_name: String,
-    /// The server certificate's names, DNS names or IP addresses (default `localhost`,
-    /// `127.0.0.1`, `::1`).
-    pub server_names: Vec<String>,
-    /// The client (agent) certificate's common name, also its DNS name when it is a
-    /// valid one (default `qymux-agent`).
-    pub client_name: String,
-    /// Replace files that exist already (default: refuse, and write nothing).
-    pub overwrite: bool,
-    /// How long the server and client certificates are valid, in days (default: the
-    /// CA's default leaf validity).
-    pub days: Option<u32>,
+    ca_name: String,
+    server_names: Vec<String>,
+    client_name: String,
+    overwrite: bool,
+    days: Option<u32>,
 }
 
 impl Default for DevSetOptions {
@@ -46,6 +46,60 @@ impl Default for DevSetOptions {
             overwrite: false,
             days: None,
         }
+    }
+}
+
+impl DevSetOptions {
+    /// The CA's common name (default `Qymux Development CA`).
+    pub fn ca_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.ca_name = name.into();
+        self
+    }
+
+    /// The server certificate's names, DNS names or IP addresses (default `localhost`,
+    /// `127.0.0.1`, `::1`).
+    pub fn server_names<I>(&mut self, names: I) -> &mut Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.server_names = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The client (agent) certificate's common name, also its DNS name when it is a
+    /// valid one (default `qymux-agent`).
+    pub fn client_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Replace files that exist already (default `false`: refuse, and write nothing).
+    pub fn overwrite(&mut self, value: bool) -> &mut Self {
+        self.overwrite = value;
+        self
+    }
+
+    /// How long the server and client certificates are valid, in days (default `None`:
+    /// the CA's default leaf validity).
+    pub fn days(&mut self, days: Option<u32>) -> &mut Self {
+        self.days = days;
+        self
+    }
+
+    /// The value [`DevSetOptions::ca_name`] set.
+    pub fn ca_name_value(&self) -> &str {
+        &self.ca_name
+    }
+
+    /// The value [`DevSetOptions::server_names`] set.
+    pub fn server_names_value(&self) -> &[String] {
+        &self.server_names
+    }
+
+    /// The value [`DevSetOptions::client_name`] set.
+    pub fn client_name_value(&self) -> &str {
+        &self.client_name
     }
 }
 
@@ -84,7 +138,7 @@ pub fn existing_dev_set_files(dir: &Path) -> Vec<PathBuf> {
 /// of the files that exist, and nothing is written. [`CertError::InvalidName`] for a
 /// name that cannot be used, [`CertError::Symlink`] if a target is a symbolic link
 /// (even with `overwrite`), [`CertError::Io`] if writing fails.
-pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
+pub fn write_dev_set(dir: &Path, options: DevSetOptions) -> Result<DevSet> {
     if !options.overwrite
         && let Some(path) = existing_dev_set_files(dir).into_iter().next()
     {

@@ -815,11 +815,9 @@ fn writing_refuses_a_symlink_at_the_key_path_even_when_overwriting() {
     let set_dir = TempDir::new();
     std::fs::write(set_dir.join("target"), "keep").unwrap();
     std::os::unix::fs::symlink(set_dir.join("target"), set_dir.join("client.key")).unwrap();
-    let options = DevSetOptions {
-        overwrite: true,
-        ..DevSetOptions::default()
-    };
-    match write_dev_set(&set_dir.0, &options) {
+    let mut options = DevSetOptions::default();
+    options.overwrite(true);
+    match write_dev_set(&set_dir.0, options) {
         Err(CertError::Symlink { path }) => assert_eq!(path, set_dir.join("client.key")),
         other => panic!("{other:?}"),
     }
@@ -853,12 +851,10 @@ fn a_failed_key_write_leaves_the_old_certificate() {
 fn writing_leaves_no_temporary_files() {
     let dir = TempDir::new();
     let options = DevSetOptions::default();
-    write_dev_set(&dir.0, &options).unwrap();
-    let overwrite = DevSetOptions {
-        overwrite: true,
-        ..options
-    };
-    write_dev_set(&dir.0, &overwrite).unwrap();
+    write_dev_set(&dir.0, options.clone()).unwrap();
+    let mut overwrite = options.clone();
+    overwrite.overwrite(true);
+    write_dev_set(&dir.0, overwrite).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&dir.0)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

@@ -13,7 +13,8 @@ use qymux::cert::Fingerprint;
 use qymux::forward::{SpliceOptions, splice};
 use qymux::tls::ClientTls;
 use qymux::{
-    BoxSession, BoxStream, Config, Mode, Protocol, Qymux, ReconnectConfig, ReconnectState, Session,
+    BoxSession, BoxStream, ClientConfig, Mode, Protocol, Qymux, ReconnectConfig, ReconnectState,
+    Session,
 };
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -67,13 +68,16 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: AgentFlags) -> Result<()> 
     );
     let mut running = Vec::new();
     for group in groups {
-        let mut c = Config::new()
-            .mode(config.mode)
-            .server_addrs(group.clone())
+        let Some((first, more)) = group.split_first() else {
+            continue;
+        };
+        let mut c = ClientConfig::new(first.clone());
+        c.mode(config.mode)
+            .more_server_addrs(more.iter().cloned())
             .client_tls(tls.clone())
             .options(config.options.clone());
         if let Some(name) = &config.server_name {
-            c = c.server_name(name.clone());
+            c.server_name(name.clone());
         }
         let qymux = Qymux::new(c);
         let sessions = Arc::new(AtomicU64::new(0));
@@ -381,7 +385,7 @@ async fn forward_stream(
             }
         };
     counter!("qymux_streams_total", "service" => name.clone()).increment(1);
-    let moved = match splice(tcp, stream, &SpliceOptions::default()).await {
+    let moved = match splice(tcp, stream, SpliceOptions::default()).await {
         Ok(m) => m,
         Err(e) => {
             debug!(service = %name, error = %e, "connection ended with an error");

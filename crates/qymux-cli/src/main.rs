@@ -79,13 +79,13 @@ struct CertArgs {
     #[arg(long, default_value = "certs")]
     out: PathBuf,
     /// A name of the server certificate (DNS name or IP address); repeat for more.
-    #[arg(long = "server-name", default_values_t = DevSetOptions::default().server_names)]
+    #[arg(long = "server-name", default_values_t = DevSetOptions::default().server_names_value().to_vec())]
     server_names: Vec<String>,
     /// The client (agent) certificate's common name.
-    #[arg(long, default_value_t = DevSetOptions::default().client_name)]
+    #[arg(long, default_value_t = DevSetOptions::default().client_name_value().to_owned())]
     client_name: String,
     /// The CA's common name.
-    #[arg(long, default_value_t = DevSetOptions::default().ca_name)]
+    #[arg(long, default_value_t = DevSetOptions::default().ca_name_value().to_owned())]
     ca_name: String,
     /// Replace existing files.
     #[arg(long)]
@@ -204,14 +204,14 @@ fn cert(args: &CertArgs) -> Result<()> {
             );
         }
     }
-    let options = DevSetOptions {
-        ca_name: args.ca_name.clone(),
-        server_names: args.server_names.clone(),
-        client_name: args.client_name.clone(),
-        overwrite: args.force,
-        days: args.days,
-    };
-    let set = write_dev_set(&args.out, &options)
+    let mut options = DevSetOptions::default();
+    options
+        .ca_name(args.ca_name.clone())
+        .server_names(args.server_names.clone())
+        .client_name(args.client_name.clone())
+        .overwrite(args.force)
+        .days(args.days);
+    let set = write_dev_set(&args.out, options)
         .with_context(|| format!("writing certificates into {}", args.out.display()))?;
     println!("Wrote {}:", args.out.display());
     println!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use qymux::cert::{CertNames, Fingerprint};
 use qymux::tls::ClientTls;
-use qymux::{BoxSession, Config, Mode, Qymux, Session};
+use qymux::{BoxSession, ClientConfig, Mode, Qymux, Session};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::config::parse_duration;
@@ -59,14 +59,14 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<()> {
         tls = tls.client_identity_files(cert, key)?;
     }
     let dial = |mode: Mode| {
-        let mut config = Config::new()
+        let mut config = ClientConfig::new(args.addr.clone());
+        config
             .mode(mode)
-            .server_addr(args.addr.clone())
             .client_tls(tls.clone())
             .connect_timeout(args.timeout)
             .handshake_timeout(args.timeout);
         if let Some(name) = &args.server_name {
-            config = config.server_name(name.clone());
+            config.server_name(name.clone());
         }
         async move {
             let start = Instant::now();

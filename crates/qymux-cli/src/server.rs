@@ -14,7 +14,7 @@ use qymux::cert::{CertNames, Identity};
 use qymux::forward::{SpliceOptions, splice};
 use qymux::tls::{Crls, ServerTls};
 use qymux::transport::admission::Source;
-use qymux::{BoxSession, BoxStream, Config, Qymux, Session};
+use qymux::{BoxSession, BoxStream, Qymux, Session};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -57,15 +57,10 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
             .context("loading client_crl")?;
     }
     let crls = tls.client_revocation().cloned();
-    let qymux = Qymux::new(
-        Config::new()
-            .mode(config.mode)
-            .server_tls(tls)
-            .options(config.options.clone()),
-    );
+    let mut server = qymux::ServerConfig::new(tls);
+    server.mode(config.mode).options(config.options.clone());
     let listener = Arc::new(
-        qymux
-            .listen(&config.listen)
+        Qymux::listen(&config.listen, server)
             .await
             .with_context(|| format!("listening on {}", config.listen))?,
     );
@@ -454,8 +449,9 @@ async fn forward_public(
         return;
     }
     counter!("qymux_streams_total", "service" => name.clone()).increment(1);
-    let options = SpliceOptions::default().idle_timeout(Some(svc.def.idle_timeout));
-    let moved = match splice(tcp, stream, &options).await {
+    let mut options = SpliceOptions::default();
+    options.idle_timeout(Some(svc.def.idle_timeout));
+    let moved = match splice(tcp, stream, options).await {
         Ok(moved) => {
             debug!(service = %name, ?moved, "connection done");
             moved

@@ -40,7 +40,7 @@ impl Backend for Tcp {
         tls: Arc<rustls::ClientConfig>,
         options: Options,
     ) -> Result<qymux_tcp::Session> {
-        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
+        qymux_tcp::dial(&addr.to_string(), server_name, tls, options).await
     }
 }
 
@@ -61,6 +61,6 @@ impl Backend for Quic {
         tls: Arc<rustls::ClientConfig>,
         options: Options,
     ) -> Result<qymux_quic::Session> {
-        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
+        qymux_quic::dial(&addr.to_string(), server_name, tls, options).await
     }
 }

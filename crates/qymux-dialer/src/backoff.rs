@@ -28,15 +28,11 @@ use rand::Rng;
 /// assert_eq!(backoff.ceiling(20), Duration::from_secs(30)); // the cap
 /// assert!(backoff.delay(3) <= Duration::from_millis(800));
 /// ```
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    /// The ceiling of the first retry (default 100 ms).
-    pub initial: Duration,
-    /// The largest ceiling (default 30 s).
-    pub max: Duration,
-    /// A session that lived this long resets the backoff (default 10 s).
-    pub reset_after: Duration,
+    initial: Duration,
+    max: Duration,
+    reset_after: Duration,
 }
 
 impl Default for Backoff {
@@ -60,10 +56,37 @@ impl Backoff {
         }
     }
 
-    /// Sets [`Backoff::reset_after`].
-    pub fn reset_after(mut self, value: Duration) -> Self {
+    /// The ceiling of the first retry (default 100 ms).
+    pub fn initial(&mut self, value: Duration) -> &mut Self {
+        self.initial = value;
+        self
+    }
+
+    /// The largest ceiling (default 30 s).
+    pub fn max(&mut self, value: Duration) -> &mut Self {
+        self.max = value;
+        self
+    }
+
+    /// A session that lived this long resets the backoff (default 10 s).
+    pub fn reset_after(&mut self, value: Duration) -> &mut Self {
         self.reset_after = value;
         self
+    }
+
+    /// The value [`Backoff::initial`] set.
+    pub fn initial_value(&self) -> Duration {
+        self.initial
+    }
+
+    /// The value [`Backoff::max`] set.
+    pub fn max_value(&self) -> Duration {
+        self.max
+    }
+
+    /// The value [`Backoff::reset_after`] set.
+    pub fn reset_after_value(&self) -> Duration {
+        self.reset_after
     }
 
     /// The longest wait before retry `retry` (0 for the first): `initial × 2^retry`, at

@@ -188,13 +188,13 @@ impl Dialer {
         let addrs: Vec<SocketAddr> = match &self.addrs {
             Some(addrs) => addrs.to_vec(),
             None => tokio::time::timeout(
-                self.options.connect_timeout,
+                self.options.connect_timeout_value(),
                 tokio::net::lookup_host(&self.addr),
             )
             .await
             .map_err(|_| Error::Timeout {
                 what: TimeoutKind::Connect,
-                after: self.options.connect_timeout,
+                after: self.options.connect_timeout_value(),
             })?
             .map_err(connect_error)?
             .collect(),
@@ -223,8 +223,7 @@ impl Dialer {
                  (use Mode::Tcp or Mode::Auto, or Proxy::allow_direct_quic to dial QUIC directly)",
                 self.addr,
                 self.options
-                    .proxy
-                    .as_ref()
+                    .proxy_value()
                     .map_or(String::new(), ToString::to_string),
             ))),
             Mode::Quic => {
@@ -259,7 +258,7 @@ impl Dialer {
     /// (everything then goes through the proxy, which carries TCP only), unless the
     /// proxy allows QUIC to go straight to the server.
     pub(crate) fn quic_allowed(&self) -> bool {
-        match &self.options.proxy {
+        match self.options.proxy_value() {
             Some(proxy) if proxy.applies_to(&self.addr) => proxy.allows_direct_quic(),
             _ => true,
         }
@@ -299,8 +298,8 @@ impl Dialer {
         );
         async move {
             match addrs {
-                Some(addrs) => qymux_tcp::dial_resolved(&addr, addrs, &name, tls, &options).await,
-                None => qymux_tcp::dial(&addr, &name, tls, &options).await,
+                Some(addrs) => qymux_tcp::dial_resolved(&addr, addrs, &name, tls, options).await,
+                None => qymux_tcp::dial(&addr, &name, tls, options).await,
             }
             .map(Concrete::Tcp)
         }
@@ -326,7 +325,7 @@ impl Dialer {
         let dial = async move {
             let started = Instant::now();
             let session = qymux_quic::dial_resolved_noting_answer(
-                &addr, addrs, &name, tls, &options, &answered,
+                &addr, addrs, &name, tls, options, &answered,
             )
             .await?;
             Ok((session, started.elapsed()))
@@ -629,7 +628,7 @@ mod tests {
                 vec![at],
                 "localhost",
                 client_tls.clone(),
-                &options,
+                options.clone(),
             )
             .await
             .unwrap();
@@ -638,7 +637,7 @@ mod tests {
                 vec![at],
                 "localhost",
                 client_tls.clone(),
-                &options,
+                options.clone(),
             )
             .await
             .unwrap();
@@ -707,14 +706,24 @@ mod tests {
                 .unwrap();
         let at = listener.local_addr();
         let options = Options::default();
-        let quic =
-            qymux_quic::dial_resolved("tie", vec![at], "localhost", client_tls.clone(), &options)
-                .await
-                .unwrap();
-        let tcp =
-            qymux_tcp::dial_resolved("tie", vec![at], "localhost", client_tls.clone(), &options)
-                .await
-                .unwrap();
+        let quic = qymux_quic::dial_resolved(
+            "tie",
+            vec![at],
+            "localhost",
+            client_tls.clone(),
+            options.clone(),
+        )
+        .await
+        .unwrap();
+        let tcp = qymux_tcp::dial_resolved(
+            "tie",
+            vec![at],
+            "localhost",
+            client_tls.clone(),
+            options.clone(),
+        )
+        .await
+        .unwrap();
         // The server's side of the TCP attempt.
         let server_tcp = loop {
             let session = listener.accept().await.unwrap();

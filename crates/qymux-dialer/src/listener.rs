@@ -105,7 +105,7 @@ impl Listener {
                 (Some(t), Some(u))
             }
         };
-        let max_sessions = options.max_sessions;
+        let max_sessions = options.max_sessions_value();
         let tcp = match tcp {
             Some(socket) => Some(qymux_tcp::Listener::from_tcp(
                 tokio::net::TcpListener::from_std(socket)?,

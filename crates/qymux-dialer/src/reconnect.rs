@@ -12,28 +12,25 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::dialer::{Concrete, Dialer};
 
-/// How a [`Reconnecting`] session behaves.
-#[non_exhaustive]
+/// How a [`Reconnecting`] session behaves: [`ReconnectConfig::default`] and the chaining
+/// setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use qymux_dialer::{Backoff, ReconnectConfig};
+///
+/// let mut config = ReconnectConfig::default();
+/// config
+///     .backoff(Backoff::new(Duration::from_millis(50), Duration::from_secs(5)))
+///     .clean_close_spread(Duration::from_millis(500));
+/// assert_eq!(config.backoff_value().max_value(), Duration::from_secs(5));
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReconnectConfig {
-    /// The waits between dials (default [`Backoff::default`]: 100 ms doubling to 30 s,
-    /// full jitter, reset after a session lived 10 s).
-    pub backoff: Backoff,
-    /// In [`Mode::Auto`], while the session runs over TCP because QUIC failed, dial QUIC
-    /// again in the background when the dialer's memory lets it
-    /// ([`TransportMemory`](crate::TransportMemory)), after the
-    /// [`backoff`](ReconnectConfig::backoff)'s jittered wait for each attempt, and move
-    /// to it when it connects (default `true`). Not while a proxy applies to the server
-    /// ([`Options::proxy`](qymux_transport::Options::proxy)), unless it allows direct QUIC.
-    pub upgrade_to_quic: bool,
-    /// How long the streams of a session being replaced (after a move to QUIC) get to
-    /// finish before it is closed anyway (default 30 s).
-    pub drain_timeout: Duration,
-    /// After the server closed the session cleanly (a graceful shutdown, a restart), the
-    /// first redial waits a random time up to this (default 1 s), so that the agents of
-    /// a server that shuts down do not all arrive at the next server in the same
-    /// instant. Later retries follow [`backoff`](ReconnectConfig::backoff).
-    pub clean_close_spread: Duration,
+    backoff: Backoff,
+    upgrade_to_quic: bool,
+    drain_timeout: Duration,
+    clean_close_spread: Duration,
 }
 
 impl Default for ReconnectConfig {
@@ -48,22 +45,58 @@ impl Default for ReconnectConfig {
 }
 
 impl ReconnectConfig {
-    /// Sets [`ReconnectConfig::backoff`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
+    /// The waits between dials (default [`Backoff::default`]: 100 ms doubling to 30 s,
+    /// full jitter, reset after a session lived 10 s).
+    pub fn backoff(&mut self, backoff: Backoff) -> &mut Self {
         self.backoff = backoff;
         self
     }
 
-    /// Sets [`ReconnectConfig::upgrade_to_quic`].
-    pub fn upgrade_to_quic(mut self, value: bool) -> Self {
+    /// In [`Mode::Auto`], while the session runs over TCP because QUIC failed, dial QUIC
+    /// again in the background when the dialer's memory lets it
+    /// ([`TransportMemory`](crate::TransportMemory)), after the
+    /// [`backoff`](ReconnectConfig::backoff)'s jittered wait for each attempt, and move
+    /// to it when it connects (default `true`). Not while a proxy applies to the server
+    /// ([`Options::proxy`](qymux_transport::Options::proxy)), unless it allows direct QUIC.
+    pub fn upgrade_to_quic(&mut self, value: bool) -> &mut Self {
         self.upgrade_to_quic = value;
         self
     }
 
-    /// Sets [`ReconnectConfig::clean_close_spread`].
-    pub fn clean_close_spread(mut self, value: Duration) -> Self {
+    /// After the server closed the session cleanly (a graceful shutdown, a restart), the
+    /// first redial waits a random time up to this (default 1 s), so that the agents of
+    /// a server that shuts down do not all arrive at the next server in the same
+    /// instant. Later retries follow [`backoff`](ReconnectConfig::backoff).
+    pub fn clean_close_spread(&mut self, value: Duration) -> &mut Self {
         self.clean_close_spread = value;
         self
+    }
+
+    /// How long the streams of a session being replaced (after a move to QUIC) get to
+    /// finish before it is closed anyway (default 30 s).
+    pub fn drain_timeout(&mut self, value: Duration) -> &mut Self {
+        self.drain_timeout = value;
+        self
+    }
+
+    /// The value [`ReconnectConfig::backoff`] set.
+    pub fn backoff_value(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// The value [`ReconnectConfig::upgrade_to_quic`] set.
+    pub fn upgrade_to_quic_value(&self) -> bool {
+        self.upgrade_to_quic
+    }
+
+    /// The value [`ReconnectConfig::clean_close_spread`] set.
+    pub fn clean_close_spread_value(&self) -> Duration {
+        self.clean_close_spread
+    }
+
+    /// The value [`ReconnectConfig::drain_timeout`] set.
+    pub fn drain_timeout_value(&self) -> Duration {
+        self.drain_timeout
     }
 
     /// The wait before the first redial after the server closed the session cleanly:
@@ -71,12 +104,6 @@ impl ReconnectConfig {
     pub fn clean_close_delay(&self) -> Duration {
         self.clean_close_spread
             .mul_f64(rand::random_range(0.0..=1.0))
-    }
-
-    /// Sets [`ReconnectConfig::drain_timeout`].
-    pub fn drain_timeout(mut self, value: Duration) -> Self {
-        self.drain_timeout = value;
-        self
     }
 }
 
@@ -397,7 +424,9 @@ where
                     let since = Instant::now();
                     let held = self.hold(&dialer, session).await;
                     let lived = since.elapsed();
-                    if !matches!(held, Held::Stop) && lived >= self.config.backoff.reset_after {
+                    if !matches!(held, Held::Stop)
+                        && lived >= self.config.backoff.reset_after_value()
+                    {
                         retry = 0;
                     }
                     match held {

@@ -350,7 +350,7 @@ async fn a_dead_quic_side_leaves_tcp_served() {
 
     let dial = tokio::spawn({
         let (addr, tls) = (addr.clone(), pki.client.clone());
-        async move { qymux_tcp::dial(&addr, "localhost", tls, &Options::default()).await }
+        async move { qymux_tcp::dial(&addr, "localhost", tls, Options::default()).await }
     });
     let server = guard("accept over TCP", listener.accept())
         .await
@@ -460,13 +460,19 @@ async fn the_dual_listeners_shutdown_reports_both_transports() {
     let options = Options::default();
     // One session per transport, dialed directly (an Auto dial may leave a loser).
     let (quic, quic_server) = tokio::join!(
-        qymux_quic::dial_resolved("quic", vec![at], "localhost", pki.client.clone(), &options),
+        qymux_quic::dial_resolved(
+            "quic",
+            vec![at],
+            "localhost",
+            pki.client.clone(),
+            options.clone()
+        ),
         listener.accept(),
     );
     let (quic, quic_server) = (quic.unwrap(), quic_server.unwrap());
     assert_eq!(quic_server.protocol(), Protocol::Quic);
     let (tcp, tcp_server) = tokio::join!(
-        qymux_tcp::dial_resolved("tcp", vec![at], "localhost", pki.client.clone(), &options),
+        qymux_tcp::dial_resolved("tcp", vec![at], "localhost", pki.client.clone(), options),
         listener.accept(),
     );
     let (tcp, tcp_server) = (tcp.unwrap(), tcp_server.unwrap());

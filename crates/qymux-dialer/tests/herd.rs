@@ -76,7 +76,9 @@ async fn agents_moved_by_a_shutdown_onto_a_busy_server_all_end_on_quic_unpenalis
 /// back to TCP; QUIC is not penalised, so each moves to QUIC at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_without_spread_onto_a_busy_server_all_end_on_quic_unpenalised() {
-    herd(ReconnectConfig::default().clean_close_spread(Duration::ZERO)).await;
+    let mut config = ReconnectConfig::default();
+    config.clean_close_spread(Duration::ZERO);
+    herd(config).await;
 }
 
 async fn herd(config: ReconnectConfig) {

@@ -671,7 +671,7 @@ async fn capture_initials(pki: &Pki, n: usize) -> Vec<Vec<u8>> {
     for _ in 0..n {
         let (addr, tls) = (trap_addr.clone(), pki.client_tls());
         dials.push(tokio::spawn(async move {
-            let _ = qymux_quic::dial(&addr, "localhost", tls, &client_options()).await;
+            let _ = qymux_quic::dial(&addr, "localhost", tls, client_options()).await;
         }));
     }
     // The first datagram of each dial (retransmissions come from the same port).
@@ -766,10 +766,10 @@ async fn hostile_input_at_the_dual_listener_harms_no_good_session() {
     let addr = server.addr.to_string();
 
     // Good sessions of both kinds, busy from the start to the end.
-    let good_tcp = qymux_tcp::dial(&addr, "localhost", pki.client_tls(), &client_options())
+    let good_tcp = qymux_tcp::dial(&addr, "localhost", pki.client_tls(), client_options())
         .await
         .unwrap();
-    let good_quic = qymux_quic::dial(&addr, "localhost", pki.client_tls(), &client_options())
+    let good_quic = qymux_quic::dial(&addr, "localhost", pki.client_tls(), client_options())
         .await
         .unwrap();
     let (stop, stop_rx) = watch::channel(false);
@@ -797,11 +797,11 @@ async fn hostile_input_at_the_dual_listener_harms_no_good_session() {
     let stalled = stall(&ctx).await;
     // ... and new good clients of both kinds still get in meanwhile.
     {
-        let tcp = qymux_tcp::dial(&addr, "localhost", ctx.pki.client_tls(), &client_options())
+        let tcp = qymux_tcp::dial(&addr, "localhost", ctx.pki.client_tls(), client_options())
             .await
             .expect("a good TCP client gets in beside the stalled handshakes");
         round_trip(&tcp, &payload(10, 100_000)).await;
-        let quic = qymux_quic::dial(&addr, "localhost", ctx.pki.client_tls(), &client_options())
+        let quic = qymux_quic::dial(&addr, "localhost", ctx.pki.client_tls(), client_options())
             .await
             .expect("a good QUIC client gets in beside the stalled handshakes");
         round_trip(&quic, &payload(11, 100_000)).await;
@@ -869,11 +869,11 @@ async fn hostile_input_at_the_dual_listener_harms_no_good_session() {
     assert!(tcp_streams > 0 && quic_streams > 0);
 
     // The listener still serves new good clients of each kind.
-    let tcp = qymux_tcp::dial(&addr, "localhost", ctx.pki.client_tls(), &client_options())
+    let tcp = qymux_tcp::dial(&addr, "localhost", ctx.pki.client_tls(), client_options())
         .await
         .unwrap();
     round_trip(&tcp, &payload(30, 300_000)).await;
-    let quic = qymux_quic::dial(&addr, "localhost", ctx.pki.client_tls(), &client_options())
+    let quic = qymux_quic::dial(&addr, "localhost", ctx.pki.client_tls(), client_options())
         .await
         .unwrap();
     round_trip(&quic, &payload(31, 300_000)).await;

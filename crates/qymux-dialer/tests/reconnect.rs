@@ -32,12 +32,14 @@ fn echo_and_report(
 
 /// Quick retries so that tests do not wait on the default 100 ms..30 s.
 fn quick() -> ReconnectConfig {
-    ReconnectConfig::default()
+    let mut config = ReconnectConfig::default();
+    config
         .backoff(Backoff::new(
             Duration::from_millis(10),
             Duration::from_millis(100),
         ))
-        .clean_close_spread(Duration::from_millis(10))
+        .clean_close_spread(Duration::from_millis(10));
+    config
 }
 
 async fn wait_state(
@@ -135,8 +137,8 @@ fn agents_closed_by_a_server_spread_their_first_redial_over_the_window() {
     // A server that shuts down gracefully closes all its agents at once; their first
     // redials (to the next server) are drawn uniformly over `clean_close_spread`.
     let config = ReconnectConfig::default();
-    assert_eq!(config.clean_close_spread, Duration::from_secs(1));
-    let spread = config.clean_close_spread.as_secs_f64();
+    assert_eq!(config.clean_close_spread_value(), Duration::from_secs(1));
+    let spread = config.clean_close_spread_value().as_secs_f64();
     let mut tenths = [0usize; 10];
     for _ in 0..10_000 {
         let d = config.clean_close_delay().as_secs_f64();
@@ -237,7 +239,8 @@ async fn state_goes_connecting_connected_reconnecting_stopped() {
     let (listener, dialer) = listen_and_dialer(&pki, Mode::Tcp).await;
     // A long backoff keeps the agent in Reconnecting (a draw below a few ms out of an
     // hour is ~1e-6), so the watch cannot skip that state.
-    let config = ReconnectConfig::default().backoff(Backoff::new(
+    let mut config = ReconnectConfig::default();
+    config.backoff(Backoff::new(
         Duration::from_secs(3600),
         Duration::from_secs(3600),
     ));
@@ -312,7 +315,8 @@ async fn state_goes_connecting_connected_reconnecting_stopped() {
 async fn an_unusable_configuration_is_refused_up_front() {
     let pki = pki();
     let dialer = Dialer::new("127.0.0.1:9", "localhost", pki.client.clone());
-    let bad = ReconnectConfig::default().backoff(Backoff::new(Duration::ZERO, Duration::ZERO));
+    let mut bad = ReconnectConfig::default();
+    bad.backoff(Backoff::new(Duration::ZERO, Duration::ZERO));
     assert!(matches!(
         Reconnecting::start(vec![dialer.clone()], bad, |_| async {}),
         Err(Error::Config(_))

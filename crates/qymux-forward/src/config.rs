@@ -130,7 +130,7 @@ impl fmt::Display for Target {
 /// config
 ///     .max_connections(Some(256))
 ///     .connect_timeout(Duration::from_secs(5));
-/// assert_eq!(config.get_max_connections(), Some(256));
+/// assert_eq!(config.max_connections_value(), Some(256));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardConfig {
@@ -178,18 +178,18 @@ impl ForwardConfig {
         self
     }
 
-    /// See [`ForwardConfig::max_connections`].
-    pub fn get_max_connections(&self) -> Option<usize> {
+    /// The value [`ForwardConfig::max_connections`] set.
+    pub fn max_connections_value(&self) -> Option<usize> {
         self.max_connections
     }
 
-    /// See [`ForwardConfig::connect_timeout`].
-    pub fn get_connect_timeout(&self) -> Duration {
+    /// The value [`ForwardConfig::connect_timeout`] set.
+    pub fn connect_timeout_value(&self) -> Duration {
         self.connect_timeout
     }
 
-    /// See [`ForwardConfig::buffer_size`].
-    pub fn get_buffer_size(&self) -> usize {
+    /// The value [`ForwardConfig::buffer_size`] set.
+    pub fn buffer_size_value(&self) -> usize {
         self.buffer_size
     }
 }
@@ -229,6 +229,6 @@ mod tests {
     fn buffer_size_has_a_floor() {
         let mut c = ForwardConfig::new();
         c.buffer_size(1);
-        assert_eq!(c.get_buffer_size(), 1024);
+        assert_eq!(c.buffer_size_value(), 1024);
     }
 }

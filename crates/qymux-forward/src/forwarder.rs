@@ -328,7 +328,7 @@ fn permit(limit: &Option<(usize, Arc<Semaphore>)>) -> Result<Option<OwnedSemapho
 
 fn limit_of(config: &ForwardConfig) -> Option<(usize, Arc<Semaphore>)> {
     config
-        .get_max_connections()
+        .max_connections_value()
         .map(|max| (max, Arc::new(Semaphore::new(max))))
 }
 
@@ -416,7 +416,7 @@ async fn serve_stream<T: Stream>(
     mut tally: Tally,
     _permit: Option<OwnedSemaphorePermit>,
 ) {
-    let tcp = match target.connect(config.get_connect_timeout()).await {
+    let tcp = match target.connect(config.connect_timeout_value()).await {
         Ok(tcp) => tcp,
         Err(e) => {
             stream.abort();
@@ -429,7 +429,7 @@ async fn serve_stream<T: Stream>(
     run_conn(
         Conn::new(tcp, stream),
         ended,
-        config.get_buffer_size(),
+        config.buffer_size_value(),
         &counters,
         &mut tally,
     )
@@ -579,7 +579,7 @@ pub(crate) async fn run_listener<O: Opener>(
                 tcp,
                 peer,
                 opener.clone(),
-                config.get_buffer_size(),
+                config.buffer_size_value(),
                 shared.counters.clone(),
                 tally,
                 permit,

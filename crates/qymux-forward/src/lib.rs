@@ -40,7 +40,7 @@
 //! ```
 //! use qymux::cert::CertificateAuthority;
 //! use qymux::tls::{ClientTls, ServerTls};
-//! use qymux::{Config, Qymux, Session};
+//! use qymux::{ClientConfig, Qymux, ServerConfig, Session};
 //! use qymux_forward::{StopReason, forward_accepted, forward_listener};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tokio::net::{TcpListener, TcpStream};
@@ -60,14 +60,13 @@
 //!
 //! // A session: the agent dials the server (see the `qymux` crate).
 //! let ca = CertificateAuthority::new("Example CA")?;
-//! let server = Qymux::new(Config::new().server_tls(ServerTls::new(ca.issue_server(&["localhost"])?)));
-//! let listener = server.listen("127.0.0.1:0").await?;
-//! let agent = Qymux::new(
-//!     Config::new()
-//!         .server_addr(listener.local_addr().to_string())
-//!         .server_name("localhost")
-//!         .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
-//! );
+//! let server = ServerConfig::new(ServerTls::new(ca.issue_server(&["localhost"])?));
+//! let listener = Qymux::listen("127.0.0.1:0", server).await?;
+//! let mut client = ClientConfig::new(listener.local_addr().to_string());
+//! client
+//!     .server_name("localhost")
+//!     .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()]));
+//! let agent = Qymux::new(client);
 //! let (agent_session, server_session) = tokio::join!(agent.dial(), listener.accept());
 //! let (agent_session, server_session) = (agent_session?, server_session?);
 //!

@@ -13,15 +13,10 @@ use crate::pump::Conn;
 use crate::stats::Counters;
 
 /// How [`splice`] forwards one connection.
-#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct SpliceOptions {
-    /// The copy buffer of each direction, in bytes (default 64 KiB).
-    pub buffer_size: usize,
-    /// A connection that moves no byte either way for this long is reset on both sides
-    /// (default: none). It is checked a few times per period, so it fires between the
-    /// timeout and 1.25 times it.
-    pub idle_timeout: Option<Duration>,
+    buffer_size: usize,
+    idle_timeout: Option<Duration>,
 }
 
 impl Default for SpliceOptions {
@@ -34,14 +29,16 @@ impl Default for SpliceOptions {
 }
 
 impl SpliceOptions {
-    /// Sets [`SpliceOptions::idle_timeout`].
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+    /// A connection that moves no byte either way for this long is reset on both sides
+    /// (default: none). It is checked a few times per period, so it fires between the
+    /// timeout and 1.25 times it.
+    pub fn idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.idle_timeout = timeout;
         self
     }
 
-    /// Sets [`SpliceOptions::buffer_size`] (at least 1 byte).
-    pub fn buffer_size(mut self, bytes: usize) -> Self {
+    /// The copy buffer of each direction, in bytes (default 64 KiB, at least 1 byte).
+    pub fn buffer_size(&mut self, bytes: usize) -> &mut Self {
         self.buffer_size = bytes.max(1);
         self
     }
@@ -90,7 +87,7 @@ impl std::error::Error for SpliceError {
 pub async fn splice<T: Stream>(
     tcp: TcpStream,
     stream: T,
-    options: &SpliceOptions,
+    options: SpliceOptions,
 ) -> Result<Spliced, SpliceError> {
     let _ = tcp.set_nodelay(true);
     let counters = Counters::default();

@@ -45,7 +45,7 @@
 //! ```
 //! use qymux::cert::CertificateAuthority;
 //! use qymux::tls::{ClientTls, ServerTls};
-//! use qymux::{Config, Qymux};
+//! use qymux::{ClientConfig, Qymux};
 //! use qymux_forward::tunnel::{AgentConfig, AgentEvent, ServerConfig, run_agent, run_server};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tokio::net::{TcpListener, TcpStream};
@@ -65,20 +65,19 @@
 //!
 //! // The server: agents connect on one port, TCP clients on another.
 //! let ca = CertificateAuthority::new("Example CA")?;
-//! let server_qymux = Qymux::new(Config::new().server_tls(ServerTls::new(ca.issue_server(&["localhost"])?)));
-//! let agents = server_qymux.listen("127.0.0.1:0").await?;
+//! let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?);
+//! let agents = Qymux::listen("127.0.0.1:0", qymux::ServerConfig::new(server_tls)).await?;
 //! let agents_addr = agents.local_addr();
 //! let public = TcpListener::bind("127.0.0.1:0").await?;
 //! let public_addr = public.local_addr()?;
 //! tokio::spawn(run_server(agents, public, ServerConfig::default()));
 //!
 //! // The agent dials out and forwards the server's streams to the service.
-//! let agent_qymux = Qymux::new(
-//!     Config::new()
-//!         .server_addr(agents_addr.to_string())
-//!         .server_name("localhost")
-//!         .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
-//! );
+//! let mut client = ClientConfig::new(agents_addr.to_string());
+//! client
+//!     .server_name("localhost")
+//!     .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()]));
+//! let agent_qymux = Qymux::new(client);
 //! let agent = run_agent(agent_qymux.dialers()?, AgentConfig::new(service_addr));
 //! let mut events = agent.subscribe();
 //! tokio::spawn(agent);
@@ -137,15 +136,12 @@ pub use qymux_dialer::Backoff;
 // ---------------------------------------------------------------------------------------
 // Server
 
-/// How the tunnel server forwards its public connections.
-#[non_exhaustive]
+/// How the tunnel server forwards its public connections: [`ServerConfig::default`] and
+/// the chaining setters.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Limits and buffers for the public connections.
-    pub forward: ForwardConfig,
-    /// How long a public connection waits for an agent when none is connected, before it
-    /// is reset (default 5 s; zero refuses at once).
-    pub agent_wait: Duration,
+    forward: ForwardConfig,
+    agent_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +150,21 @@ impl Default for ServerConfig {
             forward: ForwardConfig::default(),
             agent_wait: Duration::from_secs(5),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Limits and buffers for the public connections (default [`ForwardConfig::default`]).
+    pub fn forward(&mut self, forward: ForwardConfig) -> &mut Self {
+        self.forward = forward;
+        self
+    }
+
+    /// How long a public connection waits for an agent when none is connected, before it
+    /// is reset (default 5 s; zero refuses at once).
+    pub fn agent_wait(&mut self, wait: Duration) -> &mut Self {
+        self.agent_wait = wait;
+        self
     }
 }
 
@@ -474,18 +485,13 @@ async fn watch_agent<S: Session>(
 // ---------------------------------------------------------------------------------------
 // Agent
 
-/// Where the agent forwards the server's streams, and how it redials.
-#[non_exhaustive]
+/// Where the agent forwards the server's streams, and how it redials:
+/// [`AgentConfig::new`] with the target (required) and the chaining setters.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The TCP service every stream the server opens is forwarded to.
-    pub target: Target,
-    /// Limits and buffers for the forwarded connections.
-    pub forward: ForwardConfig,
-    /// How the agent's session is kept up: the [`Backoff`] between dials, the move back
-    /// to QUIC, the spread after a server's clean close (see [`Reconnecting`], which
-    /// runs the agent's session).
-    pub reconnect: ReconnectConfig,
+    target: Target,
+    forward: ForwardConfig,
+    reconnect: ReconnectConfig,
 }
 
 impl AgentConfig {
@@ -496,6 +502,28 @@ impl AgentConfig {
             forward: ForwardConfig::default(),
             reconnect: ReconnectConfig::default(),
         }
+    }
+
+    /// The TCP service every stream the server opens is forwarded to (replaces what
+    /// [`AgentConfig::new`] was given).
+    pub fn target(&mut self, target: impl Into<Target>) -> &mut Self {
+        self.target = target.into();
+        self
+    }
+
+    /// Limits and buffers for the forwarded connections (default
+    /// [`ForwardConfig::default`]).
+    pub fn forward(&mut self, forward: ForwardConfig) -> &mut Self {
+        self.forward = forward;
+        self
+    }
+
+    /// How the agent's session is kept up: the [`Backoff`] between dials, the move back
+    /// to QUIC, the spread after a server's clean close (see [`Reconnecting`], which
+    /// runs the agent's session). Default [`ReconnectConfig::default`].
+    pub fn reconnect(&mut self, reconnect: ReconnectConfig) -> &mut Self {
+        self.reconnect = reconnect;
+        self
     }
 }
 

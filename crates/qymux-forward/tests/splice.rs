@@ -23,7 +23,7 @@ async fn bytes_and_half_close_pass<B: Backend>() {
     let spliced = tokio::spawn(async move {
         let (tcp, _) = local.accept().await.unwrap();
         let stream = server.open().await.unwrap();
-        splice(tcp, stream, &SpliceOptions::default()).await
+        splice(tcp, stream, SpliceOptions::default()).await
     });
     let echo = tokio::spawn({
         let client = p.client.clone();
@@ -59,9 +59,9 @@ async fn idle_connection_is_reset<B: Backend>() {
     let spliced = tokio::spawn(async move {
         let (tcp, _) = local.accept().await.unwrap();
         let stream = server.open().await.unwrap();
-        let options =
-            SpliceOptions::default().idle_timeout(Some(std::time::Duration::from_millis(200)));
-        splice(tcp, stream, &options).await
+        let mut options = SpliceOptions::default();
+        options.idle_timeout(Some(std::time::Duration::from_millis(200)));
+        splice(tcp, stream, options).await
     });
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let mut peer = guard("accept", p.client.accept()).await.unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{BoxSession, Config, Qymux};
+use qymux::{BoxSession, ClientConfig, Options, Qymux, ReconnectConfig};
 use qymux_forward::tunnel::{
     AgentConfig, AgentEvent, Backoff, ServerConfig, ServerEvent, run_agent, run_server,
 };
@@ -54,10 +54,12 @@ struct TestServer {
 }
 
 /// Options for both ends: quick dead-peer detection, so that a lost close is noticed.
-fn quick_config() -> Config {
-    Config::new()
-        .keep_alive(Duration::from_millis(500))
-        .idle_timeout(Duration::from_secs(3))
+fn quick_options() -> Options {
+    let mut options = Options::default();
+    options
+        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .idle_timeout(Duration::from_secs(3));
+    options
 }
 
 /// Starts a tunnel server on `agents_addr` (port 0: any) and `public` (port 0: any).
@@ -68,11 +70,12 @@ async fn start_server(
     public: &str,
     config: ServerConfig,
 ) -> TestServer {
-    let qymux = Qymux::new(quick_config().server_tls(ServerTls::new(pki.server.clone())));
+    let mut server = qymux::ServerConfig::new(ServerTls::new(pki.server.clone()));
+    server.options(quick_options());
     let (listener, public) = guard("binding the server", async {
         loop {
             match (
-                qymux.listen(agents_addr).await,
+                Qymux::listen(agents_addr, server.clone()).await,
                 TcpListener::bind(public).await,
             ) {
                 (Ok(l), Ok(p)) => break (l, p),
@@ -109,20 +112,24 @@ struct TestAgent {
 }
 
 fn start_agent(pki: &Pki, server: SocketAddr, target: SocketAddr) -> TestAgent {
-    let qymux = Qymux::new(
-        quick_config()
-            .server_addr(server.to_string())
-            .server_name("localhost")
-            .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()])),
-    );
+    let mut config = ClientConfig::new(server.to_string());
+    config
+        .options(quick_options())
+        .server_name("localhost")
+        .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()]));
+    let qymux = Qymux::new(config);
     start_agent_on(qymux.dialers().expect("dialers"), target)
 }
 
 /// An agent with quick retries, on `servers` (tried in order, round robin).
 fn start_agent_on(servers: Vec<qymux::dialer::Dialer>, target: SocketAddr) -> TestAgent {
     let mut config = AgentConfig::new(target);
-    config.reconnect.backoff.initial = Duration::from_millis(50);
-    config.reconnect.backoff.max = Duration::from_millis(500);
+    let mut reconnect = ReconnectConfig::default();
+    reconnect.backoff(Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    ));
+    config.reconnect(reconnect);
     let agent = run_agent(servers, config);
     TestAgent {
         events: agent.subscribe(),
@@ -298,7 +305,7 @@ async fn the_agent_redials_until_a_restarted_server_is_back() {
 async fn without_an_agent_public_connections_wait_then_are_reset() {
     let pki = Pki::new();
     let mut config = ServerConfig::default();
-    config.agent_wait = Duration::from_millis(300);
+    config.agent_wait(Duration::from_millis(300));
     let mut server = start_server(&pki, "127.0.0.1:0", "127.0.0.1:0", config).await;
 
     // No agent at all: reset after the wait.
@@ -318,7 +325,7 @@ async fn without_an_agent_public_connections_wait_then_are_reset() {
     // A connection waiting when the agent arrives goes through.
     let target = echo_target().await;
     let mut config = ServerConfig::default();
-    config.agent_wait = Duration::from_secs(30);
+    config.agent_wait(Duration::from_secs(30));
     let mut waiting_server = start_server(&pki, "127.0.0.1:0", "127.0.0.1:0", config).await;
     let public = waiting_server.public;
     let early = tokio::spawn(through_the_tunnel(public, 5));
@@ -351,16 +358,15 @@ async fn an_invalid_dial_configuration_stops_the_agent() {
         stopped.reason
     );
     // A dial that no retry can fix: QUIC only, through a proxy that carries only TCP.
-    let qymux = Qymux::new(
-        Config::new()
-            .mode(qymux::Mode::Quic)
-            .server_addr("127.0.0.1:1")
-            .server_name("localhost")
-            .proxy(qymux::Proxy::parse("socks5://127.0.0.1:2").unwrap())
-            .client_tls(ClientTls::with_ca(vec![
-                Pki::new().ca.certificate().clone(),
-            ])),
-    );
+    let mut config = ClientConfig::new("127.0.0.1:1");
+    config
+        .mode(qymux::Mode::Quic)
+        .server_name("localhost")
+        .proxy(qymux::Proxy::parse("socks5://127.0.0.1:2").unwrap())
+        .client_tls(ClientTls::with_ca(vec![
+            Pki::new().ca.certificate().clone(),
+        ]));
+    let qymux = Qymux::new(config);
     let agent = run_agent(qymux.dialers().unwrap(), AgentConfig::new(target));
     let stopped = guard("agent stops", agent).await;
     assert!(
@@ -386,13 +392,14 @@ async fn with_two_servers_the_first_dead_the_agent_uses_the_second() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let qymux = Qymux::new(
-        quick_config()
-            .server_addrs([dead.to_string(), server.agents_addr.to_string()])
-            .server_name("localhost")
-            .mode(qymux::Mode::Tcp)
-            .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()])),
-    );
+    let mut config = ClientConfig::new(dead.to_string());
+    config
+        .more_server_addrs([server.agents_addr.to_string()])
+        .options(quick_options())
+        .server_name("localhost")
+        .mode(qymux::Mode::Tcp)
+        .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()]));
+    let qymux = Qymux::new(config);
     let mut agent = start_agent_on(qymux.dialers().unwrap(), target);
     let error = next_event(&mut agent.events, "the first server fails", |e| match e {
         AgentEvent::DialFailed {
@@ -423,6 +430,6 @@ async fn with_two_servers_the_first_dead_the_agent_uses_the_second() {
 #[test]
 fn backoff_defaults() {
     let b = Backoff::default();
-    assert_eq!(b.initial, Duration::from_millis(100));
-    assert_eq!(b.max, Duration::from_secs(30));
+    assert_eq!(b.initial_value(), Duration::from_millis(100));
+    assert_eq!(b.max_value(), Duration::from_secs(30));
 }

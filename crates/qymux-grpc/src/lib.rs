@@ -50,7 +50,7 @@
 //! # let options = qymux_transport::Options::default();
 //! # let listener = qymux_tcp::Listener::bind("127.0.0.1:0", server_tls, options.clone()).await?;
 //! # let addr = listener.local_addr().to_string();
-//! # let dialed = qymux_tcp::dial(&addr, "localhost", client_tls, &options);
+//! # let dialed = qymux_tcp::dial(&addr, "localhost", client_tls, options.clone());
 //! // `agent`: the session the agent dialed; `server`: the one the server accepted.
 //! let (agent, server) = tokio::join!(dialed, listener.accept());
 //! let (agent, server) = (agent?, server?);

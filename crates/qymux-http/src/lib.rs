@@ -79,7 +79,7 @@
 //! let listener = qymux_tcp::Listener::bind("127.0.0.1:0", server_tls, options.clone()).await?;
 //! let addr = listener.local_addr().to_string();
 //! let (agent, server) = tokio::join!(
-//!     qymux_tcp::dial(&addr, "localhost", client_tls, &options),
+//!     qymux_tcp::dial(&addr, "localhost", client_tls, options.clone()),
 //!     listener.accept(),
 //! );
 //! let (agent, server) = (agent?, server?);

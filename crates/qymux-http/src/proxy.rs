@@ -40,45 +40,15 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 ///     .forwarded_headers(true);
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ProxyOptions {
-    /// TLS for an `https` target. `None` (the default) trusts the operating system's root
-    /// store. The ALPN list of a given config is replaced with `http/1.1`, so a Qymux
-    /// config (ALPN `qymux`) can be reused as it is. Use the `ring` crypto provider.
-    pub target_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Bound on connecting to the target (TCP connect); past it the request gets a
-    /// `502 Bad Gateway`. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Bound on waiting for the target's response headers, counted from sending the
-    /// request; past it the request gets a `504 Gateway Timeout`. Bodies are never timed:
-    /// long-lived streaming responses (watch, logs) flow for as long as they last.
-    /// Default `None` (no bound).
-    pub response_timeout: Option<Duration>,
-    /// Forward the request's own `Host` (the authority the client used, for example
-    /// `service.internal`) instead of the target's authority. Default `false`: the target
-    /// sees its own authority, and the client's `Host` in `X-Forwarded-Host` and the
-    /// `host=` of `Forwarded`.
-    pub preserve_host: bool,
-    /// Add `Forwarded` (RFC 7239: `for="<session peer address>";proto=http;host="<the
-    /// client's Host>"`), `X-Forwarded-For` (the session peer's IP), `X-Forwarded-Proto`
-    /// and `X-Forwarded-Host` to every request, so the target can tell a request that
-    /// came through the tunnel from a local caller. Default `true`.
-    pub forwarded_headers: bool,
-    /// What to do with the `Forwarded` and `X-Forwarded-*` headers the request arrives
-    /// with (set by the session peer, or by whoever it forwards for; not trusted as they
-    /// are). `false` (the default): dropped. `true`: `Forwarded` and `X-Forwarded-For`
-    /// are kept and this proxy's element is appended last, for targets that trust the
-    /// peer to have set them (a target must still trust only the last element as this
-    /// proxy's own); `X-Forwarded-Proto` and `-Host` are always this proxy's.
-    pub keep_incoming_forwarded: bool,
-    /// How long idle connections to the target are kept for reuse. Default 4 s: shorter
-    /// than the idle timeout of common servers (Node.js closes after 5 s), so a request
-    /// never races the target closing an idle connection.
-    pub target_idle_timeout: Duration,
-    /// Bound on the graceful part of [`ProxyHandle::shutdown`]: requests in flight may
-    /// finish within it; whatever still runs afterwards (streaming responses, upgraded
-    /// connections) is cut. Default 5 s.
-    pub shutdown_timeout: Duration,
+    target_tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+    preserve_host: bool,
+    forwarded_headers: bool,
+    keep_incoming_forwarded: bool,
+    target_idle_timeout: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -97,49 +67,70 @@ impl Default for ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// Sets [`ProxyOptions::target_tls`].
+    /// TLS for an `https` target. `None` (the default) trusts the operating system's root
+    /// store. The ALPN list of a given config is replaced with `http/1.1`, so a Qymux
+    /// config (ALPN `qymux`) can be reused as it is. Use the `ring` crypto provider.
     pub fn target_tls(&mut self, config: Arc<rustls::ClientConfig>) -> &mut Self {
         self.target_tls = Some(config);
         self
     }
 
-    /// Sets [`ProxyOptions::connect_timeout`].
+    /// Bound on connecting to the target (TCP connect); past it the request gets a
+    /// `502 Bad Gateway`. Default 10 s.
     pub fn connect_timeout(&mut self, value: Duration) -> &mut Self {
         self.connect_timeout = value;
         self
     }
 
-    /// Sets [`ProxyOptions::response_timeout`].
+    /// Bound on waiting for the target's response headers, counted from sending the
+    /// request; past it the request gets a `504 Gateway Timeout`. Bodies are never timed:
+    /// long-lived streaming responses (watch, logs) flow for as long as they last.
+    /// Default `None` (no bound).
     pub fn response_timeout(&mut self, value: Option<Duration>) -> &mut Self {
         self.response_timeout = value;
         self
     }
 
-    /// Sets [`ProxyOptions::preserve_host`].
+    /// Forward the request's own `Host` (the authority the client used, for example
+    /// `service.internal`) instead of the target's authority. Default `false`: the target
+    /// sees its own authority, and the client's `Host` in `X-Forwarded-Host` and the
+    /// `host=` of `Forwarded`.
     pub fn preserve_host(&mut self, value: bool) -> &mut Self {
         self.preserve_host = value;
         self
     }
 
-    /// Sets [`ProxyOptions::forwarded_headers`].
+    /// Add `Forwarded` (RFC 7239: `for="<session peer address>";proto=http;host="<the
+    /// client's Host>"`), `X-Forwarded-For` (the session peer's IP), `X-Forwarded-Proto`
+    /// and `X-Forwarded-Host` to every request, so the target can tell a request that
+    /// came through the tunnel from a local caller. Default `true`.
     pub fn forwarded_headers(&mut self, value: bool) -> &mut Self {
         self.forwarded_headers = value;
         self
     }
 
-    /// Sets [`ProxyOptions::keep_incoming_forwarded`].
+    /// What to do with the `Forwarded` and `X-Forwarded-*` headers the request arrives
+    /// with (set by the session peer, or by whoever it forwards for; not trusted as they
+    /// are). `false` (the default): dropped. `true`: `Forwarded` and `X-Forwarded-For`
+    /// are kept and this proxy's element is appended last, for targets that trust the
+    /// peer to have set them (a target must still trust only the last element as this
+    /// proxy's own); `X-Forwarded-Proto` and `-Host` are always this proxy's.
     pub fn keep_incoming_forwarded(&mut self, value: bool) -> &mut Self {
         self.keep_incoming_forwarded = value;
         self
     }
 
-    /// Sets [`ProxyOptions::target_idle_timeout`].
+    /// How long idle connections to the target are kept for reuse. Default 4 s: shorter
+    /// than the idle timeout of common servers (Node.js closes after 5 s), so a request
+    /// never races the target closing an idle connection.
     pub fn target_idle_timeout(&mut self, value: Duration) -> &mut Self {
         self.target_idle_timeout = value;
         self
     }
 
-    /// Sets [`ProxyOptions::shutdown_timeout`].
+    /// Bound on the graceful part of [`ProxyHandle::shutdown`]: requests in flight may
+    /// finish within it; whatever still runs afterwards (streaming responses, upgraded
+    /// connections) is cut. Default 5 s.
     pub fn shutdown_timeout(&mut self, value: Duration) -> &mut Self {
         self.shutdown_timeout = value;
         self

@@ -34,12 +34,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// options.http().http2().max_concurrent_streams(64);
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ServeOptions {
-    /// Bound on the graceful part of [`ServeHandle::shutdown`]: requests in flight may
-    /// finish within it; connections still open afterwards are cut. `None` waits for
-    /// them however long they take. Default 5 s.
-    pub shutdown_timeout: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -59,7 +55,9 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    /// Sets [`ServeOptions::shutdown_timeout`].
+    /// Bound on the graceful part of [`ServeHandle::shutdown`]: requests in flight may
+    /// finish within it; connections still open afterwards are cut. `None` waits for
+    /// them however long they take. Default 5 s.
     pub fn shutdown_timeout(&mut self, value: Option<Duration>) -> &mut Self {
         self.shutdown_timeout = value;
         self

@@ -29,8 +29,8 @@ pub(crate) const INITIAL_STREAM_CREDIT: usize = 128;
 /// is accepted yet, so all of them would wait in the backlog).
 pub(crate) fn initial_stream_credit(options: &Options) -> usize {
     INITIAL_STREAM_CREDIT
-        .min(options.max_streams)
-        .min(options.accept_backlog)
+        .min(options.max_streams_value())
+        .min(options.accept_backlog_value())
 }
 
 /// quinn's transport settings for `options`.
@@ -44,10 +44,10 @@ pub(crate) fn initial_stream_credit(options: &Options) -> usize {
 ///   applies).
 /// - No unidirectional streams and no datagrams: Qymux uses neither.
 pub(crate) fn transport_config(options: &Options) -> Result<TransportConfig> {
-    let idle = IdleTimeout::try_from(options.idle_timeout).map_err(|_| {
+    let idle = IdleTimeout::try_from(options.idle_timeout_value()).map_err(|_| {
         Error::Config(format!(
             "idle_timeout {:?} is too large for QUIC",
-            options.idle_timeout
+            options.idle_timeout_value()
         ))
     })?;
     let max_streams = u32::try_from(initial_stream_credit(options))
@@ -57,7 +57,7 @@ pub(crate) fn transport_config(options: &Options) -> Result<TransportConfig> {
         .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(idle))
-        .keep_alive_interval(options.keep_alive_interval)
+        .keep_alive_interval(options.keep_alive_interval_value())
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)

@@ -49,9 +49,9 @@ pub async fn dial(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(None, addr, None, server_name, tls, options, None).await
+    dial_on(None, addr, None, server_name, tls, &options, None).await
 }
 
 /// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
@@ -63,9 +63,9 @@ pub async fn dial_resolved(
     addrs: Vec<SocketAddr>,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(None, addr, Some(addrs), server_name, tls, options, None).await
+    dial_on(None, addr, Some(addrs), server_name, tls, &options, None).await
 }
 
 /// Like [`dial_resolved`], and sets `answered` to `true` as soon as a server has answered
@@ -80,7 +80,7 @@ pub async fn dial_resolved_noting_answer(
     addrs: Vec<SocketAddr>,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
     answered: &watch::Sender<bool>,
 ) -> Result<Session> {
     dial_on(
@@ -89,7 +89,7 @@ pub async fn dial_resolved_noting_answer(
         Some(addrs),
         server_name,
         tls,
-        options,
+        &options,
         Some(answered),
     )
     .await
@@ -106,9 +106,9 @@ pub async fn dial_with_endpoint(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(Some(endpoint), addr, None, server_name, tls, options, None).await
+    dial_on(Some(endpoint), addr, None, server_name, tls, &options, None).await
 }
 
 async fn dial_on(
@@ -125,11 +125,11 @@ async fn dial_on(
     let candidates = match resolved {
         Some(addrs) if addrs.is_empty() => return Err(nothing_resolved(addr)),
         Some(addrs) => addrs,
-        None => tokio::time::timeout(options.connect_timeout, resolve(addr))
+        None => tokio::time::timeout(options.connect_timeout_value(), resolve(addr))
             .await
             .map_err(|_| Error::Timeout {
                 what: TimeoutKind::Connect,
-                after: options.connect_timeout,
+                after: options.connect_timeout_value(),
             })??,
     };
     let reached = reach(
@@ -148,13 +148,13 @@ async fn dial_on(
         connecting,
     } = reached;
 
-    let handshake_deadline = Instant::now() + options.handshake_timeout;
+    let handshake_deadline = Instant::now() + options.handshake_timeout_value();
     let handshake_timeout = || Error::Timeout {
         what: TimeoutKind::Handshake,
-        after: options.handshake_timeout,
+        after: options.handshake_timeout_value(),
     };
     let failed =
-        |e: ConnectionError| handshake_failure(&e, Side::Client, options.handshake_timeout);
+        |e: ConnectionError| handshake_failure(&e, Side::Client, options.handshake_timeout_value());
     let connection = timeout_at(handshake_deadline, connecting)
         .await
         .map_err(|_| handshake_timeout())?
@@ -247,8 +247,8 @@ async fn reach(
     options: &Options,
     answered: Option<&watch::Sender<bool>>,
 ) -> Result<Reached> {
-    let connect_timeout = options.connect_timeout;
-    let bound = connect_timeout.min(options.idle_timeout);
+    let connect_timeout = options.connect_timeout_value();
+    let bound = connect_timeout.min(options.idle_timeout_value());
     // The most informative failure so far (a later one of equal rank replaces it).
     let best: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
     let note = |e: &Error| {

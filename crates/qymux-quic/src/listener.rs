@@ -105,7 +105,7 @@ impl Listener {
         let local_addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let registry = Arc::new(SessionRegistry::default());
-        let close_timeout = options.close_timeout;
+        let close_timeout = options.close_timeout_value();
         let failures = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_loop(
             endpoint.clone(),
@@ -239,8 +239,8 @@ async fn accept_loop(
     registry: Arc<SessionRegistry<Session>>,
     failures: Arc<AtomicU64>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
-    let sources = SourceLimiter::new(options.max_pending_per_source);
+    let slots = Arc::new(Semaphore::new(options.max_pending_handshakes_value()));
+    let sources = SourceLimiter::new(options.max_pending_per_source_value());
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
@@ -256,7 +256,7 @@ async fn accept_loop(
         };
         let peer = incoming.remote_address();
         let validated = incoming.remote_address_validated();
-        let decision = options.admission.as_ref().map_or(Admit::Accept, |hook| {
+        let decision = options.admission_value().map_or(Admit::Accept, |hook| {
             hook.decide(&Attempt::new(peer, Protocol::Quic, validated))
         });
         match decision {
@@ -283,12 +283,12 @@ async fn accept_loop(
         // Over a cap: an address we know is real is told (CONNECTION_REFUSED); one we
         // do not may be forged, and answering it would make us a reflector: ignored.
         let Some(source_slot) = sources.try_acquire(peer) else {
-            debug!(%peer, validated, max = options.max_pending_per_source, "too many handshakes in progress from this source");
+            debug!(%peer, validated, max = options.max_pending_per_source_value(), "too many handshakes in progress from this source");
             turn_away(incoming, validated);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, validated, max = options.max_pending_handshakes, "too many handshakes in progress");
+            debug!(%peer, validated, max = options.max_pending_handshakes_value(), "too many handshakes in progress");
             turn_away(incoming, validated);
             continue;
         };
@@ -302,9 +302,9 @@ async fn accept_loop(
             let result = handshake(incoming, validated, endpoint, &tls, &options).await;
             drop(source_slot);
             match result {
-                Ok(session) if !registry.admit(&session, options.max_sessions) => {
+                Ok(session) if !registry.admit(&session, options.max_sessions_value()) => {
                     let refused = Error::LimitReached(Limit::Sessions(
-                        options.max_sessions.unwrap_or_default(),
+                        options.max_sessions_value().unwrap_or_default(),
                     ));
                     debug!(%peer, "refusing session: {refused}");
                     session
@@ -329,7 +329,7 @@ async fn accept_loop(
 /// [`Options::quic_reset_secret`] when one is set, so that a restarted server resets the
 /// connections its predecessor held.
 fn endpoint_config(options: &Options) -> EndpointConfig {
-    match &options.quic_reset_secret {
+    match options.quic_reset_secret_value() {
         Some(secret) => {
             use ring::hmac;
             // The secret (often the server's private key) is used only through this
@@ -363,15 +363,15 @@ fn wants_retry(
     sources: &SourceLimiter,
     peer: SocketAddr,
 ) -> bool {
-    match options.quic_retry {
+    match options.quic_retry_value() {
         QuicRetry::Always => true,
         QuicRetry::Never => false,
         _ => {
             let pending = options
-                .max_pending_handshakes
+                .max_pending_handshakes_value()
                 .saturating_sub(slots.available_permits());
-            2 * pending >= options.max_pending_handshakes
-                || 2 * sources.pending(peer) >= options.max_pending_per_source
+            2 * pending >= options.max_pending_handshakes_value()
+                || 2 * sources.pending(peer) >= options.max_pending_per_source_value()
         }
     }
 }
@@ -394,9 +394,11 @@ async fn handshake(
     // An address nobody validated gets the first-flight bound for the whole handshake:
     // a flood of Initials that never go further frees its slots quickly.
     let bound = if validated {
-        options.handshake_timeout
+        options.handshake_timeout_value()
     } else {
-        options.first_flight_timeout.min(options.handshake_timeout)
+        options
+            .first_flight_timeout_value()
+            .min(options.handshake_timeout_value())
     };
     let failed = |e: quinn::ConnectionError| handshake_failure(&e, Side::Server, bound);
     let connecting = incoming.accept().map_err(failed)?;

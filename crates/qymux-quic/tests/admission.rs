@@ -36,8 +36,9 @@ async fn capture_initials(pki: &Pki, n: usize) -> Vec<Vec<u8>> {
             tls.clone(),
             dial_options.clone(),
         );
-        attempts
-            .spawn(async move { dial_with_endpoint(&endpoint, &addr, "localhost", tls, &o).await });
+        attempts.spawn(async move {
+            dial_with_endpoint(&endpoint, &addr, "localhost", tls, o.clone()).await
+        });
         // Its first datagram; retransmissions of earlier attempts carry a DCID seen before.
         loop {
             let (len, _) = sink.recv_from(&mut buf).await.unwrap();
@@ -133,7 +134,7 @@ async fn good_client(listener: &Listener, pki: &Pki) -> qymux_transport::Result<
         &listener.local_addr().to_string(),
         "localhost",
         pki.client_tls(),
-        &o,
+        o.clone(),
     )
     .await?;
     let accepted = listener.accept().await?;
@@ -227,7 +228,7 @@ async fn dial_from(
     let mut o = options();
     o.connect_timeout(within).handshake_timeout(within);
     let target = listener.local_addr().to_string();
-    dial_with_endpoint(&endpoint, &target, "localhost", pki.client_tls(), &o).await
+    dial_with_endpoint(&endpoint, &target, "localhost", pki.client_tls(), o.clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,7 +185,7 @@ async fn qymux_dials_aioquic() {
         &server.addr().to_string(),
         "localhost",
         pki.client_tls(),
-        &options(),
+        options(),
     )
     .await
     .unwrap();
@@ -228,7 +228,7 @@ async fn opened_stream_reaches_aioquic_before_any_data() {
         &server.addr().to_string(),
         "localhost",
         pki.client_tls(),
-        &options(),
+        options(),
     )
     .await
     .unwrap();
@@ -325,7 +325,7 @@ async fn alpn_other_than_qymux_is_refused() {
             &server.addr().to_string(),
             "localhost",
             pki.client_tls(),
-            &options(),
+            options(),
         )
         .await
         {

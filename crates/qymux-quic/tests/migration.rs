@@ -22,7 +22,13 @@ async fn an_open_stream_survives_nat_rebinding() {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let opts = options();
     let (client, server) = tokio::join!(
-        dial_with_endpoint(&endpoint, &addr, "localhost", pki.client_tls(), &opts),
+        dial_with_endpoint(
+            &endpoint,
+            &addr,
+            "localhost",
+            pki.client_tls(),
+            opts.clone()
+        ),
         listener.accept()
     );
     let (client, server) = (client.unwrap(), server.unwrap());
@@ -91,7 +97,7 @@ async fn a_dead_path_is_an_idle_timeout_not_eof() {
     let relay = UdpRelay::start(listener.local_addr(), Relay::Forward).await;
     let relay_addr = relay.addr.to_string();
     let (client, server) = tokio::join!(
-        dial(&relay_addr, "localhost", pki.client_tls(), &opts),
+        dial(&relay_addr, "localhost", pki.client_tls(), opts.clone()),
         listener.accept()
     );
     let (client, server) = (client.unwrap(), server.unwrap());

@@ -25,7 +25,7 @@ async fn listen(tls: Arc<rustls::ServerConfig>) -> (Listener, String) {
 
 /// Dials and expects a handshake error.
 async fn refused(addr: &str, name: &str, tls: Arc<rustls::ClientConfig>) -> HandshakeError {
-    match tokio::time::timeout(HANG, dial(addr, name, tls, &options()))
+    match tokio::time::timeout(HANG, dial(addr, name, tls, options()))
         .await
         .expect("the dial must not hang")
     {
@@ -39,7 +39,10 @@ async fn refused(addr: &str, name: &str, tls: Arc<rustls::ClientConfig>) -> Hand
 /// a good client.
 async fn still_serves(listener: &Listener, addr: &str, tls: Arc<rustls::ClientConfig>) {
     let opts = options();
-    let (session, accepted) = tokio::join!(dial(addr, "localhost", tls, &opts), listener.accept());
+    let (session, accepted) = tokio::join!(
+        dial(addr, "localhost", tls, opts.clone()),
+        listener.accept()
+    );
     let (session, accepted) = (session.unwrap(), accepted.unwrap());
     assert_eq!(
         accepted.remote_addr().port(),
@@ -154,9 +157,12 @@ async fn a_silent_udp_port_is_a_timeout_not_a_hang() {
     opts.connect_timeout(Duration::from_secs(1))
         .handshake_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(HANG, dial(&addr, "localhost", pki.client_tls(), &opts))
-        .await
-        .expect("the dial must give up by itself");
+    let result = tokio::time::timeout(
+        HANG,
+        dial(&addr, "localhost", pki.client_tls(), opts.clone()),
+    )
+    .await
+    .expect("the dial must give up by itself");
     match result {
         Err(Error::Timeout {
             what: TimeoutKind::Connect,
@@ -184,7 +190,7 @@ async fn a_handshake_that_stalls_is_a_timeout_and_the_listener_moves_on() {
         .handshake_timeout(Duration::from_secs(1));
     let stalled = tokio::spawn({
         let (relay_addr, tls) = (relay.addr.to_string(), pki.client_tls());
-        async move { dial(&relay_addr, "localhost", tls, &opts).await }
+        async move { dial(&relay_addr, "localhost", tls, opts.clone()).await }
     });
     // Good clients are served meanwhile and afterwards.
     still_serves(&listener, &addr, pki.client_tls()).await;
@@ -211,9 +217,12 @@ async fn a_closed_listener_hands_out_nothing() {
     assert!(matches!(listener.accept().await, Err(Error::Closed)));
     let mut opts = options();
     opts.connect_timeout(Duration::from_secs(1));
-    let result = tokio::time::timeout(HANG, dial(&addr, "localhost", pki.client_tls(), &opts))
-        .await
-        .unwrap();
+    let result = tokio::time::timeout(
+        HANG,
+        dial(&addr, "localhost", pki.client_tls(), opts.clone()),
+    )
+    .await
+    .unwrap();
     assert!(
         result.is_err(),
         "a closed listener must not complete handshakes"
@@ -238,11 +247,11 @@ async fn handshakes_beyond_max_pending_are_refused_until_a_slot_frees() {
     opts.connect_timeout(Duration::from_secs(1));
     let stalled = tokio::spawn({
         let (relay_addr, tls, opts) = (relay.addr.to_string(), pki.client_tls(), opts.clone());
-        async move { dial(&relay_addr, "localhost", tls, &opts).await }
+        async move { dial(&relay_addr, "localhost", tls, opts.clone()).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    match dial(&addr, "localhost", pki.client_tls(), &opts).await {
+    match dial(&addr, "localhost", pki.client_tls(), opts.clone()).await {
         Err(Error::Connect { source, .. }) => {
             assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused)
         }
@@ -254,7 +263,7 @@ async fn handshakes_beyond_max_pending_are_refused_until_a_slot_frees() {
     let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let (session, accepted) = tokio::join!(
-            dial(&addr, "localhost", pki.client_tls(), &opts),
+            dial(&addr, "localhost", pki.client_tls(), opts.clone()),
             tokio::time::timeout(Duration::from_secs(2), listener.accept())
         );
         match (session, accepted) {

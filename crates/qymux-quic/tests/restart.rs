@@ -187,7 +187,7 @@ async fn dial(pki: &Pki, port: u16) -> qymux_quic::Session {
         &format!("127.0.0.1:{port}"),
         "localhost",
         tls,
-        &agent_options(),
+        agent_options(),
     )
     .await
     .expect("the agent connects");

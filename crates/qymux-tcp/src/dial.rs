@@ -40,9 +40,9 @@ pub async fn dial(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(addr, None, server_name, tls, options).await
+    dial_on(addr, None, server_name, tls, &options).await
 }
 
 /// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
@@ -55,9 +55,9 @@ pub async fn dial_resolved(
     addrs: Vec<SocketAddr>,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    options: &Options,
+    options: Options,
 ) -> Result<Session> {
-    dial_on(addr, Some(addrs), server_name, tls, options).await
+    dial_on(addr, Some(addrs), server_name, tls, &options).await
 }
 
 async fn dial_on(
@@ -78,10 +78,10 @@ async fn dial_on(
     let remote_addr = tcp.peer_addr()?;
     socket::configure(&tcp, options);
 
-    let deadline = Instant::now() + options.handshake_timeout;
+    let deadline = Instant::now() + options.handshake_timeout_value();
     let handshake_timeout = || Error::Timeout {
         what: TimeoutKind::Handshake,
-        after: options.handshake_timeout,
+        after: options.handshake_timeout_value(),
     };
     let tls_stream = timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp))
         .await
@@ -147,20 +147,23 @@ async fn connect_resolved(
     };
     let connect_timeout = || Error::Timeout {
         what: TimeoutKind::Connect,
-        after: options.connect_timeout,
+        after: options.connect_timeout_value(),
     };
     let addrs: Vec<SocketAddr> = match resolved {
         Some(addrs) => addrs,
-        None => tokio::time::timeout(options.connect_timeout, tokio::net::lookup_host(addr))
-            .await
-            .map_err(|_| connect_timeout())?
-            .map_err(connect_error)?
-            .collect(),
+        None => tokio::time::timeout(
+            options.connect_timeout_value(),
+            tokio::net::lookup_host(addr),
+        )
+        .await
+        .map_err(|_| connect_timeout())?
+        .map_err(connect_error)?
+        .collect(),
     };
     // Happy Eyeballs: an address that drops packets holds up the next one by the attempt
     // delay, not by the whole connect timeout; one that times out starts the next at once.
     let attempt = |to: SocketAddr| async move {
-        tokio::time::timeout(options.connect_timeout, TcpStream::connect(to))
+        tokio::time::timeout(options.connect_timeout_value(), TcpStream::connect(to))
             .await
             .map_err(|_| connect_timeout())?
             .map_err(connect_error)

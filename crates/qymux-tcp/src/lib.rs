@@ -90,7 +90,7 @@
 //!     Ok::<_, qymux_transport::Error>(())
 //! });
 //!
-//! let session = dial(&addr, "localhost", client_tls, &Options::default()).await?;
+//! let session = dial(&addr, "localhost", client_tls, Options::default()).await?;
 //! let mut stream = session.open().await?;
 //! stream.write_all(b"hello").await?;
 //! stream.shutdown().await?;

@@ -169,8 +169,8 @@ async fn accept_loop(
     failures: Arc<AtomicU64>,
 ) {
     let acceptor = TlsAcceptor::from(tls.clone());
-    let slots = Arc::new(Semaphore::new(options.max_pending_handshakes));
-    let sources = SourceLimiter::new(options.max_pending_per_source);
+    let slots = Arc::new(Semaphore::new(options.max_pending_handshakes_value()));
+    let sources = SourceLimiter::new(options.max_pending_per_source_value());
     // Handshake tasks are aborted with the accept loop (listener closed or dropped).
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
@@ -186,7 +186,7 @@ async fn accept_loop(
             },
             Some(_) = handshakes.join_next() => continue,
         };
-        if let Some(hook) = &options.admission {
+        if let Some(hook) = options.admission_value() {
             let decision = hook.decide(&Attempt::new(peer, Protocol::Tcp, true));
             if matches!(decision, Admit::Refuse | Admit::Ignore) {
                 debug!(%peer, ?decision, "the admission hook turned the connection away");
@@ -195,12 +195,12 @@ async fn accept_loop(
             }
         }
         let Some(source_slot) = sources.try_acquire(peer) else {
-            debug!(%peer, max = options.max_pending_per_source, "too many handshakes in progress from this source; refusing connection");
+            debug!(%peer, max = options.max_pending_per_source_value(), "too many handshakes in progress from this source; refusing connection");
             drop(stream);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, max = options.max_pending_handshakes, "too many handshakes in progress; refusing connection");
+            debug!(%peer, max = options.max_pending_handshakes_value(), "too many handshakes in progress; refusing connection");
             drop(stream);
             continue;
         };
@@ -216,9 +216,9 @@ async fn accept_loop(
             // until the application takes the session (below).
             drop(source_slot);
             match result {
-                Ok(session) if !registry.admit(&session, options.max_sessions) => {
+                Ok(session) if !registry.admit(&session, options.max_sessions_value()) => {
                     let refused = Error::LimitReached(Limit::Sessions(
-                        options.max_sessions.unwrap_or_default(),
+                        options.max_sessions_value().unwrap_or_default(),
                     ));
                     debug!(%peer, "refusing session: {refused}");
                     session.close().await;
@@ -246,8 +246,10 @@ async fn handshake(
 ) -> Result<Session> {
     socket::configure(&stream, options);
     let local_addr = stream.local_addr()?;
-    let deadline = tokio::time::Instant::now() + options.handshake_timeout;
-    let first_flight = options.first_flight_timeout.min(options.handshake_timeout);
+    let deadline = tokio::time::Instant::now() + options.handshake_timeout_value();
+    let first_flight = options
+        .first_flight_timeout_value()
+        .min(options.handshake_timeout_value());
     let tls_failed =
         |e: std::io::Error| Error::Handshake(qymux_tls::handshake_error(&e, Side::Server));
     // The whole ClientHello within the first-flight bound: a silent or trickling
@@ -264,7 +266,7 @@ async fn handshake(
         .await
         .map_err(|_| Error::Timeout {
             what: TimeoutKind::Handshake,
-            after: options.handshake_timeout,
+            after: options.handshake_timeout_value(),
         })?
         .map_err(tls_failed)?;
     let conn = tls.get_ref().1;

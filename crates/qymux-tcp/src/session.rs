@@ -476,8 +476,8 @@ impl Session {
             local_addr: start.local_addr,
             remote_addr: start.remote_addr,
             peer_identity: start.peer_identity,
-            close_timeout: start.options.close_timeout,
-            open_timeout: start.options.open_timeout,
+            close_timeout: start.options.close_timeout_value(),
+            open_timeout: start.options.open_timeout_value(),
             done: Mutex::new((false, Vec::new())),
         });
         let span = tracing::debug_span!(

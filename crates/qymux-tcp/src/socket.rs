@@ -15,8 +15,8 @@ pub(crate) fn configure(stream: &TcpStream, options: &Options) {
         debug!("TCP_NODELAY: {e}");
     }
     let sock = SockRef::from(stream);
-    if let Some(interval) = options.keep_alive_interval {
-        let retries = probes(interval, options.idle_timeout);
+    if let Some(interval) = options.keep_alive_interval_value() {
+        let retries = probes(interval, options.idle_timeout_value());
         let keepalive = TcpKeepalive::new()
             .with_time(interval)
             .with_interval(interval)
@@ -26,7 +26,7 @@ pub(crate) fn configure(stream: &TcpStream, options: &Options) {
         }
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = sock.set_tcp_user_timeout(Some(options.idle_timeout)) {
+    if let Err(e) = sock.set_tcp_user_timeout(Some(options.idle_timeout_value())) {
         debug!("TCP_USER_TIMEOUT: {e}");
     }
 }

@@ -70,7 +70,7 @@ async fn a_flood_of_silent_connections_from_one_address_locks_nobody_out() {
         &addr.to_string(),
         "localhost",
         pki.client_tls(),
-        &client_options,
+        client_options.clone(),
     )
     .await
     .expect("a client from 127.0.0.1 must get in during the flood");
@@ -117,7 +117,7 @@ async fn without_the_per_source_cap_the_same_flood_locks_the_listener() {
         &addr.to_string(),
         "localhost",
         pki.client_tls(),
-        &client_options,
+        client_options.clone(),
     )
     .await;
     assert!(
@@ -190,7 +190,7 @@ async fn the_admission_hook_closes_turned_away_connections_at_once() {
         &target.to_string(),
         "localhost",
         pki.client_tls(),
-        &options(),
+        options(),
     )
     .await
     .expect("127.0.0.1 is let in");

@@ -464,7 +464,7 @@ proptest! {
                 solo.step(op);
             }
             solo.finish();
-            prop_assert!(solo.side.conn.open_streams() <= limits.config().max_streams);
+            prop_assert!(solo.side.conn.open_streams() <= limits.config().max_streams_value());
         }
     }
 
@@ -506,14 +506,14 @@ fn a_read_in_the_middle_of_a_frame_grants_no_credit_already_spent() {
 
     use qymux_tcp::engine::core::{Config, Connection};
 
-    let config = Config {
-        max_streams: 1024,
-        accept_backlog: 256,
-        receive_budget: 256 * 1024 * 1024,
-        max_stream_window: 16 * 1024 * 1024,
-        keep_alive_interval: None,
-        idle_timeout: Duration::from_secs(30),
-    };
+    let mut config = Config::default();
+    config
+        .max_streams(1024)
+        .accept_backlog(256)
+        .receive_budget(256 * 1024 * 1024)
+        .max_stream_window(16 * 1024 * 1024)
+        .keep_alive_interval(None)
+        .idle_timeout(Duration::from_secs(30));
     let now = Instant::now();
     let mut server = Connection::new(Role::Server, config, now);
     let mut control = Vec::new();

@@ -181,7 +181,7 @@ async fn qymux_dials_go() {
     .await
     .unwrap();
 
-    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &options())
+    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
     let _echo = echo_all(session.clone());
@@ -237,9 +237,14 @@ async fn go_answers_our_keep_alives() {
     short
         .idle_timeout(Duration::from_secs(2))
         .keep_alive_interval(Some(Duration::from_millis(500)));
-    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &short)
-        .await
-        .unwrap();
+    let session = dial(
+        &addr.to_string(),
+        "localhost",
+        pki.client_tls(),
+        short.clone(),
+    )
+    .await
+    .unwrap();
     tokio::select! {
         reason = session.closed() => panic!("the idle session to Go ended: {reason:?}"),
         () = tokio::time::sleep(Duration::from_secs(6)) => {}
@@ -329,7 +334,7 @@ async fn mtls_with_go_in_both_roles() {
         &go_addr.to_string(),
         "localhost",
         pki.client_tls(),
-        &options(),
+        options(),
     )
     .await
     {
@@ -343,7 +348,7 @@ async fn mtls_with_go_in_both_roles() {
         .client_identity(pki.client.clone())
         .build()
         .unwrap();
-    let session = dial(&go_addr.to_string(), "localhost", tls, &options())
+    let session = dial(&go_addr.to_string(), "localhost", tls, options())
         .await
         .unwrap();
     verify_echo(&session, 7, 100_000).await;
@@ -509,7 +514,7 @@ async fn go_goaway_lets_streams_in_flight_finish() {
     )
     .await
     .unwrap();
-    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &options())
+    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
 
@@ -703,7 +708,7 @@ async fn single_16_mib_writes_with_large_windows_go_server() {
     )
     .await
     .unwrap();
-    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &options())
+    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
     let ((), (id, sum)) = tokio::join!(
@@ -921,7 +926,7 @@ async fn double_shutdown_is_one_fin_go_server() {
     )
     .await
     .unwrap();
-    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), &options())
+    let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
     let (id, sum) = double_shutdown_then_probe(&session)

@@ -98,7 +98,7 @@ async fn garbage_senders_are_disconnected_and_good_clients_keep_working() {
         &addr.to_string(),
         "localhost",
         pki.client_tls(),
-        &hostile_options(),
+        hostile_options(),
     )
     .await
     .unwrap();
@@ -134,7 +134,7 @@ async fn garbage_senders_are_disconnected_and_good_clients_keep_working() {
             &addr.to_string(),
             "localhost",
             pki.client_tls(),
-            &hostile_options(),
+            hostile_options(),
         )
         .await
         .unwrap();

@@ -208,7 +208,7 @@ async fn good_session(server: &Server, pki: &Pki) -> Session {
             &server.addr.to_string(),
             "localhost",
             pki.client_tls(),
-            &Options::default(),
+            Options::default(),
         ),
     )
     .await

@@ -20,7 +20,7 @@ async fn listen(tls: Arc<rustls::ServerConfig>) -> (Listener, String) {
 
 /// Dials and expects a handshake error; the listener must hand out no session for it.
 async fn refused(addr: &str, name: &str, tls: Arc<rustls::ClientConfig>) -> HandshakeError {
-    match dial(addr, name, tls, &options()).await {
+    match dial(addr, name, tls, options()).await {
         Err(Error::Handshake(e)) => e,
         Ok(_) => panic!("the dial must be refused"),
         Err(other) => panic!("expected a handshake error, got {other:?}"),
@@ -86,7 +86,7 @@ async fn nothing_listening_is_a_connect_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    match dial(&unused, "localhost", pki.client_tls(), &options()).await {
+    match dial(&unused, "localhost", pki.client_tls(), options()).await {
         Err(Error::Connect { addr, source }) => {
             assert_eq!(addr, unused);
             assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -103,7 +103,10 @@ async fn dangerous_skip_connects_to_a_server_nobody_vouches_for() {
         .build()
         .unwrap();
     let opts = options();
-    let (session, accepted) = tokio::join!(dial(&addr, "whatever", tls, &opts), listener.accept());
+    let (session, accepted) = tokio::join!(
+        dial(&addr, "whatever", tls, opts.clone()),
+        listener.accept()
+    );
     session.expect("no verification at all");
     accepted.unwrap();
 }

@@ -125,7 +125,7 @@ async fn a_lost_connection_is_an_error_not_eof() {
     let cutter = Cutter::start(listener.local_addr()).await;
     let (addr, opts) = (cutter.addr.to_string(), options());
     let (client, server) = tokio::join!(
-        qymux_tcp::dial(&addr, "localhost", pki.client_tls(), &opts),
+        qymux_tcp::dial(&addr, "localhost", pki.client_tls(), opts.clone()),
         listener.accept()
     );
     let (client, server) = (client.unwrap(), server.unwrap());
@@ -178,7 +178,7 @@ fn waiters_fail_when_the_driver_task_is_gone() {
             &addr,
             "localhost",
             pki.client_tls(),
-            &options(),
+            options(),
         ))
         .unwrap();
     let server = peer_rt.block_on(listener.accept()).unwrap();

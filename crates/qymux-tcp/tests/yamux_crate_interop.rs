@@ -234,7 +234,7 @@ async fn connect(role: Role) -> Pair {
                 "connect",
                 futures::future::join(
                     yamux,
-                    qymux_tcp::dial(&addr.to_string(), "localhost", pki.client_tls(), &options()),
+                    qymux_tcp::dial(&addr.to_string(), "localhost", pki.client_tls(), options()),
                 ),
             )
             .await;

@@ -23,108 +23,25 @@ use crate::proxy::Proxy;
 /// options.validate().unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Options {
-    /// Bound on establishing the transport connection (TCP connect).
-    pub connect_timeout: Duration,
-    /// Bound on the TLS / QUIC handshake, counted from the connection being made.
-    pub handshake_timeout: Duration,
-    /// How often to send keep-alive probes while the peer is silent; `None` disables them.
-    /// A live peer answers each probe, so it must be shorter than
-    /// [`idle_timeout`](Options::idle_timeout) by at least a round trip; a third of it or
-    /// less leaves room for a lost probe.
-    pub keep_alive_interval: Option<Duration>,
-    /// Dead-peer timeout: a session that hears nothing from its peer for this long is
-    /// closed with [`TimeoutKind::Idle`](crate::TimeoutKind::Idle), in both modes and also
-    /// when the peer vanishes silently; every operation waiting on it fails with that
-    /// error. Without keep-alive, a session on which neither side sends anything ends
-    /// after this too.
-    pub idle_timeout: Duration,
-    /// Maximum number of concurrently open streams on one session, counting both
-    /// directions. Opening beyond it fails with [`Limit::Streams`](crate::Limit::Streams);
-    /// streams the peer opens beyond it are reset.
-    pub max_streams: usize,
-    /// Bound on a graceful close: after it the connection is dropped.
-    pub close_timeout: Duration,
-    /// Maximum number of handshakes a listener runs at once; further connections are
-    /// refused until one finishes.
-    pub max_pending_handshakes: usize,
-    /// Maximum number of live sessions a listener holds at once (handed out or waiting
-    /// for `accept`); 10,000 by default ([`DEFAULT_MAX_SESSIONS`]), `None` for no cap.
-    /// With the per-session receive budgets this bounds what a listener's peers can make
-    /// it buffer; a server for a larger fleet raises it. A session whose handshake
-    /// completes beyond it is refused at once, not queued: over QUIC it is closed with
-    /// the reason `limit reached: at most N sessions per listener`, over TCP it gets a
-    /// yamux GoAway (the wire has no room for a reason); the listener logs
-    /// [`Limit::Sessions`](crate::Limit::Sessions). A session counts until it has ended
-    /// or every handle to it is dropped. In Auto mode the cap covers QUIC and TCP
-    /// together.
-    pub max_sessions: Option<usize>,
-    /// How long [`Session::open`](crate::Session::open) waits for the peer to make room
-    /// for another stream (a hashicorp yamux peer acknowledges at most 256 streams ahead
-    /// of its application's accepts; QUIC peers grant streams in batches) before it fails
-    /// with [`Limit::PeerStreams`](crate::Limit::PeerStreams).
-    pub open_timeout: Duration,
-    /// Streams the peer opened that may wait for the application's `accept` (256 by
-    /// default, as hashicorp yamux). Over TCP, streams beyond it are reset (the peer
-    /// reads [`Error::StreamReset`](crate::Error::StreamReset)). Over QUIC it caps the
-    /// stream grant instead: the peer is granted at most this many streams beyond those
-    /// accepted when the grant grows (and at most 128 at first), so its `open` beyond it
-    /// waits for a grant and fails with
-    /// [`Limit::PeerStreams`](crate::Limit::PeerStreams).
-    pub accept_backlog: usize,
-    /// The most stream data a peer can make one session buffer, in bytes: the sum of the
-    /// receive windows granted to it (256 MiB by default, enough for the default
-    /// 1024 streams at their initial 256 KiB). Each TCP stream takes 256 KiB of it while
-    /// it is open, so at most `receive_budget / 256 KiB` streams are open at once however
-    /// high [`max_streams`](Options::max_streams) is; windows grow within what is left,
-    /// keeping room for 64 more streams. Opens beyond it fail with
-    /// [`Limit::ReceiveBudget`](crate::Limit::ReceiveBudget), the peer's are reset.
-    pub receive_budget: usize,
-    /// The largest receive window one stream grows to (16 MiB by default). Windows start
-    /// at 256 KiB and double while the reader keeps up with the round-trip time, so a
-    /// fast stream over a long path is not held to 256 KiB per round trip.
-    pub max_stream_window: u32,
-    /// Handshakes one source may have in progress at once on a listener: an IPv4
-    /// address, or an IPv6 /64 ([`admission::Source`](crate::admission::Source)). Beyond
-    /// it a new TCP connection from that source is closed at once, and a QUIC attempt is
-    /// ignored while its address is unvalidated (refused once validated), so one host
-    /// cannot hold the [`max_pending_handshakes`](Options::max_pending_handshakes)
-    /// slots that everyone shares. 32 by default: agents behind one NAT that all
-    /// reconnect at once get in a few dozen at a time, the rest on their next attempt.
-    pub max_pending_per_source: usize,
-    /// How long a new connection has to send its first flight before it is dropped,
-    /// whatever [`handshake_timeout`](Options::handshake_timeout) says: over TCP the
-    /// whole TLS ClientHello; over QUIC, an attempt whose address is not validated must
-    /// complete its handshake within it. Silent and trickling connections free their
-    /// handshake slot after this, not after the handshake timeout. 3 s by default
-    /// (a client 1 s of round trip away still makes it).
-    pub first_flight_timeout: Duration,
-    /// When a QUIC listener validates a client's address with a Retry before it keeps
-    /// any state for it ([`QuicRetry::Auto`] by default).
-    pub quic_retry: QuicRetry,
-    /// The application's say on every connection attempt a listener sees, before the
-    /// caps above (none by default: every attempt goes on to them). See
-    /// [`admission`](crate::admission).
-    pub admission: Option<AdmissionHook>,
-    /// The secret a QUIC listener derives its stateless-reset key from (a random key per
-    /// process when `None`, the default).
-    ///
-    /// With a secret that survives a restart (the server's private key file is a good
-    /// one), a restarted server answers the first packet of each connection its
-    /// predecessor held with a stateless reset, and the agent redials at once; with a
-    /// random key the new process cannot prove it is the same server, drops the packets,
-    /// and each agent waits out its [`idle_timeout`](Options::idle_timeout). Anyone who
-    /// knows the secret can end this server's connections, so keep it as secret as the
-    /// server's key. Only the derived key is used: the secret itself is never sent.
-    pub quic_reset_secret: Option<Secret>,
-    /// The HTTP CONNECT or SOCKS5 proxy the TCP transport dials through (none by
-    /// default). Listeners ignore it. With a proxy, `Mode::Auto` dials TCP only (through
-    /// the proxy) unless [`Proxy::allow_direct_quic`] lets QUIC go straight to the
-    /// server; see [`proxy`](crate::proxy). The proxy's connect and handshake are both
-    /// bounded by [`connect_timeout`](Options::connect_timeout), and a session's
-    /// `remote_addr` is then the proxy's address.
-    pub proxy: Option<Proxy>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    keep_alive_interval: Option<Duration>,
+    idle_timeout: Duration,
+    max_streams: usize,
+    close_timeout: Duration,
+    max_pending_handshakes: usize,
+    max_sessions: Option<usize>,
+    open_timeout: Duration,
+    accept_backlog: usize,
+    receive_budget: usize,
+    max_stream_window: u32,
+    max_pending_per_source: usize,
+    first_flight_timeout: Duration,
+    quic_retry: QuicRetry,
+    admission: Option<AdmissionHook>,
+    quic_reset_secret: Option<Secret>,
+    proxy: Option<Proxy>,
 }
 
 /// Secret bytes (see [`Options::quic_reset_secret`]), never printed by `Debug`.
@@ -206,92 +123,142 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Sets [`Options::connect_timeout`].
+    /// Bound on establishing the transport connection (TCP connect).
     pub fn connect_timeout(&mut self, value: Duration) -> &mut Self {
         self.connect_timeout = value;
         self
     }
 
-    /// Sets [`Options::handshake_timeout`].
+    /// Bound on the TLS / QUIC handshake, counted from the connection being made.
     pub fn handshake_timeout(&mut self, value: Duration) -> &mut Self {
         self.handshake_timeout = value;
         self
     }
 
-    /// Sets [`Options::keep_alive_interval`].
+    /// How often to send keep-alive probes while the peer is silent; `None` disables them.
+    /// A live peer answers each probe, so it must be shorter than
+    /// [`idle_timeout`](Options::idle_timeout) by at least a round trip; a third of it or
+    /// less leaves room for a lost probe.
     pub fn keep_alive_interval(&mut self, value: Option<Duration>) -> &mut Self {
         self.keep_alive_interval = value;
         self
     }
 
-    /// Sets [`Options::idle_timeout`].
+    /// Dead-peer timeout: a session that hears nothing from its peer for this long is
+    /// closed with [`TimeoutKind::Idle`](crate::TimeoutKind::Idle), in both modes and also
+    /// when the peer vanishes silently; every operation waiting on it fails with that
+    /// error. Without keep-alive, a session on which neither side sends anything ends
+    /// after this too.
     pub fn idle_timeout(&mut self, value: Duration) -> &mut Self {
         self.idle_timeout = value;
         self
     }
 
-    /// Sets [`Options::max_streams`].
+    /// Maximum number of concurrently open streams on one session, counting both
+    /// directions. Opening beyond it fails with [`Limit::Streams`](crate::Limit::Streams);
+    /// streams the peer opens beyond it are reset.
     pub fn max_streams(&mut self, value: usize) -> &mut Self {
         self.max_streams = value;
         self
     }
 
-    /// Sets [`Options::close_timeout`].
+    /// Bound on a graceful close: after it the connection is dropped.
     pub fn close_timeout(&mut self, value: Duration) -> &mut Self {
         self.close_timeout = value;
         self
     }
 
-    /// Sets [`Options::max_pending_handshakes`].
+    /// Maximum number of handshakes a listener runs at once; further connections are
+    /// refused until one finishes.
     pub fn max_pending_handshakes(&mut self, value: usize) -> &mut Self {
         self.max_pending_handshakes = value;
         self
     }
 
-    /// Sets [`Options::max_sessions`] (`None` for no cap).
+    /// Maximum number of live sessions a listener holds at once (handed out or waiting
+    /// for `accept`); 10,000 by default ([`DEFAULT_MAX_SESSIONS`]), `None` for no cap.
+    /// With the per-session receive budgets this bounds what a listener's peers can make
+    /// it buffer; a server for a larger fleet raises it. A session whose handshake
+    /// completes beyond it is refused at once, not queued: over QUIC it is closed with
+    /// the reason `limit reached: at most N sessions per listener`, over TCP it gets a
+    /// yamux GoAway (the wire has no room for a reason); the listener logs
+    /// [`Limit::Sessions`](crate::Limit::Sessions). A session counts until it has ended
+    /// or every handle to it is dropped. In Auto mode the cap covers QUIC and TCP
+    /// together.
     pub fn max_sessions(&mut self, value: impl Into<Option<usize>>) -> &mut Self {
         self.max_sessions = value.into();
         self
     }
 
-    /// Sets [`Options::open_timeout`].
+    /// How long [`Session::open`](crate::Session::open) waits for the peer to make room
+    /// for another stream (a hashicorp yamux peer acknowledges at most 256 streams ahead
+    /// of its application's accepts; QUIC peers grant streams in batches) before it fails
+    /// with [`Limit::PeerStreams`](crate::Limit::PeerStreams).
     pub fn open_timeout(&mut self, value: Duration) -> &mut Self {
         self.open_timeout = value;
         self
     }
 
-    /// Sets [`Options::accept_backlog`].
+    /// Streams the peer opened that may wait for the application's `accept` (256 by
+    /// default, as hashicorp yamux). Over TCP, streams beyond it are reset (the peer
+    /// reads [`Error::StreamReset`](crate::Error::StreamReset)). Over QUIC it caps the
+    /// stream grant instead: the peer is granted at most this many streams beyond those
+    /// accepted when the grant grows (and at most 128 at first), so its `open` beyond it
+    /// waits for a grant and fails with
+    /// [`Limit::PeerStreams`](crate::Limit::PeerStreams).
     pub fn accept_backlog(&mut self, value: usize) -> &mut Self {
         self.accept_backlog = value;
         self
     }
 
-    /// Sets [`Options::receive_budget`].
+    /// The most stream data a peer can make one session buffer, in bytes: the sum of the
+    /// receive windows granted to it (256 MiB by default, enough for the default
+    /// 1024 streams at their initial 256 KiB). Each TCP stream takes 256 KiB of it while
+    /// it is open, so at most `receive_budget / 256 KiB` streams are open at once however
+    /// high [`max_streams`](Options::max_streams) is; windows grow within what is left,
+    /// keeping room for 64 more streams. Opens beyond it fail with
+    /// [`Limit::ReceiveBudget`](crate::Limit::ReceiveBudget), the peer's are reset.
     pub fn receive_budget(&mut self, value: usize) -> &mut Self {
         self.receive_budget = value;
         self
     }
 
-    /// Sets [`Options::max_stream_window`].
+    /// The largest receive window one stream grows to (16 MiB by default). Windows start
+    /// at 256 KiB and double while the reader keeps up with the round-trip time, so a
+    /// fast stream over a long path is not held to 256 KiB per round trip.
     pub fn max_stream_window(&mut self, value: u32) -> &mut Self {
         self.max_stream_window = value;
         self
     }
 
-    /// Sets [`Options::max_pending_per_source`].
+    /// Handshakes one source may have in progress at once on a listener: an IPv4
+    /// address, or an IPv6 /64 ([`admission::Source`](crate::admission::Source)). Beyond
+    /// it a new TCP connection from that source is closed at once, and a QUIC attempt is
+    /// ignored while its address is unvalidated (refused once validated), so one host
+    /// cannot hold the [`max_pending_handshakes`](Options::max_pending_handshakes)
+    /// slots that everyone shares. 32 by default: agents behind one NAT that all
+    /// reconnect at once get in a few dozen at a time, the rest on their next attempt.
     pub fn max_pending_per_source(&mut self, value: usize) -> &mut Self {
         self.max_pending_per_source = value;
         self
     }
 
-    /// Sets [`Options::first_flight_timeout`].
+    /// How long a new connection has to send its first flight before it is dropped,
+    /// whatever [`handshake_timeout`](Options::handshake_timeout) says: over TCP the
+    /// whole TLS ClientHello; over QUIC, an attempt whose address is not validated must
+    /// complete its handshake within it. Silent and trickling connections free their
+    /// handshake slot after this, not after the handshake timeout. 3 s by default
+    /// (a client 1 s of round trip away still makes it).
     pub fn first_flight_timeout(&mut self, value: Duration) -> &mut Self {
         self.first_flight_timeout = value;
         self
     }
 
-    /// Sets [`Options::admission`]: `decide` is called with every connection attempt a
-    /// listener sees, before it keeps state for it.
+    /// The application's say on every connection attempt a listener sees, before the
+    /// caps above (none by default: every attempt goes on to them). See
+    /// [`admission`](crate::admission).
+    /// `decide` is called with every connection attempt a listener sees, before it keeps
+    /// state for it.
     pub fn admission(
         &mut self,
         decide: impl Fn(&Attempt) -> Admit + Send + Sync + 'static,
@@ -300,25 +267,134 @@ impl Options {
         self
     }
 
-    /// Sets [`Options::quic_reset_secret`], for instance to the server's private key file
-    /// (`std::fs::read("server.key")?`).
+    /// The secret a QUIC listener derives its stateless-reset key from (a random key per
+    /// process when `None`, the default).
+    ///
+    /// With a secret that survives a restart (the server's private key file is a good
+    /// one), a restarted server answers the first packet of each connection its
+    /// predecessor held with a stateless reset, and the agent redials at once; with a
+    /// random key the new process cannot prove it is the same server, drops the packets,
+    /// and each agent waits out its [`idle_timeout`](Options::idle_timeout). Anyone who
+    /// knows the secret can end this server's connections, so keep it as secret as the
+    /// server's key. Only the derived key is used: the secret itself is never sent.
+    ///
+    /// For instance the server's private key file (`std::fs::read("server.key")?`).
     pub fn quic_reset_secret(&mut self, secret: impl Into<Secret>) -> &mut Self {
         self.quic_reset_secret = Some(secret.into());
         self
     }
 
-    /// Sets [`Options::proxy`] (`None` for none): for instance
-    /// `options.proxy(Proxy::parse("http://user:password@proxy.corp:3128")?)`, or
-    /// `options.proxy(Proxy::from_env()?)` to honour `HTTPS_PROXY` / `ALL_PROXY`.
+    /// The HTTP CONNECT or SOCKS5 proxy the TCP transport dials through (none by
+    /// default). Listeners ignore it. With a proxy, `Mode::Auto` dials TCP only (through
+    /// the proxy) unless [`Proxy::allow_direct_quic`] lets QUIC go straight to the
+    /// server; see [`proxy`](crate::proxy). The proxy's connect and handshake are both
+    /// bounded by [`connect_timeout`](Options::connect_timeout), and a session's
+    /// `remote_addr` is then the proxy's address.
+    ///
+    /// For instance `options.proxy(Proxy::parse("http://user:password@proxy.corp:3128")?)`,
+    /// or `options.proxy(Proxy::from_env()?)` to honour `HTTPS_PROXY` / `ALL_PROXY`.
     pub fn proxy(&mut self, proxy: impl Into<Option<Proxy>>) -> &mut Self {
         self.proxy = proxy.into();
         self
     }
 
-    /// Sets [`Options::quic_retry`].
+    /// When a QUIC listener validates a client's address with a Retry before it keeps
+    /// any state for it ([`QuicRetry::Auto`] by default).
     pub fn quic_retry(&mut self, value: QuicRetry) -> &mut Self {
         self.quic_retry = value;
         self
+    }
+
+    // Read accessors: each returns what the setter of the same name (without `_value`) set.
+
+    /// The value [`Options::connect_timeout`] set.
+    pub fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The value [`Options::handshake_timeout`] set.
+    pub fn handshake_timeout_value(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// The value [`Options::keep_alive_interval`] set.
+    pub fn keep_alive_interval_value(&self) -> Option<Duration> {
+        self.keep_alive_interval
+    }
+
+    /// The value [`Options::idle_timeout`] set.
+    pub fn idle_timeout_value(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// The value [`Options::max_streams`] set.
+    pub fn max_streams_value(&self) -> usize {
+        self.max_streams
+    }
+
+    /// The value [`Options::close_timeout`] set.
+    pub fn close_timeout_value(&self) -> Duration {
+        self.close_timeout
+    }
+
+    /// The value [`Options::max_pending_handshakes`] set.
+    pub fn max_pending_handshakes_value(&self) -> usize {
+        self.max_pending_handshakes
+    }
+
+    /// The value [`Options::max_sessions`] set.
+    pub fn max_sessions_value(&self) -> Option<usize> {
+        self.max_sessions
+    }
+
+    /// The value [`Options::open_timeout`] set.
+    pub fn open_timeout_value(&self) -> Duration {
+        self.open_timeout
+    }
+
+    /// The value [`Options::accept_backlog`] set.
+    pub fn accept_backlog_value(&self) -> usize {
+        self.accept_backlog
+    }
+
+    /// The value [`Options::receive_budget`] set.
+    pub fn receive_budget_value(&self) -> usize {
+        self.receive_budget
+    }
+
+    /// The value [`Options::max_stream_window`] set.
+    pub fn max_stream_window_value(&self) -> u32 {
+        self.max_stream_window
+    }
+
+    /// The value [`Options::max_pending_per_source`] set.
+    pub fn max_pending_per_source_value(&self) -> usize {
+        self.max_pending_per_source
+    }
+
+    /// The value [`Options::first_flight_timeout`] set.
+    pub fn first_flight_timeout_value(&self) -> Duration {
+        self.first_flight_timeout
+    }
+
+    /// The value [`Options::quic_retry`] set.
+    pub fn quic_retry_value(&self) -> QuicRetry {
+        self.quic_retry
+    }
+
+    /// The value [`Options::admission`] set.
+    pub fn admission_value(&self) -> Option<&AdmissionHook> {
+        self.admission.as_ref()
+    }
+
+    /// The value [`Options::quic_reset_secret`] set.
+    pub fn quic_reset_secret_value(&self) -> Option<&Secret> {
+        self.quic_reset_secret.as_ref()
+    }
+
+    /// The value [`Options::proxy`] set.
+    pub fn proxy_value(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
     }
 
     /// The window every yamux stream starts with (fixed by the protocol): the least

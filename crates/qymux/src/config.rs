@@ -1,142 +1,281 @@
-//! One configuration for dialing and listening.
+//! The configurations of the two roles: [`ServerConfig`] to listen, [`ClientConfig`] to
+//! dial.
+//!
+//! Both follow quinn's style (see `docs/architecture.md`, "Configuration"): what a role
+//! cannot work without is an argument of `new`, everything else has a default and a
+//! chaining setter `fn name(&mut self, value) -> &mut Self`.
+//!
+//! A setting a role cannot do without is therefore a compile error when it is missing,
+//! not an error from `listen` or `dial`. A server needs its certificate and key:
+//!
+//! ```compile_fail
+//! # async fn f() -> qymux::Result<()> {
+//! // error: ServerConfig has no constructor without the server's TLS
+//! let listener = qymux::Qymux::listen("0.0.0.0:4433", qymux::ServerConfig::default()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ```compile_fail
+//! # async fn f() -> qymux::Result<()> {
+//! // error: ServerConfig::new takes the server's TLS
+//! let listener = qymux::Qymux::listen("0.0.0.0:4433", qymux::ServerConfig::new()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! An agent needs the server's address:
+//!
+//! ```compile_fail
+//! // error: ClientConfig::new takes the server's address
+//! let agent = qymux::Qymux::new(qymux::ClientConfig::new());
+//! ```
+//!
+//! And one role's config does not fit the other's entry point:
+//!
+//! ```compile_fail
+//! # async fn f() -> qymux::Result<()> {
+//! // error: listen takes a ServerConfig
+//! let config = qymux::ClientConfig::new("tunnel.example.com:4433");
+//! let listener = qymux::Qymux::listen("0.0.0.0:4433", config).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The same with everything a role requires compiles:
+//!
+//! ```no_run
+//! # async fn f(tls: qymux::tls::ServerTls) -> qymux::Result<()> {
+//! let listener = qymux::Qymux::listen("0.0.0.0:4433", qymux::ServerConfig::new(tls)).await?;
+//! let agent = qymux::Qymux::new(qymux::ClientConfig::new("tunnel.example.com:4433"));
+//! # Ok(()) }
+//! ```
 
 use std::time::Duration;
 
 use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::{Mode, Options, Proxy};
 
-/// Everything a [`Qymux`](crate::Qymux) needs: the mode, the server's address, TLS for
-/// either side, and the shared timeouts and limits.
+/// What [`Qymux::listen`](crate::Qymux::listen) needs: the server's certificate and key
+/// (required), the mode, and the shared timeouts and limits.
 ///
-/// Defaults: [`Mode::Auto`]; the server verified against the system's root store (set a
-/// CA, or a pinned fingerprint, with [`Config::client_tls`]); [`Options::default`].
+/// Defaults: [`Mode::Auto`] (UDP and TCP on the same port); [`Options::default`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use qymux::{Config, Mode};
-/// use qymux::tls::ClientTls;
+/// use qymux::{Mode, ServerConfig};
+/// use qymux::cert::CertificateAuthority;
+/// use qymux::tls::ServerTls;
 ///
-/// let config = Config::new()
-///     .mode(Mode::Auto)
-///     .server_addr("tunnel.example.com:9090")
-///     .client_tls(ClientTls::with_webpki_roots())
-///     .keep_alive(Duration::from_secs(15))
-///     .connect_timeout(Duration::from_secs(5));
-/// assert_eq!(config.server_name_or_host(), Some("tunnel.example.com"));
+/// let ca = CertificateAuthority::new("Example CA")?;
+/// let mut config = ServerConfig::new(ServerTls::new(ca.issue_server(&["localhost"])?));
+/// config.mode(Mode::Auto).idle_timeout(Duration::from_secs(60));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct Config {
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
     pub(crate) mode: Mode,
-    pub(crate) server_addr: Option<String>,
-    pub(crate) more_server_addrs: Vec<String>,
-    pub(crate) server_name: Option<String>,
-    pub(crate) client_tls: Option<ClientTls>,
-    pub(crate) server_tls: Option<ServerTls>,
+    pub(crate) tls: ServerTls,
     pub(crate) options: Options,
 }
 
-impl Config {
-    /// The defaults.
-    pub fn new() -> Self {
-        Self::default()
+impl ServerConfig {
+    /// A server presenting `tls` (its certificate and key, and the client CA for mTLS),
+    /// with the defaults otherwise.
+    pub fn new(tls: ServerTls) -> Self {
+        Self {
+            mode: Mode::default(),
+            tls,
+            options: Options::default(),
+        }
     }
 
-    /// Which transports to use: [`Mode::Auto`] (default), [`Mode::Quic`] or [`Mode::Tcp`].
-    pub fn mode(mut self, mode: Mode) -> Self {
+    /// Which transports to listen on: [`Mode::Auto`] (default: UDP and TCP on the same
+    /// port), [`Mode::Quic`] or [`Mode::Tcp`].
+    pub fn mode(&mut self, mode: Mode) -> &mut Self {
         self.mode = mode;
         self
     }
 
-    /// The server to dial: `host:port` (the same port for UDP and TCP).
-    pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
-        self.server_addr = Some(addr.into());
-        self
-    }
-
-    /// Several servers to dial, in order: the first is [`Config::server_addr`] (what
-    /// [`Qymux::dial`](crate::Qymux::dial) dials); a
-    /// [`Qymux::connect_forever`](crate::Qymux::connect_forever) session moves on to the
-    /// next one, round robin, when a dial fails or its session is lost. Without a
-    /// [`Config::server_name`], each server's certificate is checked against the host of
-    /// its own address. An empty list clears the servers.
-    pub fn server_addrs<I>(mut self, addrs: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<String>,
-    {
-        let mut addrs = addrs.into_iter().map(Into::into);
-        self.server_addr = addrs.next();
-        self.more_server_addrs = addrs.collect();
-        self
-    }
-
-    /// Every server address, [`Config::server_addr`] first.
-    pub fn get_server_addrs(&self) -> Vec<&str> {
-        self.server_addr
-            .iter()
-            .chain(&self.more_server_addrs)
-            .map(String::as_str)
-            .collect()
-    }
-
-    /// The name the server's certificate must be valid for; by default the host part of
-    /// [`Config::server_addr`].
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
-        self
-    }
-
-    /// How the dialer verifies the server, and its client certificate for mTLS.
-    pub fn client_tls(mut self, tls: ClientTls) -> Self {
-        self.client_tls = Some(tls);
-        self
-    }
-
-    /// The listener's certificate and key, and the client CA for mTLS.
-    pub fn server_tls(mut self, tls: ServerTls) -> Self {
-        self.server_tls = Some(tls);
+    /// The listener's certificate and key, and the client CA for mTLS (replaces what
+    /// [`ServerConfig::new`] was given).
+    pub fn tls(&mut self, tls: ServerTls) -> &mut Self {
+        self.tls = tls;
         self
     }
 
     /// All timeouts, keep-alive and limits at once.
-    pub fn options(mut self, options: Options) -> Self {
+    pub fn options(&mut self, options: Options) -> &mut Self {
         self.options = options;
         self
     }
 
-    /// The keep-alive interval (`None` disables keep-alive probes).
-    pub fn keep_alive(mut self, interval: impl Into<Option<Duration>>) -> Self {
+    /// The keep-alive interval (`None` disables keep-alive probes); see
+    /// [`Options::keep_alive_interval`].
+    pub fn keep_alive(&mut self, interval: impl Into<Option<Duration>>) -> &mut Self {
         self.options.keep_alive_interval(interval.into());
         self
     }
 
     /// The dead-peer timeout: a session that hears nothing for this long fails.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+    pub fn idle_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.options.idle_timeout(timeout);
         self
     }
 
-    /// The bound on establishing the transport connection.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.options.connect_timeout(timeout);
-        self
-    }
-
     /// The bound on the TLS / QUIC handshake.
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.options.handshake_timeout(timeout);
         self
     }
 
     /// The maximum number of concurrent streams per session.
-    pub fn max_streams(mut self, max: usize) -> Self {
+    pub fn max_streams(&mut self, max: usize) -> &mut Self {
         self.options.max_streams(max);
         self
     }
 
-    /// The most sessions a listener holds at once; see [`Options::max_sessions`].
-    pub fn max_sessions(mut self, max: usize) -> Self {
+    /// The most sessions the listener holds at once (`None`: no cap); see
+    /// [`Options::max_sessions`].
+    pub fn max_sessions(&mut self, max: impl Into<Option<usize>>) -> &mut Self {
         self.options.max_sessions(max);
+        self
+    }
+
+    /// The mode set by [`ServerConfig::mode`].
+    pub fn mode_value(&self) -> Mode {
+        self.mode
+    }
+
+    /// The TLS set by [`ServerConfig::new`] or [`ServerConfig::tls`].
+    pub fn tls_value(&self) -> &ServerTls {
+        &self.tls
+    }
+
+    /// The timeouts, keep-alive and limits.
+    pub fn options_value(&self) -> &Options {
+        &self.options
+    }
+}
+
+/// What [`Qymux::new`](crate::Qymux::new) needs to dial: the server's address
+/// (required), how to verify it, the mode, and the shared timeouts and limits.
+///
+/// Defaults: [`Mode::Auto`]; the server verified against the system's root store for
+/// the host of its address (set a CA, or a pinned fingerprint, with
+/// [`ClientConfig::client_tls`], and another name with [`ClientConfig::server_name`]);
+/// [`Options::default`].
+///
+/// ```
+/// use std::time::Duration;
+/// use qymux::{ClientConfig, Mode};
+/// use qymux::tls::ClientTls;
+///
+/// let mut config = ClientConfig::new("tunnel.example.com:9090");
+/// config
+///     .mode(Mode::Auto)
+///     .client_tls(ClientTls::with_webpki_roots())
+///     .keep_alive(Duration::from_secs(15))
+///     .connect_timeout(Duration::from_secs(5));
+/// assert_eq!(config.server_name_or_host(), "tunnel.example.com");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) mode: Mode,
+    pub(crate) server_addr: String,
+    pub(crate) more_server_addrs: Vec<String>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) client_tls: ClientTls,
+    pub(crate) options: Options,
+}
+
+impl ClientConfig {
+    /// Dials `server_addr` (`host:port`, the same port for UDP and TCP), with the
+    /// defaults otherwise.
+    pub fn new(server_addr: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::default(),
+            server_addr: server_addr.into(),
+            more_server_addrs: Vec::new(),
+            server_name: None,
+            client_tls: ClientTls::with_system_roots(),
+            options: Options::default(),
+        }
+    }
+
+    /// Which transports to use: [`Mode::Auto`] (default), [`Mode::Quic`] or [`Mode::Tcp`].
+    pub fn mode(&mut self, mode: Mode) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The server to dial (replaces what [`ClientConfig::new`] was given).
+    pub fn server_addr(&mut self, addr: impl Into<String>) -> &mut Self {
+        self.server_addr = addr.into();
+        self
+    }
+
+    /// More servers to dial, in order, after the one of [`ClientConfig::new`] (what
+    /// [`Qymux::dial`](crate::Qymux::dial) dials): a
+    /// [`Qymux::connect_forever`](crate::Qymux::connect_forever) session moves on to the
+    /// next one, round robin, when a dial fails or its session is lost. Without a
+    /// [`ClientConfig::server_name`], each server's certificate is checked against the
+    /// host of its own address. Replaces the servers set before; an empty list leaves
+    /// only the first.
+    pub fn more_server_addrs<I>(&mut self, addrs: I) -> &mut Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.more_server_addrs = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The name the server's certificate must be valid for; by default the host part of
+    /// the server's address.
+    pub fn server_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// How the dialer verifies the server, and its client certificate for mTLS (default
+    /// [`ClientTls::with_system_roots`]).
+    pub fn client_tls(&mut self, tls: ClientTls) -> &mut Self {
+        self.client_tls = tls;
+        self
+    }
+
+    /// All timeouts, keep-alive and limits at once.
+    pub fn options(&mut self, options: Options) -> &mut Self {
+        self.options = options;
+        self
+    }
+
+    /// The keep-alive interval (`None` disables keep-alive probes); see
+    /// [`Options::keep_alive_interval`].
+    pub fn keep_alive(&mut self, interval: impl Into<Option<Duration>>) -> &mut Self {
+        self.options.keep_alive_interval(interval.into());
+        self
+    }
+
+    /// The dead-peer timeout: a session that hears nothing for this long fails.
+    pub fn idle_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.idle_timeout(timeout);
+        self
+    }
+
+    /// The bound on establishing the transport connection.
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.connect_timeout(timeout);
+        self
+    }
+
+    /// The bound on the TLS / QUIC handshake.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.handshake_timeout(timeout);
+        self
+    }
+
+    /// The maximum number of concurrent streams per session.
+    pub fn max_streams(&mut self, max: usize) -> &mut Self {
+        self.options.max_streams(max);
         self
     }
 
@@ -148,30 +287,46 @@ impl Config {
     /// `NO_PROXY`. See [`transport::proxy`](crate::transport::proxy).
     ///
     /// ```
-    /// use qymux::{Config, Mode, Proxy};
+    /// use qymux::{ClientConfig, Mode, Proxy};
     ///
-    /// let config = Config::new()
+    /// let mut config = ClientConfig::new("tunnel.example.com:443");
+    /// config
     ///     .mode(Mode::Auto)
-    ///     .server_addr("tunnel.example.com:443")
     ///     .proxy(Proxy::parse("http://agent:s3cret@proxy.corp.example:3128")?);
     /// # Ok::<(), qymux::transport::proxy::InvalidProxy>(())
     /// ```
-    pub fn proxy(mut self, proxy: impl Into<Option<Proxy>>) -> Self {
+    pub fn proxy(&mut self, proxy: impl Into<Option<Proxy>>) -> &mut Self {
         self.options.proxy(proxy);
         self
     }
 
-    /// The server name the dialer checks: [`Config::server_name`], or the host of
-    /// [`Config::server_addr`].
-    pub fn server_name_or_host(&self) -> Option<&str> {
-        self.server_name.as_deref().or_else(|| {
-            let addr = self.server_addr.as_deref()?;
-            Some(host_of(addr))
-        })
+    /// The mode set by [`ClientConfig::mode`].
+    pub fn mode_value(&self) -> Mode {
+        self.mode
+    }
+
+    /// Every server address: the one of [`ClientConfig::new`] first, then
+    /// [`ClientConfig::more_server_addrs`].
+    pub fn server_addrs(&self) -> Vec<&str> {
+        std::iter::once(&self.server_addr)
+            .chain(&self.more_server_addrs)
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The server name the dialer checks: [`ClientConfig::server_name`], or the host of
+    /// the (first) server address.
+    pub fn server_name_or_host(&self) -> &str {
+        self.server_name_for(&self.server_addr)
+    }
+
+    /// The TLS set by [`ClientConfig::client_tls`].
+    pub fn client_tls_value(&self) -> &ClientTls {
+        &self.client_tls
     }
 
     /// The timeouts, keep-alive and limits.
-    pub fn get_options(&self) -> &Options {
+    pub fn options_value(&self) -> &Options {
         &self.options
     }
 
@@ -198,14 +353,15 @@ mod tests {
 
     #[test]
     fn several_servers() {
-        let c = super::Config::new().server_addrs(["a.example:1", "b.example:2"]);
-        assert_eq!(c.get_server_addrs(), ["a.example:1", "b.example:2"]);
-        assert_eq!(c.server_name_or_host(), Some("a.example"));
+        let mut c = super::ClientConfig::new("a.example:1");
+        c.more_server_addrs(["b.example:2"]);
+        assert_eq!(c.server_addrs(), ["a.example:1", "b.example:2"]);
+        assert_eq!(c.server_name_or_host(), "a.example");
         assert_eq!(c.server_name_for("b.example:2"), "b.example");
-        let c = c.server_name("tunnel.example");
+        c.server_name("tunnel.example");
         assert_eq!(c.server_name_for("b.example:2"), "tunnel.example");
-        let c = c.server_addrs(Vec::<String>::new());
-        assert!(c.get_server_addrs().is_empty());
+        c.more_server_addrs(Vec::<String>::new());
+        assert_eq!(c.server_addrs(), ["a.example:1"]);
     }
 
     #[test]

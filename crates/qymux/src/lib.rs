@@ -15,7 +15,7 @@
 //! # Getting started
 //!
 //! ```
-//! use qymux::{Config, Qymux, Session};
+//! use qymux::{ClientConfig, Qymux, ServerConfig, Session};
 //! use qymux::cert::CertificateAuthority;
 //! use qymux::tls::{ClientTls, ServerTls};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,17 +24,14 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Certificates: a CA that signs the server's certificate; agents trust the CA.
 //! let ca = CertificateAuthority::new("Example CA")?;
-//! let server = Qymux::new(
-//!     Config::new().server_tls(ServerTls::new(ca.issue_server(&["localhost"])?)),
-//! );
-//! let listener = server.listen("127.0.0.1:0").await?; // UDP and TCP, same port
+//! let server = ServerConfig::new(ServerTls::new(ca.issue_server(&["localhost"])?));
+//! let listener = Qymux::listen("127.0.0.1:0", server).await?; // UDP and TCP, same port
 //!
-//! let agent = Qymux::new(
-//!     Config::new()
-//!         .server_addr(listener.local_addr().to_string())
-//!         .server_name("localhost")
-//!         .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
-//! );
+//! let mut client = ClientConfig::new(listener.local_addr().to_string());
+//! client
+//!     .server_name("localhost")
+//!     .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()]));
+//! let agent = Qymux::new(client);
 //! let (session, accepted) = tokio::join!(agent.dial(), listener.accept());
 //! let (session, accepted) = (session?, accepted?);
 //! println!("connected over {}", session.protocol());
@@ -66,10 +63,10 @@
 //! - **One error type** ([`Error`]) that says what failed, convertible to `io::Error`.
 //! - **Agents stay connected.** [`Qymux::connect_forever`] keeps a session up: it
 //!   redials with exponential backoff and full jitter, moves on to the next of several
-//!   servers ([`Config::server_addrs`]), runs a callback on every new session, publishes
+//!   servers ([`ClientConfig::more_server_addrs`]), runs a callback on every new session, publishes
 //!   its [`ReconnectState`] on a `tokio::sync::watch` channel, and moves a session that
 //!   fell back to TCP over to QUIC when QUIC gets through again.
-//! - **Agents behind proxies.** Where only an HTTP proxy gets out, [`Config::proxy`]
+//! - **Agents behind proxies.** Where only an HTTP proxy gets out, [`ClientConfig::proxy`]
 //!   sends the TCP connection through an HTTP CONNECT or SOCKS5 proxy, with credentials
 //!   ([`Proxy`]); the environment (`HTTPS_PROXY`, `NO_PROXY`) only when asked.
 //! - **Servers shut down gracefully.** [`Listener::shutdown`](dialer::Listener::shutdown)
@@ -79,15 +76,15 @@
 //! # Staying connected
 //!
 //! ```no_run
-//! use qymux::{Config, Qymux, ReconnectConfig, ReconnectState, Session};
+//! use qymux::{ClientConfig, Qymux, ReconnectConfig, ReconnectState, Session};
 //! use qymux::tls::ClientTls;
 //!
 //! # async fn agent() -> qymux::Result<()> {
-//! let qymux = Qymux::new(
-//!     Config::new()
-//!         .server_addrs(["tunnel-a.example.com:4433", "tunnel-b.example.com:4433"])
-//!         .client_tls(ClientTls::with_system_roots()),
-//! );
+//! let mut config = ClientConfig::new("tunnel-a.example.com:4433");
+//! config
+//!     .more_server_addrs(["tunnel-b.example.com:4433"])
+//!     .client_tls(ClientTls::with_system_roots());
+//! let qymux = Qymux::new(config);
 //! let agent = qymux.connect_forever(ReconnectConfig::default(), |session| async move {
 //!     // Runs on every new session: serve what the server opens until it ends.
 //!     while let Ok(stream) = session.accept().await {
@@ -113,7 +110,7 @@
 //!
 //! | feature | default | gives |
 //! |---|---|---|
-//! | `auto` | yes | [`Qymux`], [`Config`]; enables `tcp` and `quic` |
+//! | `auto` | yes | [`Qymux`], [`ServerConfig`], [`ClientConfig`]; enables `tcp` and `quic` |
 //! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
 //! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
 //! | `grpc` | no | `grpc`: tonic channel over a session, tonic server on a session |
@@ -132,7 +129,7 @@ mod config;
 mod qymux;
 
 #[cfg(feature = "auto")]
-pub use config::Config;
+pub use config::{ClientConfig, ServerConfig};
 #[cfg(feature = "auto")]
 pub use qymux::{Listener, Qymux};
 #[cfg(feature = "auto")]

@@ -1,29 +1,54 @@
-//! The entry point: `Qymux::new(config)`, then `listen` or `dial`.
+//! The entry points: `Qymux::listen(addr, server_config)` for a server,
+//! `Qymux::new(client_config)` then `dial` or `connect_forever` for an agent.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use qymux_dialer::{Dialer, ReconnectConfig, Reconnecting};
-use qymux_tls::ClientTls;
 use qymux_transport::{BoxSession, Error, ErrorReport, Result};
 
-use crate::config::Config;
+use crate::config::{ClientConfig, ServerConfig};
 
 /// The listener [`Qymux::listen`] returns: sessions over QUIC and TCP on one port (or one
 /// of them, by [`Mode`](crate::Mode)).
 pub type Listener = qymux_dialer::Listener;
 
-/// Dials and listens as its [`Config`] says. Cheap to clone; clones share the memory of
-/// where QUIC failed.
+/// An agent's way to the server: dials as its [`ClientConfig`] says, once
+/// ([`Qymux::dial`]) or for as long as it runs ([`Qymux::connect_forever`]); a server
+/// listens with [`Qymux::listen`] and a [`ServerConfig`]. Cheap to clone; clones share
+/// the memory of where QUIC failed.
 #[derive(Debug, Clone)]
 pub struct Qymux {
-    config: Arc<Config>,
+    config: Arc<ClientConfig>,
     dialer: Arc<OnceLock<Dialer>>,
 }
 
 impl Qymux {
-    /// Wraps a configuration. Nothing is checked until `listen` or `dial`.
-    pub fn new(config: Config) -> Self {
+    /// Listens on `addr` (`host:port`; port 0 picks one) for the transports of the
+    /// configured mode: in Auto, UDP and TCP on the same port.
+    ///
+    /// Unless [`Options::quic_reset_secret`](crate::Options::quic_reset_secret) is set,
+    /// the server's private key is that secret: a server restarted with the same key
+    /// resets its predecessor's QUIC connections on their next packet, so agents redial
+    /// at once instead of waiting out their idle timeout.
+    pub async fn listen(addr: &str, config: ServerConfig) -> Result<Listener> {
+        let ServerConfig {
+            mode,
+            tls: server_tls,
+            mut options,
+        } = config;
+        let tls = server_tls
+            .build()
+            .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
+        if options.quic_reset_secret_value().is_none() {
+            options.quic_reset_secret(server_tls.identity().private_key().secret_der());
+        }
+        Listener::bind(addr, tls, options, mode).await
+    }
+
+    /// Wraps a client configuration. Nothing is checked until `dial` or
+    /// `connect_forever`.
+    pub fn new(config: ClientConfig) -> Self {
         Self {
             config: Arc::new(config),
             dialer: Arc::new(OnceLock::new()),
@@ -31,33 +56,11 @@ impl Qymux {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ClientConfig {
         &self.config
     }
 
-    /// Listens on `addr` (`host:port`; port 0 picks one) for the transports of the
-    /// configured mode: in Auto, UDP and TCP on the same port. Needs
-    /// [`Config::server_tls`].
-    ///
-    /// Unless [`Options::quic_reset_secret`](crate::Options::quic_reset_secret) is set,
-    /// the server's private key is that secret: a server restarted with the same key
-    /// resets its predecessor's QUIC connections on their next packet, so agents redial
-    /// at once instead of waiting out their idle timeout.
-    pub async fn listen(&self, addr: &str) -> Result<Listener> {
-        let server_tls = self.config.server_tls.as_ref().ok_or_else(|| {
-            Error::Config("listening needs Config::server_tls (a certificate and its key)".into())
-        })?;
-        let tls = server_tls
-            .build()
-            .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
-        let mut options = self.config.options.clone();
-        if options.quic_reset_secret.is_none() {
-            options.quic_reset_secret(server_tls.identity().private_key().secret_der());
-        }
-        Listener::bind(addr, tls, options, self.config.mode).await
-    }
-
-    /// Dials [`Config::server_addr`] and returns a session over whichever transport
+    /// Dials the server of [`ClientConfig::new`] and returns a session over whichever transport
     /// won; see [`Session::protocol`](crate::Session::protocol).
     pub async fn dial(&self) -> Result<BoxSession> {
         let dialer = match self.dialer.get() {
@@ -73,7 +76,7 @@ impl Qymux {
     /// Keeps a session up to the configured server(s), for an agent: dials at once,
     /// runs `on_session` on every new session, and when the session is lost dials again,
     /// with exponential backoff and full jitter, moving on to the next of
-    /// [`Config::server_addrs`]. In Auto mode a session that fell back to TCP moves to
+    /// [`ClientConfig::server_addrs`]. In Auto mode a session that fell back to TCP moves to
     /// QUIC once QUIC gets through again. The returned [`Reconnecting`] publishes its
     /// state on a watch channel, hands out the current session, and stops when dropped
     /// or shut down. See [`Reconnecting`] for the details.
@@ -93,8 +96,7 @@ impl Qymux {
         Reconnecting::start(servers, config, on_session)
     }
 
-    /// One [`Dialer`] per configured server ([`Config::server_addr`], then
-    /// [`Config::server_addrs`]), sharing this `Qymux`'s memory of where QUIC failed: the
+    /// One [`Dialer`] per configured server ([`ClientConfig::server_addrs`]), sharing this `Qymux`'s memory of where QUIC failed: the
     /// servers [`connect_forever`](Qymux::connect_forever) goes through, for code that
     /// runs its own [`Reconnecting`] (the tunnel agent of the `forward` feature, for
     /// one).
@@ -116,23 +118,16 @@ impl Qymux {
 
     fn make_dialer(&self) -> Result<Dialer> {
         let config = &self.config;
-        let addr = config
-            .server_addr
-            .clone()
-            .ok_or_else(|| Error::Config("dialing needs Config::server_addr".into()))?;
-        let name = config
-            .server_name_or_host()
-            .ok_or_else(|| Error::Config("no server name to verify".into()))?
-            .to_owned();
-        let client_tls = config
+        let tls = config
             .client_tls
-            .clone()
-            .unwrap_or_else(ClientTls::with_system_roots);
-        let tls = client_tls
             .build()
             .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
-        Ok(Dialer::new(addr, name, tls)
-            .mode(config.mode)
-            .options(config.options.clone()))
+        Ok(Dialer::new(
+            config.server_addr.clone(),
+            config.server_name_or_host().to_owned(),
+            tls,
+        )
+        .mode(config.mode)
+        .options(config.options.clone()))
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{Config, Error, Mode, Qymux, Session};
+use qymux::{ClientConfig, Error, Mode, Qymux, ServerConfig, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -116,16 +116,14 @@ fn serve(listener: &Arc<qymux::Listener>, served: Arc<Mutex<HashSet<u64>>>) {
 
 async fn busy_agent_and_shutdown(mode: Mode) {
     let (server_tls, client_tls) = certs();
-    let server = Qymux::new(Config::new().mode(mode).server_tls(server_tls));
-    let listener = Arc::new(server.listen("127.0.0.1:0").await.unwrap());
+    let mut server = ServerConfig::new(server_tls);
+    server.mode(mode);
+    let listener = Arc::new(Qymux::listen("127.0.0.1:0", server).await.unwrap());
     let served = Arc::new(Mutex::new(HashSet::new()));
     serve(&listener, served.clone());
-    let agent = Qymux::new(
-        Config::new()
-            .mode(mode)
-            .server_addr(listener.local_addr().to_string())
-            .client_tls(client_tls),
-    );
+    let mut config = ClientConfig::new(listener.local_addr().to_string());
+    config.mode(mode).client_tls(client_tls);
+    let agent = Qymux::new(config);
     let session = agent.dial().await.unwrap();
     let protocol = session.protocol();
     let (progress, mut warmed_up) = watch::channel(0);

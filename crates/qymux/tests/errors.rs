@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::ClientTls;
-use qymux::{Config, Error, Mode, Qymux};
+use qymux::{ClientConfig, Error, Mode, Qymux, ServerConfig};
 
 fn client_tls() -> ClientTls {
     let ca = CertificateAuthority::new("Errors CA").unwrap();
@@ -55,13 +55,12 @@ async fn refused_addr() -> String {
 #[tokio::test]
 async fn a_refused_tcp_dial_is_retryable_not_a_timeout() {
     let addr = refused_addr().await;
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_addr(&addr)
-            .server_name("localhost")
-            .client_tls(client_tls()),
-    );
+    let mut config = ClientConfig::new(&addr);
+    config
+        .mode(Mode::Tcp)
+        .server_name("localhost")
+        .client_tls(client_tls());
+    let agent = Qymux::new(config);
     let error = agent.dial().await.expect_err("nothing listens there");
     match &error {
         Error::Connect {
@@ -92,14 +91,13 @@ async fn a_silent_tcp_server_times_out_and_is_retryable() {
             held.push(conn);
         }
     });
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_addr(&addr)
-            .server_name("localhost")
-            .handshake_timeout(Duration::from_millis(300))
-            .client_tls(client_tls()),
-    );
+    let mut config = ClientConfig::new(&addr);
+    config
+        .mode(Mode::Tcp)
+        .server_name("localhost")
+        .handshake_timeout(Duration::from_millis(300))
+        .client_tls(client_tls());
+    let agent = Qymux::new(config);
     let error = agent.dial().await.expect_err("the server never answers");
     assert!(
         matches!(
@@ -122,15 +120,14 @@ async fn a_silent_tcp_server_times_out_and_is_retryable() {
 async fn a_silent_quic_server_times_out_and_is_retryable() {
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap().to_string();
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Quic)
-            .server_addr(&addr)
-            .server_name("localhost")
-            .connect_timeout(Duration::from_millis(300))
-            .handshake_timeout(Duration::from_millis(300))
-            .client_tls(client_tls()),
-    );
+    let mut config = ClientConfig::new(&addr);
+    config
+        .mode(Mode::Quic)
+        .server_name("localhost")
+        .connect_timeout(Duration::from_millis(300))
+        .handshake_timeout(Duration::from_millis(300))
+        .client_tls(client_tls());
+    let agent = Qymux::new(config);
     let error = agent.dial().await.expect_err("the server never answers");
     assert!(error.is_timeout(), "{error:?}");
     assert!(error.is_retryable(), "{error:?}");
@@ -142,21 +139,17 @@ async fn a_silent_quic_server_times_out_and_is_retryable() {
 #[tokio::test]
 async fn an_untrusted_server_is_not_retryable_and_its_chain_says_why_once() {
     let server_ca = CertificateAuthority::new("Other CA").unwrap();
-    let server = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_tls(qymux::tls::ServerTls::new(
-                server_ca.issue_server(&["localhost"]).unwrap(),
-            )),
-    );
-    let listener = server.listen("127.0.0.1:0").await.unwrap();
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_addr(listener.local_addr().to_string())
-            .server_name("localhost")
-            .client_tls(client_tls()),
-    );
+    let mut server = ServerConfig::new(qymux::tls::ServerTls::new(
+        server_ca.issue_server(&["localhost"]).unwrap(),
+    ));
+    server.mode(Mode::Tcp);
+    let listener = Qymux::listen("127.0.0.1:0", server).await.unwrap();
+    let mut config = ClientConfig::new(listener.local_addr().to_string());
+    config
+        .mode(Mode::Tcp)
+        .server_name("localhost")
+        .client_tls(client_tls());
+    let agent = Qymux::new(config);
     // The listener handshakes on its own tasks; it stays bound while the agent dials.
     let error = agent
         .dial()

@@ -1,8 +1,9 @@
-//! The `qymux` facade: one Config, listen and dial in every mode, secure defaults.
+//! The `qymux` facade: a ServerConfig to listen, a ClientConfig to dial, in every mode;
+//! secure defaults.
 
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{Config, Error, HandshakeError, Mode, Protocol, Qymux, Session};
+use qymux::{ClientConfig, Error, HandshakeError, Mode, Protocol, Qymux, ServerConfig, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn certs() -> (ServerTls, ClientTls) {
@@ -21,15 +22,13 @@ async fn listen_and_dial_in_every_mode() {
         (Mode::Tcp, Protocol::Tcp),
     ] {
         let (server_tls, client_tls) = certs();
-        let server = Qymux::new(Config::new().mode(mode).server_tls(server_tls));
-        let listener = server.listen("127.0.0.1:0").await.unwrap();
+        let mut server = ServerConfig::new(server_tls);
+        server.mode(mode);
+        let listener = Qymux::listen("127.0.0.1:0", server).await.unwrap();
         // The server name defaults to the host of the address (an IP SAN here).
-        let agent = Qymux::new(
-            Config::new()
-                .mode(mode)
-                .server_addr(listener.local_addr().to_string())
-                .client_tls(client_tls),
-        );
+        let mut config = ClientConfig::new(listener.local_addr().to_string());
+        config.mode(mode).client_tls(client_tls);
+        let agent = Qymux::new(config);
         let (session, accepted) = tokio::join!(agent.dial(), listener.accept());
         let (session, accepted) = (session.unwrap(), accepted.unwrap());
         assert_eq!(session.protocol(), expected, "{mode}");
@@ -54,14 +53,13 @@ async fn listen_and_dial_in_every_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_is_verified_by_default() {
     let (server_tls, _) = certs();
-    let server = Qymux::new(Config::new().mode(Mode::Tcp).server_tls(server_tls));
-    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let mut server = ServerConfig::new(server_tls);
+    server.mode(Mode::Tcp);
+    let listener = Qymux::listen("127.0.0.1:0", server).await.unwrap();
     // No client TLS configured: the system roots, which do not know our test CA.
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Tcp)
-            .server_addr(listener.local_addr().to_string()),
-    );
+    let mut config = ClientConfig::new(listener.local_addr().to_string());
+    config.mode(Mode::Tcp);
+    let agent = Qymux::new(config);
     match agent.dial().await {
         Err(Error::Handshake(HandshakeError::UntrustedCertificate(_))) => {}
         // A machine without any system roots refuses to build the config instead.
@@ -70,22 +68,16 @@ async fn the_server_is_verified_by_default() {
     }
 }
 
+/// A missing server certificate or server address no longer gets this far: each is an
+/// argument of its config's constructor (see the `compile_fail` examples on
+/// `ServerConfig` and `ClientConfig`). What is left to check at run time is a TLS
+/// configuration that cannot be built.
 #[tokio::test]
-async fn missing_configuration_is_a_clear_error() {
-    let q = Qymux::new(Config::new());
-    match q.listen("127.0.0.1:0").await {
-        Err(Error::Config(msg)) => assert!(msg.contains("server_tls"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
-    match q.dial().await {
-        Err(Error::Config(msg)) => assert!(msg.contains("server_addr"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
-    let bad = Qymux::new(
-        Config::new()
-            .server_addr("127.0.0.1:1")
-            .client_tls(ClientTls::with_ca(vec![]))
-            .connect_timeout(std::time::Duration::from_secs(1)),
-    );
+async fn unusable_configuration_is_a_clear_error() {
+    let mut config = ClientConfig::new("127.0.0.1:1");
+    config
+        .client_tls(ClientTls::with_ca(vec![]))
+        .connect_timeout(std::time::Duration::from_secs(1));
+    let bad = Qymux::new(config);
     assert!(matches!(bad.dial().await, Err(Error::Config(_))));
 }

@@ -15,8 +15,8 @@ use qymux::tls::{ClientTls, ServerTls};
 use qymux::transport::admission::Admit;
 use qymux::transport::proxy::SocksReply;
 use qymux::{
-    BoxSession, Config, Error, Listener, Mode, Options, Protocol, Proxy, ProxyError, Qymux,
-    ReconnectConfig, ReconnectState, Session, TimeoutKind,
+    BoxSession, ClientConfig, Error, Listener, Mode, Options, Protocol, Proxy, ProxyError, Qymux,
+    ReconnectConfig, ReconnectState, ServerConfig, Session, TimeoutKind,
 };
 use qymux_testsupport::{ProxyServer, microsocks, tinyproxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,10 +49,11 @@ impl Server {
             }
             Admit::Accept
         });
-        let server = Qymux::new(Config::new().server_tls(server_tls).options(options));
+        let mut server = ServerConfig::new(server_tls);
+        server.options(options);
         // By name: the proxy resolves it (the listener binds the first address the
         // name resolves to, as a proxy connects to).
-        let listener = server.listen("localhost:0").await.unwrap();
+        let listener = Qymux::listen("localhost:0", server).await.unwrap();
         Server {
             listener,
             client_tls: ClientTls::with_ca(vec![ca.certificate().clone()]),
@@ -66,14 +67,13 @@ impl Server {
     }
 
     fn agent(&self, mode: Mode, proxy: Proxy) -> Qymux {
-        Qymux::new(
-            Config::new()
-                .mode(mode)
-                .server_addr(self.target())
-                .client_tls(self.client_tls.clone())
-                .connect_timeout(Duration::from_secs(5))
-                .proxy(proxy),
-        )
+        let mut config = ClientConfig::new(self.target());
+        config
+            .mode(mode)
+            .client_tls(self.client_tls.clone())
+            .connect_timeout(Duration::from_secs(5))
+            .proxy(proxy);
+        Qymux::new(config)
     }
 
     /// Dials through `agent`, carries a stream each way, and returns the protocol.
@@ -264,14 +264,13 @@ async fn a_proxy_that_refuses_the_target_says_so() {
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
     let agent = |proxy: &str| {
-        Qymux::new(
-            Config::new()
-                .mode(Mode::Auto)
-                .server_addr(format!("127.0.0.1:{closed_port}"))
-                .server_name("localhost")
-                .client_tls(server.client_tls.clone())
-                .proxy(Proxy::parse(proxy).unwrap()),
-        )
+        let mut config = ClientConfig::new(format!("127.0.0.1:{closed_port}"));
+        config
+            .mode(Mode::Auto)
+            .server_name("localhost")
+            .client_tls(server.client_tls.clone())
+            .proxy(Proxy::parse(proxy).unwrap());
+        Qymux::new(config)
     };
     match proxy_error(agent(&format!("http://{}", http.addr())).dial().await) {
         ProxyError::HttpStatus { status, reason } => {
@@ -310,13 +309,12 @@ async fn an_endless_reply_header_is_cut_at_the_cap() {
         }
         sent
     });
-    let agent = Qymux::new(
-        Config::new()
-            .mode(Mode::Auto)
-            .server_addr("localhost:9")
-            .client_tls(ClientTls::with_webpki_roots())
-            .proxy(Proxy::parse(&format!("http://{addr}")).unwrap()),
-    );
+    let mut config = ClientConfig::new("localhost:9");
+    config
+        .mode(Mode::Auto)
+        .client_tls(ClientTls::with_webpki_roots())
+        .proxy(Proxy::parse(&format!("http://{addr}")).unwrap());
+    let agent = Qymux::new(config);
     match proxy_error(agent.dial().await) {
         ProxyError::ReplyTooLong { limit } => assert_eq!(limit, 16 * 1024),
         other => panic!("{other:?}"),
@@ -340,14 +338,13 @@ async fn a_silent_proxy_is_bounded_by_the_connect_timeout() {
         let _ = socks.read_to_end(&mut sink).await;
     });
     for scheme in ["http", "socks5"] {
-        let agent = Qymux::new(
-            Config::new()
-                .mode(Mode::Tcp)
-                .server_addr("localhost:9")
-                .client_tls(ClientTls::with_webpki_roots())
-                .connect_timeout(Duration::from_millis(300))
-                .proxy(Proxy::parse(&format!("{scheme}://{addr}")).unwrap()),
-        );
+        let mut config = ClientConfig::new("localhost:9");
+        config
+            .mode(Mode::Tcp)
+            .client_tls(ClientTls::with_webpki_roots())
+            .connect_timeout(Duration::from_millis(300))
+            .proxy(Proxy::parse(&format!("{scheme}://{addr}")).unwrap());
+        let agent = Qymux::new(config);
         match agent.dial().await {
             Err(Error::Timeout {
                 what: TimeoutKind::Connect,

@@ -6,7 +6,8 @@ use std::time::Duration;
 use qymux::cert::CertificateAuthority;
 use qymux::tls::{ClientTls, ServerTls};
 use qymux::{
-    Backoff, BoxSession, CloseReason, Config, Mode, Qymux, ReconnectConfig, ReconnectState, Session,
+    Backoff, BoxSession, ClientConfig, CloseReason, Mode, Qymux, ReconnectConfig, ReconnectState,
+    ServerConfig, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -37,21 +38,19 @@ async fn accept_peer_of(listener: &qymux::Listener, agent: &BoxSession) -> BoxSe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_forever_moves_to_the_next_server_after_a_graceful_shutdown() {
     let ca = CertificateAuthority::new("Facade reconnect CA").unwrap();
-    let server = Qymux::new(
-        Config::new()
-            .mode(Mode::Auto)
-            .server_tls(ServerTls::new(ca.issue_server(&["localhost"]).unwrap())),
-    );
-    let a = server.listen("127.0.0.1:0").await.unwrap();
-    let b = server.listen("127.0.0.1:0").await.unwrap();
-    let agent = Qymux::new(
-        Config::new()
-            .server_addrs([a.local_addr().to_string(), b.local_addr().to_string()])
-            .server_name("localhost")
-            .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
-    );
+    let mut server = ServerConfig::new(ServerTls::new(ca.issue_server(&["localhost"]).unwrap()));
+    server.mode(Mode::Auto);
+    let a = Qymux::listen("127.0.0.1:0", server.clone()).await.unwrap();
+    let b = Qymux::listen("127.0.0.1:0", server).await.unwrap();
+    let mut config = ClientConfig::new(a.local_addr().to_string());
+    config
+        .more_server_addrs([b.local_addr().to_string()])
+        .server_name("localhost")
+        .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()]));
+    let agent = Qymux::new(config);
     let (tx, mut callbacks) = mpsc::unbounded_channel();
-    let config = ReconnectConfig::default().backoff(Backoff::new(
+    let mut config = ReconnectConfig::default();
+    config.backoff(Backoff::new(
         Duration::from_millis(10),
         Duration::from_millis(100),
     ));
@@ -101,13 +100,4 @@ async fn connect_forever_moves_to_the_next_server_after_a_graceful_shutdown() {
     s.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "hello");
     guard("agent shutdown", reconnecting.shutdown()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_forever_needs_a_server() {
-    let agent = Qymux::new(Config::new());
-    assert!(matches!(
-        agent.connect_forever(ReconnectConfig::default(), |_| async {}),
-        Err(qymux::Error::Config(_))
-    ));
 }

@@ -35,7 +35,7 @@ use anyhow::Context as _;
 use qymux::cert::CertificateAuthority;
 use qymux::dialer::{Dialer, TransportMemory};
 use qymux::tls::{ClientTls, ServerTls};
-use qymux::{BoxSession, Config, Listener, Mode, Protocol, Qymux, Session};
+use qymux::{BoxSession, ClientConfig, Listener, Mode, Protocol, Qymux, ServerConfig, Session};
 use qymux_bench::{ConnectCase, ConnectReport, ConnectTargets};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -220,27 +220,26 @@ async fn main() -> anyhow::Result<()> {
     let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()]);
 
     // A server with QUIC and TCP on one port.
-    let with_quic = Qymux::new(Config::new().server_tls(server_tls.clone()))
-        .listen("127.0.0.1:0")
-        .await?;
+    let with_quic = Qymux::listen("127.0.0.1:0", ServerConfig::new(server_tls.clone())).await?;
     let quic_addr = with_quic.local_addr().to_string();
     serve(with_quic);
 
     // A server with TCP only, and a UDP socket on its port that receives and never answers.
-    let tcp_only = Qymux::new(Config::new().mode(Mode::Tcp).server_tls(server_tls))
-        .listen("127.0.0.1:0")
-        .await?;
+    let mut tcp_only = ServerConfig::new(server_tls);
+    tcp_only.mode(Mode::Tcp);
+    let tcp_only = Qymux::listen("127.0.0.1:0", tcp_only).await?;
     let blackholed_addr = tcp_only.local_addr().to_string();
     let _blackhole =
         std::net::UdpSocket::bind(tcp_only.local_addr()).context("binding the UDP blackhole")?;
     serve(tcp_only);
 
     let config = |addr: &str, mode: Mode| {
-        Config::new()
+        let mut config = ClientConfig::new(addr);
+        config
             .mode(mode)
-            .server_addr(addr)
             .server_name("localhost")
-            .client_tls(client_tls.clone())
+            .client_tls(client_tls.clone());
+        config
     };
     // TCP mode remembers nothing, so one `Qymux` serves every round of d.
     let plain_tcp = Qymux::new(config(&blackholed_addr, Mode::Tcp));

@@ -404,11 +404,11 @@ fn serve(listener: Arc<Listener>, totals: Arc<Totals>) -> tokio::task::JoinHandl
 async fn dial(addr: &str, pki: &Pki, quic: bool) -> qymux_transport::Result<BoxSession> {
     let tls = pki.client_tls();
     if quic {
-        qymux_quic::dial(addr, "localhost", tls, &client_options())
+        qymux_quic::dial(addr, "localhost", tls, client_options())
             .await
             .map(BoxSession::new)
     } else {
-        qymux_tcp::dial(addr, "localhost", tls, &client_options())
+        qymux_tcp::dial(addr, "localhost", tls, client_options())
             .await
             .map(BoxSession::new)
     }
@@ -695,7 +695,7 @@ async fn main() -> ExitCode {
     stop.send_replace(true);
     // Each slot finishes its round; a dial, a stream and a close are each bounded, so a
     // slot still busy after all of them is stuck.
-    let slot_bound = 2 * client_options().connect_timeout + 3 * STREAM_HANG;
+    let slot_bound = 2 * client_options().connect_timeout_value() + 3 * STREAM_HANG;
     let finished = tokio::time::timeout(slot_bound, futures::future::join_all(slots)).await;
     match finished {
         Ok(results) => {

@@ -37,7 +37,7 @@ impl qymux_conformance::Backend for Quic {
         tls: Arc<rustls::ClientConfig>,
         options: Options,
     ) -> Result<Session> {
-        qymux_quic::dial(&addr.to_string(), server_name, tls, &options).await
+        qymux_quic::dial(&addr.to_string(), server_name, tls, options.clone()).await
     }
 }
 

@@ -59,35 +59,103 @@ pub enum Role {
     Server,
 }
 
-/// Limits and timers of one connection.
+/// Limits and timers of one connection: [`Config::default`] (the defaults of
+/// [`Options`](qymux_transport::Options)) or [`Config::from_options`], and the chaining
+/// setters.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Streams open at once, both directions together (accept queue included).
-    pub max_streams: usize,
-    /// Streams the peer opened that wait for `accept`; beyond it they are reset.
-    pub accept_backlog: usize,
-    /// The most stream data the peer may make this side buffer: the sum of the windows
-    /// granted. Each stream takes [`INITIAL_WINDOW`] of it when it opens.
-    pub receive_budget: u64,
-    /// The largest window one stream grows to.
-    pub max_stream_window: u32,
-    /// Send a ping after this much silence from the peer.
-    pub keep_alive_interval: Option<Duration>,
-    /// Declare the peer dead after this much silence.
-    pub idle_timeout: Duration,
+    max_streams: usize,
+    accept_backlog: usize,
+    receive_budget: u64,
+    max_stream_window: u32,
+    keep_alive_interval: Option<Duration>,
+    idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_options(&qymux_transport::Options::default())
+    }
 }
 
 impl Config {
     /// The engine's settings for a set of Qymux options.
     pub fn from_options(o: &qymux_transport::Options) -> Self {
         Self {
-            max_streams: o.max_streams,
-            accept_backlog: o.accept_backlog,
-            receive_budget: o.receive_budget as u64,
-            max_stream_window: o.max_stream_window,
-            keep_alive_interval: o.keep_alive_interval,
-            idle_timeout: o.idle_timeout,
+            max_streams: o.max_streams_value(),
+            accept_backlog: o.accept_backlog_value(),
+            receive_budget: o.receive_budget_value() as u64,
+            max_stream_window: o.max_stream_window_value(),
+            keep_alive_interval: o.keep_alive_interval_value(),
+            idle_timeout: o.idle_timeout_value(),
         }
+    }
+
+    /// Streams open at once, both directions together (accept queue included).
+    pub fn max_streams(&mut self, value: usize) -> &mut Self {
+        self.max_streams = value;
+        self
+    }
+
+    /// Streams the peer opened that wait for `accept`; beyond it they are reset.
+    pub fn accept_backlog(&mut self, value: usize) -> &mut Self {
+        self.accept_backlog = value;
+        self
+    }
+
+    /// The most stream data the peer may make this side buffer: the sum of the windows
+    /// granted. Each stream takes [`INITIAL_WINDOW`] of it when it opens.
+    pub fn receive_budget(&mut self, value: u64) -> &mut Self {
+        self.receive_budget = value;
+        self
+    }
+
+    /// The largest window one stream grows to.
+    pub fn max_stream_window(&mut self, value: u32) -> &mut Self {
+        self.max_stream_window = value;
+        self
+    }
+
+    /// Send a ping after this much silence from the peer (`None`: never).
+    pub fn keep_alive_interval(&mut self, value: Option<Duration>) -> &mut Self {
+        self.keep_alive_interval = value;
+        self
+    }
+
+    /// Declare the peer dead after this much silence.
+    pub fn idle_timeout(&mut self, value: Duration) -> &mut Self {
+        self.idle_timeout = value;
+        self
+    }
+
+    /// The value [`Config::max_streams`] set.
+    pub fn max_streams_value(&self) -> usize {
+        self.max_streams
+    }
+
+    /// The value [`Config::accept_backlog`] set.
+    pub fn accept_backlog_value(&self) -> usize {
+        self.accept_backlog
+    }
+
+    /// The value [`Config::receive_budget`] set.
+    pub fn receive_budget_value(&self) -> u64 {
+        self.receive_budget
+    }
+
+    /// The value [`Config::max_stream_window`] set.
+    pub fn max_stream_window_value(&self) -> u32 {
+        self.max_stream_window
+    }
+
+    /// The value [`Config::keep_alive_interval`] set.
+    pub fn keep_alive_interval_value(&self) -> Option<Duration> {
+        self.keep_alive_interval
+    }
+
+    /// The value [`Config::idle_timeout`] set.
+    pub fn idle_timeout_value(&self) -> Duration {
+        self.idle_timeout
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::debug;
 
 /// The proxy that applies to `target`, if any (none when `NO_PROXY` matches it).
 pub(crate) fn for_target<'a>(options: &'a Options, target: &str) -> Option<&'a Proxy> {
-    options.proxy.as_ref().filter(|p| p.applies_to(target))
+    options.proxy_value().filter(|p| p.applies_to(target))
 }
 
 /// A TCP connection to `target` (`host:port`) through `proxy`, ready for TLS.
@@ -55,11 +55,11 @@ pub(crate) async fn connect(proxy: &Proxy, target: &str, options: &Options) -> R
             }
         }
     };
-    tokio::time::timeout(options.connect_timeout, attempt)
+    tokio::time::timeout(options.connect_timeout_value(), attempt)
         .await
         .map_err(|_| Error::Timeout {
             what: TimeoutKind::Connect,
-            after: options.connect_timeout,
+            after: options.connect_timeout_value(),
         })?
 }
 

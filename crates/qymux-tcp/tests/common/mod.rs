@@ -39,7 +39,7 @@ impl qymux_conformance::Backend for Tcp {
         tls: Arc<rustls::ClientConfig>,
         options: Options,
     ) -> Result<Session> {
-        qymux_tcp::dial(&addr.to_string(), server_name, tls, &options).await
+        qymux_tcp::dial(&addr.to_string(), server_name, tls, options.clone()).await
     }
 }
 

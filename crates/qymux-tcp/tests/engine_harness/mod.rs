@@ -265,15 +265,17 @@ pub(crate) struct Limits {
 
 impl Limits {
     pub(crate) fn config(&self) -> Config {
-        Config {
-            max_streams: self.max_streams.max(1),
-            accept_backlog: self.accept_backlog.max(1),
-            receive_budget: self.budget_windows.max(1) * INITIAL,
-            max_stream_window: INITIAL_WINDOW * self.max_window_windows.clamp(1, 64),
-            keep_alive_interval: (self.keep_alive_ms > 0)
-                .then(|| Duration::from_millis(self.keep_alive_ms)),
-            idle_timeout: Duration::from_millis(self.idle_ms.max(1)),
-        }
+        let mut config = Config::default();
+        config
+            .max_streams(self.max_streams.max(1))
+            .accept_backlog(self.accept_backlog.max(1))
+            .receive_budget(self.budget_windows.max(1) * INITIAL)
+            .max_stream_window(INITIAL_WINDOW * self.max_window_windows.clamp(1, 64))
+            .keep_alive_interval(
+                (self.keep_alive_ms > 0).then(|| Duration::from_millis(self.keep_alive_ms)),
+            )
+            .idle_timeout(Duration::from_millis(self.idle_ms.max(1)));
+        config
     }
 }
 
@@ -713,7 +715,7 @@ impl Side {
                             what: TimeoutKind::Idle,
                             after,
                         }),
-                    ) => *after == self.cfg.idle_timeout,
+                    ) => *after == self.cfg.idle_timeout_value(),
                     (Ending::Io(kind), CloseReason::Failed(Error::Io(e))) => e.kind() == *kind,
                     _ => false,
                 };
@@ -733,16 +735,16 @@ impl Side {
         let open = self.conn.open_streams();
         assert_eq!(open, self.streams.len(), "{what}: open streams\n{t}");
         assert!(
-            open <= self.cfg.max_streams,
+            open <= self.cfg.max_streams_value(),
             "{what}: {open} streams open, max_streams {}\n{t}",
-            self.cfg.max_streams
+            self.cfg.max_streams_value()
         );
         let granted = self.conn.granted();
         assert_eq!(granted, self.window_total, "{what}: granted\n{t}");
         assert!(
-            granted <= self.cfg.receive_budget,
+            granted <= self.cfg.receive_budget_value(),
             "{what}: granted {granted} over the budget {}\n{t}",
-            self.cfg.receive_budget
+            self.cfg.receive_budget_value()
         );
         let (held, capacity) = self.conn.buffered();
         assert_eq!(held, self.held_total, "{what}: bytes buffered\n{t}");
@@ -938,9 +940,9 @@ impl Side {
                 return self.discard(body);
             }
             let refused = self.go_away_sent
-                || self.streams.len() >= self.cfg.max_streams
-                || self.accept_queue.len() >= self.cfg.accept_backlog
-                || self.granted() + INITIAL > self.cfg.receive_budget;
+                || self.streams.len() >= self.cfg.max_streams_value()
+                || self.accept_queue.len() >= self.cfg.accept_backlog_value()
+                || self.granted() + INITIAL > self.cfg.receive_budget_value();
             if refused {
                 self.counters.streams_refused += 1;
                 want.push(Header::new(TYPE_WINDOW_UPDATE, FLAG_RST, id, 0));
@@ -1170,11 +1172,13 @@ impl Side {
             Some(Error::ClosedByPeer(Some(String::new())))
         } else if self.go_away_sent {
             Some(Error::Closed)
-        } else if self.streams.len() >= self.cfg.max_streams {
-            Some(Error::LimitReached(Limit::Streams(self.cfg.max_streams)))
-        } else if self.granted() + INITIAL > self.cfg.receive_budget {
+        } else if self.streams.len() >= self.cfg.max_streams_value() {
+            Some(Error::LimitReached(Limit::Streams(
+                self.cfg.max_streams_value(),
+            )))
+        } else if self.granted() + INITIAL > self.cfg.receive_budget_value() {
             Some(Error::LimitReached(Limit::ReceiveBudget(
-                self.cfg.receive_budget,
+                self.cfg.receive_budget_value(),
             )))
         } else if self.next_id > u64::from(u32::MAX) {
             Some(Error::LimitReached(Limit::StreamIds))
@@ -1352,12 +1356,15 @@ impl Side {
     /// half the window is free to grant again, growing the window at most twofold within
     /// `max_stream_window` and the budget (less room for 64 new streams).
     fn read_grant(&mut self, id: u32, got: &[Header]) {
-        let headroom = (self.cfg.max_streams.saturating_sub(self.streams.len()) as u64)
+        let headroom = (self
+            .cfg
+            .max_streams_value()
+            .saturating_sub(self.streams.len()) as u64)
             .min(GROWTH_HEADROOM_STREAMS)
             * INITIAL;
         let granted = self.granted();
-        let budget = self.cfg.receive_budget;
-        let max_window = u64::from(self.cfg.max_stream_window);
+        let budget = self.cfg.receive_budget_value();
+        let max_window = u64::from(self.cfg.max_stream_window_value());
         let alive = self.ended.is_none();
         // The rest of a DATA body still arriving was paid for when its header came.
         let in_flight = self.in_flight(id);
@@ -1603,17 +1610,17 @@ impl Side {
             let silent = now.saturating_duration_since(self.last_rx);
             let ping_due = self
                 .cfg
-                .keep_alive_interval
+                .keep_alive_interval_value()
                 .is_some_and(|k| now >= self.last_ping.max(self.last_rx) + k);
             if now < due {
                 assert!(
-                    silent < self.cfg.idle_timeout && !ping_due,
+                    silent < self.cfg.idle_timeout_value() && !ping_due,
                     "the timer ({:?} from now) is later than the idle timeout or a ping \
                      (silent {silent:?})\n{}",
                     due - now,
                     self.trace
                 );
-            } else if silent >= self.cfg.idle_timeout {
+            } else if silent >= self.cfg.idle_timeout_value() {
                 self.end(Ending::Idle);
             } else if ping_due {
                 self.last_ping = now;

@@ -13,14 +13,15 @@ use crate::engine::frame::{
 };
 
 pub(super) fn config() -> Config {
-    Config {
-        max_streams: 1024,
-        accept_backlog: 256,
-        receive_budget: 256 * 1024 * 1024,
-        max_stream_window: 16 * 1024 * 1024,
-        keep_alive_interval: Some(Duration::from_secs(10)),
-        idle_timeout: Duration::from_secs(30),
-    }
+    let mut config = Config::default();
+    config
+        .max_streams(1024)
+        .accept_backlog(256)
+        .receive_budget(256 * 1024 * 1024)
+        .max_stream_window(16 * 1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .idle_timeout(Duration::from_secs(30));
+    config
 }
 
 fn noop() -> &'static Waker {
