@@ -19,8 +19,8 @@
 //! PKCS#1 or SEC1) made by other tools. The types handed out are the
 //! [`rustls_pki_types`] ones that rustls takes ([`CertificateDer`], [`PrivateKeyDer`]).
 //!
-//! Keys are ECDSA P-256. The only crypto provider used is *ring* (see the workspace's
-//! design notes: two providers in one binary make rustls panic).
+//! Keys are ECDSA P-256, made and hashed with one crypto library: *ring* (feature `ring`,
+//! the default) or aws-lc-rs (feature `aws-lc-rs`).
 //!
 //! # Example
 //!
@@ -52,6 +52,9 @@
 //! [`issue_server`]: CertificateAuthority::issue_server
 //! [`issue_client`]: CertificateAuthority::issue_client
 #![deny(missing_docs)]
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("qymux-cert needs a crypto provider: enable the feature `ring` or `aws-lc-rs`");
 
 mod ca;
 mod devset;

@@ -120,6 +120,13 @@
 //! | `http` | no | `http`: hyper client and connector over a session, serving any hyper service on a session, reverse proxy on a session |
 //! | `axum` | no | `http::axum`: `axum::serve` on a session's incoming streams; enables `http` |
 //! | `forward` | no | `forward`: TCP port forwarding both ways, a reconnecting tunnel |
+//! | `ring` | yes | the *ring* crypto provider (rustls, quinn, rcgen) |
+//! | `aws-lc-rs` | no | the aws-lc-rs provider; ring is used when both are on |
+//! | `webpki-roots` | yes | `tls::ClientTls::with_webpki_roots` (bundled Mozilla roots) |
+//! | `native-roots` | yes | `tls::ClientTls::with_system_roots`; the dialer's default trust |
+//!
+//! One crypto provider is needed: `--no-default-features --features auto,aws-lc-rs`
+//! builds Qymux on aws-lc-rs without ring.
 //!
 //! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
 //! dependency (plus `qymux-tls` for the configs) gives a working session.

@@ -115,10 +115,10 @@ impl Qymux {
             .server_name_or_host()
             .ok_or_else(|| Error::Config("no server name to verify".into()))?
             .to_owned();
-        let client_tls = config
-            .client_tls
-            .clone()
-            .unwrap_or_else(ClientTls::with_system_roots);
+        let client_tls = match config.client_tls.clone() {
+            Some(tls) => tls,
+            None => default_client_tls()?,
+        };
         let tls = client_tls
             .build()
             .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
@@ -126,4 +126,22 @@ impl Qymux {
             .mode(config.mode)
             .options(config.options.clone()))
     }
+}
+
+/// What a dialer trusts when `Config::client_tls` is not set: the system roots
+/// (feature `native-roots`).
+#[cfg(feature = "native-roots")]
+fn default_client_tls() -> Result<ClientTls> {
+    Ok(ClientTls::with_system_roots())
+}
+
+/// Without the `native-roots` feature there is no default trust: the configuration
+/// must say what to trust.
+#[cfg(not(feature = "native-roots"))]
+fn default_client_tls() -> Result<ClientTls> {
+    Err(Error::Config(
+        "dialing needs Config::client_tls (the `native-roots` feature, which trusts the \
+         system roots by default, is off)"
+            .into(),
+    ))
 }
