@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: the qymux-bench crate, built in release mode, with the
-//! connect_bench example of qymux (Auto mode's time to session) built next to it.
+//! `cargo xtask bench`: the qymux-bench crate, built in release mode, with its
+//! connect_bench binary (Auto mode's time to session) built next to it.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,15 +10,15 @@ use crate::cli::BenchArgs;
 use crate::coverage::{cargo, run_checked};
 
 pub(crate) fn run(args: &BenchArgs, root: &Path) -> Result<()> {
-    // qymux-bench runs target/release/examples/connect_bench, next to itself.
+    // qymux-bench runs target/release/connect_bench, next to itself.
     let mut build = Command::new(cargo());
     build.current_dir(root).args([
         "build",
         "--release",
         "-q",
         "-p",
-        "qymux",
-        "--example",
+        "qymux-bench",
+        "--bin",
         "connect_bench",
     ]);
     run_checked(build)?;

@@ -3,9 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use qymux_cert::{
-    CertificateAuthority, DevSetOptions, Fingerprint, existing_dev_set_files, write_dev_set,
-};
+use qymux_cert::{DevSetOptions, Fingerprint, existing_dev_set_files, write_crl, write_dev_set};
 
 use crate::cli::CertArgs;
 
@@ -66,35 +64,20 @@ pub(crate) fn run(args: &CertArgs, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cert --crl`: a CRL signed by the CA in the output directory, revoking `--revoke`.
+/// `cert --crl`: a CRL signed by the CA in the output directory, revoking `--revoke`
+/// (`qymux_cert::write_crl`, the code `qymux cert --crl` shares).
 fn crl(args: &CertArgs, root: &Path) -> Result<()> {
     let dir = resolve(root, &args.out);
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let ca = CertificateAuthority::from_pem(&read("ca.pem")?, &read("ca.key")?)
-        .context("loading the CA")?;
-    let mut revoked = Vec::new();
-    for path in &args.revoke {
-        let path = resolve(root, path);
-        let certs = qymux_cert::load_certs_pem(&path)?;
-        revoked.push(certs.into_iter().next().context("no certificate")?);
-    }
-    let refs: Vec<_> = revoked.iter().collect();
-    let list = ca
-        .revocation_list(&refs, args.days.unwrap_or(7))
-        .context("signing the CRL")?;
-    let out = dir.join("crl.pem");
-    std::fs::write(&out, qymux_cert::crl_to_pem(&list))
-        .with_context(|| format!("writing {}", out.display()))?;
+    let revoke: Vec<PathBuf> = args.revoke.iter().map(|p| resolve(root, p)).collect();
+    let written = write_crl(&dir, &revoke, args.days)
+        .with_context(|| format!("writing a CRL into {}", dir.display()))?;
     println!(
         "Wrote {} revoking {} certificate(s):",
-        out.display(),
-        revoked.len()
+        written.path.display(),
+        written.revoked.len()
     );
-    for cert in &revoked {
-        println!("  SHA-256 {}", Fingerprint::of(cert));
+    for fingerprint in &written.revoked {
+        println!("  SHA-256 {fingerprint}");
     }
     println!(
         "Load it with ServerTls::client_crl_files, and reload it (Crls::reload) when it changes."

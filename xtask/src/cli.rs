@@ -1,102 +1,57 @@
-//! Command-line parsing, by hand: a handful of flags does not need a parser crate.
+//! The command line of `cargo xtask` (clap), and the options each task runs with.
 
 use std::path::PathBuf;
 
-/// The usage text of `cargo xtask`.
-pub(crate) const USAGE: &str = "\
-Qymux project tasks
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
-USAGE:
-    cargo xtask <TASK> [OPTIONS]
+/// Qymux project tasks: `cargo xtask <TASK> [OPTIONS]`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
 
-TASKS:
-    cert        Make development certificates: a CA, a server and a client certificate
-    coverage    Run the workspace tests instrumented and report line coverage
-    fuzz        Run the cargo-fuzz targets in fuzz/ for a while each
-    soak        Run many sessions x streams against one listener and check resources
-    bench       Measure Qymux beside raw rustls, raw quinn, Go yamux and direct tonic
-    help        Show this text
-
-cargo xtask cert [OPTIONS]
-    Writes ca.pem ca.key server.pem server.key client.pem client.key into DIR and prints
-    each certificate's SHA-256 fingerprint. Refuses to touch anything if one of the six
-    files exists, unless --force is given.
-
-    --out DIR              Directory to write to, relative to the workspace root unless
-                           absolute [default: certs]
-    --ca-name NAME         Common name of the CA [default: Qymux Development CA]
-    --server-name NAME     DNS name or IP address of the server; repeat for several
-                           [default: localhost, 127.0.0.1, ::1]
-    --client-name NAME     Common name of the client (agent) certificate
-                           [default: qymux-agent]
-    --days N               Validity of the server and client certificates, in days
-                           [default: 731]; short-lived client certificates are how
-                           agents rotate (docs/security.md)
-    --force                Overwrite existing files
-    --crl                  Instead: sign a certificate revocation list with the CA in
-                           DIR (ca.pem, ca.key) and write it to DIR/crl.pem (replacing
-                           it); with --days N, its next update is in N days [default: 7]
-    --revoke FILE          With --crl: a certificate (PEM) the CRL revokes; repeat for
-                           several. Without it, the CRL revokes nothing
-
-cargo xtask coverage [OPTIONS] [-- ARGS...]
-    Installs what is missing (cargo-llvm-cov; Debian's llvm-22), runs
-    `cargo llvm-cov --workspace --no-report`, writes an HTML report to
-    target/coverage/html and an lcov file to target/coverage/lcov.info, and prints
-    lines covered per crate. If tests fail, the report of what ran is still written,
-    and the task exits non-zero.
-
-    --open                 Open the HTML report in a browser when done
-    --include-ignored      Also run tests marked #[ignore]
-    -- ARGS...             Passed on to `cargo llvm-cov --workspace --no-report` as they
-                           are, e.g. `-- --exclude qymux-quic` or, for the test
-                           binaries, `-- -- --test-threads=1`
-
-cargo xtask fuzz [OPTIONS] [TARGET]...
-    Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
-    `pem`, programs of frames and operations for yamux_engine), and runs each target
-    (all of them if none is named: yamux_engine, pem, options, proxy_url) for the given
-    time with the nightly toolchain. Corpora stay in fuzz/corpus/<target>; a crash stops the task, leaving its
-    input in fuzz/artifacts/<target>.
-
-    --seconds N            How long each target runs [default: 60]
-    --jobs N               Parallel fuzzing processes per target [default: 1]
-
-cargo xtask soak [OPTIONS]
-    Builds and runs the soak example of qymux-dialer (release): sessions x streams
-    cycling against one QUIC + TCP listener, printing RSS, open file descriptors, live
-    sessions and totals at start, warm-up, end and after tear-down, and the rate
-    reached. Fails on a data mismatch, an error, or resources that grew beyond the
-    tolerance. The load is paced (--rate); --stress overloads on purpose.
-
-    --minutes N            How long the load runs [default: 1]
-    --seconds N            The same in seconds (for short CI runs)
-    --sessions N           Concurrent session slots [default: 1000]
-    --streams N            Concurrent streams per session [default: 10]
-    --mode both|quic|tcp   Transports [default: both, half each]
-    --rate N               Streams started per second over all sessions [default: 1000]
-    --stress               No pacing: every session cycles flat out (overload mode)
-    -- ARGS...             More options for the soak binary (--bytes, --warmup-seconds,
-                           --rss-tolerance-mb, --fd-tolerance)
-
-cargo xtask bench [OPTIONS]
-    Builds (release) and runs the qymux-bench crate and the connect_bench example of
-    qymux: servers and clients in separate processes on loopback, Go crypto/tls +
-    hashicorp yamux built from Debian's packages (skipped with a message when missing).
-    Prints a table with ratios and the targets, and writes results.json, results.svg
-    and results.md. Fails on a measure's error, never on a missed target.
-
-    --smoke                Every measure for a fraction of a second (CI); writes to
-                           target/bench-smoke unless --out is given
-    --out DIR              Where the results go [default: docs/bench]
-    --only LIST            Comma-separated: bulk,rtt,open-rtt,opens,streams,grpc,idle,auto
-    --stacks LIST          Columns of the stream measures: rustls,tcp,quinn,quic,go,
-                           yamux,tokio-yamux
-    --no-go                Leave out the Go column
-    --rounds N             Run the stream and gRPC measures N times with fresh servers;
-                           figures pool all rounds, ratios show the rounds' range
-                           [default: 1]
-";
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Make development certificates: a CA, a server and a client certificate.
+    ///
+    /// Writes ca.pem ca.key server.pem server.key client.pem client.key into DIR and
+    /// prints each certificate's SHA-256 fingerprint. Refuses to touch anything if one of
+    /// the six files exists, unless --force is given.
+    Cert(CertCli),
+    /// Run the workspace tests instrumented and report line coverage.
+    ///
+    /// Installs what is missing (cargo-llvm-cov; Debian's llvm-22), runs `cargo llvm-cov
+    /// --workspace --no-report`, writes an HTML report to target/coverage/html and an
+    /// lcov file to target/coverage/lcov.info, and prints lines covered per crate. If
+    /// tests fail, the report of what ran is still written, and the task exits non-zero.
+    Coverage(CoverageCli),
+    /// Run the cargo-fuzz targets in fuzz/ for a while each.
+    ///
+    /// Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
+    /// `pem`, programs of frames and operations for yamux_engine), and runs each target
+    /// (all of them if none is named: yamux_engine, pem, options, proxy_url) for the
+    /// given time with the nightly toolchain. Corpora stay in fuzz/corpus/TARGET; a
+    /// crash stops the task, leaving its input in fuzz/artifacts/TARGET.
+    Fuzz(FuzzCli),
+    /// Run many sessions x streams against one listener and check resources.
+    ///
+    /// Builds and runs the soak binary of qymux-bench (release): sessions x streams
+    /// cycling against one QUIC + TCP listener, printing RSS, open file descriptors,
+    /// live sessions and totals at start, warm-up, end and after tear-down, and the rate
+    /// reached. Fails on a data mismatch, an error, or resources that grew beyond the
+    /// tolerance. The load is paced (--rate); --stress overloads on purpose.
+    Soak(SoakCli),
+    /// Measure Qymux beside raw rustls, raw quinn, Go yamux and direct tonic.
+    ///
+    /// Builds (release) and runs the qymux-bench crate and its connect_bench binary:
+    /// servers and clients in separate processes on loopback, Go crypto/tls + hashicorp
+    /// yamux built from Debian's packages (skipped with a message when missing). Prints a
+    /// table with ratios and the targets, and writes results.json, results.svg and
+    /// results.md. Fails on a measure's error, never on a missed target.
+    Bench(BenchCli),
+}
 
 /// A parsed command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,38 +64,64 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
-/// Options of `cargo xtask bench`: passed on to the qymux-bench binary as they are.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct BenchArgs {
-    pub(crate) args: Vec<String>,
+/// Parses the arguments after the program name. `Err` carries clap's message (for
+/// `--help` too); [`clap::Error::exit`] prints it and exits with its code.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, clap::Error> {
+    let cli = Cli::try_parse_from(std::iter::once("cargo xtask".to_owned()).chain(args))?;
+    Ok(match cli.task {
+        None => Command::Help,
+        Some(Task::Cert(cli)) => Command::Cert(cli.into()),
+        Some(Task::Coverage(cli)) => Command::Coverage(CoverageArgs {
+            open: cli.open,
+            include_ignored: cli.include_ignored,
+            passthrough: cli.passthrough,
+        }),
+        Some(Task::Fuzz(cli)) => Command::Fuzz(FuzzArgs {
+            seconds: cli.seconds,
+            jobs: cli.jobs,
+            targets: cli.targets,
+        }),
+        Some(Task::Soak(cli)) => Command::Soak(cli.into()),
+        Some(Task::Bench(cli)) => Command::Bench(cli.into()),
+    })
 }
 
-/// Options of `cargo xtask fuzz`.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct FuzzArgs {
-    pub(crate) seconds: u64,
-    pub(crate) jobs: u32,
-    /// The targets to run; all of them if empty.
-    pub(crate) targets: Vec<String>,
+/// The help of `cargo xtask`, for `cargo xtask` without a task.
+pub(crate) fn usage() -> String {
+    Cli::command().render_long_help().to_string()
 }
 
-impl Default for FuzzArgs {
-    fn default() -> Self {
-        Self {
-            seconds: 60,
-            jobs: 1,
-            targets: Vec::new(),
-        }
-    }
-}
-
-/// Options of `cargo xtask soak`: passed on to the soak binary as flags.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct SoakArgs {
-    /// `--flag value` pairs for the soak binary, in order.
-    pub(crate) flags: Vec<(String, String)>,
-    /// Everything after `--`.
-    pub(crate) passthrough: Vec<String>,
+#[derive(Debug, Args)]
+struct CertCli {
+    /// Directory to write to, relative to the workspace root unless absolute
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    out: PathBuf,
+    /// Common name of the CA
+    #[arg(long, value_name = "NAME", default_value = "Qymux Development CA")]
+    ca_name: String,
+    /// DNS name or IP address of the server; repeat for several [default: localhost,
+    /// 127.0.0.1, ::1]
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// Common name of the client (agent) certificate
+    #[arg(long, value_name = "NAME", default_value = "qymux-agent")]
+    client_name: String,
+    /// Validity of the server and client certificates, in days [default: 731];
+    /// short-lived client certificates are how agents rotate (docs/security.md). With
+    /// --crl: the CRL's next update, in days [default: 7]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    days: Option<u32>,
+    /// Overwrite existing files
+    #[arg(long)]
+    force: bool,
+    /// Instead: sign a certificate revocation list with the CA in DIR (ca.pem, ca.key)
+    /// and write it to DIR/crl.pem (replacing it)
+    #[arg(long)]
+    crl: bool,
+    /// With --crl: a certificate (PEM) the CRL revokes; repeat for several. Without it,
+    /// the CRL revokes nothing
+    #[arg(long, value_name = "FILE", requires = "crl")]
+    revoke: Vec<PathBuf>,
 }
 
 /// Options of `cargo xtask cert`.
@@ -161,19 +142,50 @@ pub(crate) struct CertArgs {
 
 impl Default for CertArgs {
     fn default() -> Self {
-        Self {
-            out: PathBuf::from("certs"),
-            ca_name: "Qymux Development CA".to_owned(),
-            server_names: ["localhost", "127.0.0.1", "::1"]
+        Cli::try_parse_from(["cargo xtask", "cert"])
+            .ok()
+            .and_then(|cli| match cli.task {
+                Some(Task::Cert(cert)) => Some(cert.into()),
+                _ => None,
+            })
+            .expect("`cert` alone parses")
+    }
+}
+
+impl From<CertCli> for CertArgs {
+    fn from(cli: CertCli) -> Self {
+        let server_names = if cli.server_names.is_empty() {
+            ["localhost", "127.0.0.1", "::1"]
                 .map(str::to_owned)
-                .to_vec(),
-            client_name: "qymux-agent".to_owned(),
-            force: false,
-            days: None,
-            crl: false,
-            revoke: Vec::new(),
+                .to_vec()
+        } else {
+            cli.server_names
+        };
+        CertArgs {
+            out: cli.out,
+            ca_name: cli.ca_name,
+            server_names,
+            client_name: cli.client_name,
+            force: cli.force,
+            days: cli.days,
+            crl: cli.crl,
+            revoke: cli.revoke,
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct CoverageCli {
+    /// Open the HTML report in a browser when done
+    #[arg(long)]
+    open: bool,
+    /// Also run the tests marked ignore (the long ones)
+    #[arg(long)]
+    include_ignored: bool,
+    /// Passed on to `cargo llvm-cov --workspace --no-report` as they are, e.g. `--
+    /// --exclude qymux-quic` or, for the test binaries, `-- -- --test-threads=1`
+    #[arg(last = true, value_name = "ARGS")]
+    passthrough: Vec<String>,
 }
 
 /// Options of `cargo xtask coverage`.
@@ -185,390 +197,145 @@ pub(crate) struct CoverageArgs {
     pub(crate) passthrough: Vec<String>,
 }
 
-/// Parses the arguments after the program name.
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut args = args.into_iter();
-    let Some(task) = args.next() else {
-        return Ok(Command::Help);
-    };
-    match task.as_str() {
-        "help" | "-h" | "--help" => Ok(Command::Help),
-        "cert" => parse_cert(args),
-        "coverage" => parse_coverage(args),
-        "fuzz" => parse_fuzz(args),
-        "soak" => parse_soak(args),
-        "bench" => parse_bench(args),
-        other => Err(format!("unknown task {other:?}")),
+#[derive(Debug, Args)]
+struct FuzzCli {
+    /// How long each target runs, in seconds
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    seconds: u64,
+    /// Parallel fuzzing processes per target
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    jobs: u32,
+    /// The targets to run [default: all]
+    #[arg(value_name = "TARGET")]
+    targets: Vec<String>,
+}
+
+/// Options of `cargo xtask fuzz`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FuzzArgs {
+    pub(crate) seconds: u64,
+    pub(crate) jobs: u32,
+    /// The targets to run; all of them if empty.
+    pub(crate) targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct SoakCli {
+    /// How long the load runs [default: 1]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    minutes: Option<String>,
+    /// The same in seconds (for short CI runs)
+    #[arg(long, value_name = "N", value_parser = positive)]
+    seconds: Option<String>,
+    /// Concurrent session slots [default: 1000]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    sessions: Option<String>,
+    /// Concurrent streams per session [default: 10]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    streams: Option<String>,
+    /// Transports: both (half each), quic or tcp [default: both]
+    #[arg(long, value_parser = ["both", "quic", "tcp"])]
+    mode: Option<String>,
+    /// Streams started per second over all sessions [default: 1000]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    rate: Option<String>,
+    /// No pacing: every session cycles flat out (overload mode)
+    #[arg(long)]
+    stress: bool,
+    /// More options for the soak binary (--bytes, --warmup-seconds, --rss-tolerance-mb,
+    /// --fd-tolerance)
+    #[arg(last = true, value_name = "ARGS")]
+    passthrough: Vec<String>,
+}
+
+/// A positive number, kept as written (the soak binary parses it again).
+fn positive(value: &str) -> Result<String, String> {
+    if value.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("not a positive number: {value:?}"))
     }
 }
 
-fn parse_cert(args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut parsed = CertArgs::default();
-    let (mut out, mut ca_name, mut client_name, mut days) = (None, None, None, None);
-    let mut server_names = Vec::new();
-    let mut args = Args::new(args);
-    while let Some(flag) = args.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--out" => set_once(&mut out, &flag, args.value(&flag)?)?,
-            "--ca-name" => set_once(&mut ca_name, &flag, args.value(&flag)?)?,
-            "--client-name" => set_once(&mut client_name, &flag, args.value(&flag)?)?,
-            "--server-name" => server_names.push(args.value(&flag)?),
-            "--days" => set_once(&mut days, &flag, args.value(&flag)?)?,
-            "--revoke" => parsed.revoke.push(PathBuf::from(args.value(&flag)?)),
-            "--crl" => {
-                args.no_value(&flag)?;
-                parsed.crl = true;
-            }
-            "--force" => {
-                args.no_value(&flag)?;
-                parsed.force = true;
-            }
-            _ => return Err(format!("unknown option {flag:?} for `cert`")),
-        }
-    }
-    if let Some(out) = out {
-        parsed.out = PathBuf::from(out);
-    }
-    if let Some(ca_name) = ca_name {
-        parsed.ca_name = ca_name;
-    }
-    if let Some(client_name) = client_name {
-        parsed.client_name = client_name;
-    }
-    if !server_names.is_empty() {
-        parsed.server_names = server_names;
-    }
-    if let Some(days) = days {
-        match days.parse::<u32>() {
-            Ok(n) if n > 0 => parsed.days = Some(n),
-            _ => {
-                return Err(format!(
-                    "--days needs a positive whole number, not {days:?}"
-                ));
-            }
-        }
-    }
-    if !parsed.revoke.is_empty() && !parsed.crl {
-        return Err("--revoke needs --crl".to_owned());
-    }
-    Ok(Command::Cert(parsed))
+/// Options of `cargo xtask soak`: passed on to the soak binary as flags.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SoakArgs {
+    /// `--flag value` pairs for the soak binary, in order.
+    pub(crate) flags: Vec<(String, String)>,
+    /// `--stress`, then everything after `--`.
+    pub(crate) passthrough: Vec<String>,
 }
 
-fn parse_coverage(args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut parsed = CoverageArgs::default();
-    let mut args = Args::new(args);
-    while let Some(flag) = args.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--open" => {
-                args.no_value(&flag)?;
-                parsed.open = true;
-            }
-            "--include-ignored" => {
-                args.no_value(&flag)?;
-                parsed.include_ignored = true;
-            }
-            _ => return Err(format!("unknown option {flag:?} for `coverage`")),
-        }
-    }
-    parsed.passthrough = args.rest;
-    Ok(Command::Coverage(parsed))
-}
-
-fn parse_fuzz(args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut parsed = FuzzArgs::default();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value)),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || match inline {
-            Some(v) => Ok(v.to_owned()),
-            None => args
-                .next()
-                .filter(|v| !v.starts_with('-'))
-                .ok_or_else(|| format!("{flag} needs a value")),
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--seconds" => parsed.seconds = number(&flag, &value()?)?,
-            "--jobs" => parsed.jobs = number(&flag, &value()?)?,
-            target if !target.starts_with('-') => parsed.targets.push(target.to_owned()),
-            _ => return Err(format!("unknown option {flag:?} for `fuzz`")),
-        }
-    }
-    Ok(Command::Fuzz(parsed))
-}
-
-fn parse_soak(args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut parsed = SoakArgs::default();
-    let mut args = Args::new(args);
-    while let Some(flag) = args.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--stress" => parsed.passthrough.push(flag),
-            "--minutes" | "--seconds" | "--sessions" | "--streams" | "--mode" | "--rate" => {
-                let value = args.value(&flag)?;
-                if flag == "--mode" && !["both", "quic", "tcp"].contains(&value.as_str()) {
-                    return Err(format!("--mode: expected both, quic or tcp, not {value:?}"));
-                }
-                if flag != "--mode" {
-                    let ok = value.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0);
-                    if !ok {
-                        return Err(format!("{flag}: not a positive number: {value:?}"));
-                    }
-                }
-                parsed.flags.push((flag, value));
-            }
-            _ => return Err(format!("unknown option {flag:?} for `soak`")),
-        }
-    }
-    parsed.passthrough.extend(args.rest);
-    Ok(Command::Soak(parsed))
-}
-
-fn parse_bench(args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut parsed = BenchArgs::default();
-    let mut args = Args::new(args);
-    while let Some(flag) = args.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--smoke" | "--no-go" => {
-                args.no_value(&flag)?;
-                parsed.args.push(flag);
-            }
-            "--out" | "--only" | "--stacks" | "--rounds" => {
-                let value = args.value(&flag)?;
-                parsed.args.extend([flag, value]);
-            }
-            _ => return Err(format!("unknown option {flag:?} for `bench`")),
-        }
-    }
-    Ok(Command::Bench(parsed))
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: not a number: {value:?}"))
-}
-
-fn set_once(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), String> {
-    if slot.replace(value).is_some() {
-        return Err(format!("{flag} given more than once"));
-    }
-    Ok(())
-}
-
-/// Walks `--flag`, `--flag value` and `--flag=value` arguments up to a `--`.
-struct Args<I> {
-    inner: I,
-    /// The `=value` part of the current flag, if it had one.
-    inline_value: Option<String>,
-    /// What followed `--`.
-    rest: Vec<String>,
-}
-
-impl<I: Iterator<Item = String>> Args<I> {
-    fn new(inner: I) -> Self {
-        Self {
-            inner,
-            inline_value: None,
-            rest: Vec::new(),
-        }
-    }
-
-    fn next_flag(&mut self) -> Result<Option<String>, String> {
-        let Some(arg) = self.inner.next() else {
-            return Ok(None);
-        };
-        if arg == "--" {
-            self.rest = self.inner.by_ref().collect();
-            return Ok(None);
-        }
-        if !arg.starts_with('-') || arg == "-" {
-            return Err(format!("unexpected argument {arg:?}"));
-        }
-        match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                self.inline_value = Some(value.to_owned());
-                Ok(Some(flag.to_owned()))
-            }
-            _ => {
-                self.inline_value = None;
-                Ok(Some(arg))
-            }
-        }
-    }
-
-    fn value(&mut self, flag: &str) -> Result<String, String> {
-        if let Some(value) = self.inline_value.take() {
-            return Ok(value);
-        }
-        match self.inner.next() {
-            Some(value) if value != "--" => Ok(value),
-            _ => Err(format!("{flag} needs a value")),
-        }
-    }
-
-    fn no_value(&mut self, flag: &str) -> Result<(), String> {
-        match self.inline_value.take() {
-            Some(_) => Err(format!("{flag} takes no value")),
-            None => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_str(line: &str) -> Result<Command, String> {
-        parse(line.split_whitespace().map(str::to_owned))
-    }
-
-    fn cert(line: &str) -> CertArgs {
-        match parse_str(line) {
-            Ok(Command::Cert(args)) => args,
-            other => panic!("{line}: {other:?}"),
-        }
-    }
-
-    fn coverage(line: &str) -> CoverageArgs {
-        match parse_str(line) {
-            Ok(Command::Coverage(args)) => args,
-            other => panic!("{line}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn no_task_or_help_shows_usage() {
-        for line in ["", "help", "--help", "-h", "cert --help", "coverage -h"] {
-            assert_eq!(parse_str(line), Ok(Command::Help), "{line:?}");
-        }
-    }
-
-    #[test]
-    fn cert_defaults() {
-        let args = cert("cert");
-        assert_eq!(args, CertArgs::default());
-        assert_eq!(args.out, PathBuf::from("certs"));
-        assert_eq!(args.ca_name, "Qymux Development CA");
-        assert_eq!(args.server_names, ["localhost", "127.0.0.1", "::1"]);
-        assert_eq!(args.client_name, "qymux-agent");
-        assert!(!args.force);
-    }
-
-    #[test]
-    fn cert_options_in_both_forms() {
-        let args = cert(
-            "cert --out /tmp/x --ca-name=MyCA --server-name a.example --server-name=10.0.0.1 \
-             --client-name agent-7 --force",
-        );
-        assert_eq!(args.out, PathBuf::from("/tmp/x"));
-        assert_eq!(args.ca_name, "MyCA");
-        assert_eq!(args.server_names, ["a.example", "10.0.0.1"]);
-        assert_eq!(args.client_name, "agent-7");
-        assert!(args.force);
-    }
-
-    #[test]
-    fn cert_values_may_contain_spaces_and_equals() {
-        let args =
-            parse(["cert", "--ca-name", "My Dev CA", "--client-name=a=b"].map(str::to_owned));
-        let Ok(Command::Cert(args)) = args else {
-            panic!("{args:?}")
-        };
-        assert_eq!(args.ca_name, "My Dev CA");
-        assert_eq!(args.client_name, "a=b");
-    }
-
-    #[test]
-    fn cert_errors() {
-        for (line, needle) in [
-            ("cert --out", "--out needs a value"),
-            ("cert --out --", "--out needs a value"),
-            ("cert --bogus", "unknown option"),
-            ("cert stray", "unexpected argument"),
-            ("cert --force=yes", "takes no value"),
-            ("cert --out a --out b", "more than once"),
-            ("cert --ca-name a --ca-name=b", "more than once"),
-            ("cert --days 0", "positive whole number"),
-            ("cert --days soon", "positive whole number"),
-            ("cert --revoke c.pem", "needs --crl"),
-            ("frobnicate", "unknown task"),
-        ] {
-            match parse_str(line) {
-                Err(message) => assert!(message.contains(needle), "{line}: {message}"),
-                other => panic!("{line}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn fuzz_options_and_targets() {
-        assert_eq!(parse_str("fuzz"), Ok(Command::Fuzz(FuzzArgs::default())));
-        let Ok(Command::Fuzz(args)) = parse_str("fuzz --seconds 20 yamux_engine pem --jobs=2")
-        else {
-            panic!()
-        };
-        assert_eq!(args.seconds, 20);
-        assert_eq!(args.jobs, 2);
-        assert_eq!(args.targets, ["yamux_engine", "pem"]);
-        assert!(parse_str("fuzz --seconds").is_err());
-        assert!(parse_str("fuzz --seconds x").is_err());
-        assert!(parse_str("fuzz --bogus").is_err());
-        assert_eq!(parse_str("fuzz -h"), Ok(Command::Help));
-    }
-
-    #[test]
-    fn soak_flags_pass_through() {
-        let Ok(Command::Soak(args)) =
-            parse_str("soak --minutes 3 --sessions=100 --mode quic -- --bytes 1000")
-        else {
-            panic!()
-        };
-        let flags: Vec<(&str, &str)> = args
-            .flags
-            .iter()
-            .map(|(f, v)| (f.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
+impl From<SoakCli> for SoakArgs {
+    fn from(cli: SoakCli) -> Self {
+        let flags = [
+            ("--minutes", cli.minutes),
+            ("--seconds", cli.seconds),
+            ("--sessions", cli.sessions),
+            ("--streams", cli.streams),
+            ("--mode", cli.mode),
+            ("--rate", cli.rate),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| Some((flag.to_owned(), value?)))
+        .collect();
+        let stress = cli.stress.then(|| "--stress".to_owned());
+        SoakArgs {
             flags,
-            [
-                ("--minutes", "3"),
-                ("--sessions", "100"),
-                ("--mode", "quic")
-            ]
-        );
-        assert_eq!(args.passthrough, ["--bytes", "1000"]);
-        let Ok(Command::Soak(args)) = parse_str("soak --rate 2000 --stress -- --bytes 10") else {
-            panic!()
-        };
-        assert_eq!(args.flags, [("--rate".to_owned(), "2000".to_owned())]);
-        assert_eq!(args.passthrough, ["--stress", "--bytes", "10"]);
-        assert!(parse_str("soak --rate 0").is_err());
-        assert!(parse_str("soak --mode udp").is_err());
-        assert!(parse_str("soak --minutes -1").is_err());
-        assert!(parse_str("soak --streams").is_err());
-        assert_eq!(parse_str("soak"), Ok(Command::Soak(SoakArgs::default())));
+            passthrough: stress.into_iter().chain(cli.passthrough).collect(),
+        }
     }
+}
 
-    #[test]
-    fn coverage_flags_and_passthrough() {
-        assert_eq!(coverage("coverage"), CoverageArgs::default());
-        let args =
-            coverage("coverage --open --include-ignored -- --exclude xtask -- --test-threads=1");
-        assert!(args.open && args.include_ignored);
-        assert_eq!(
-            args.passthrough,
-            ["--exclude", "xtask", "--", "--test-threads=1"]
-        );
-        assert_eq!(coverage("coverage -- --open").passthrough, ["--open"]);
-        assert!(!coverage("coverage -- --open").open);
-        assert!(parse_str("coverage --html").is_err());
-        assert!(parse_str("coverage extra").is_err());
+#[derive(Debug, Args)]
+struct BenchCli {
+    /// Every measure for a fraction of a second (CI); writes to target/bench-smoke
+    /// unless --out is given
+    #[arg(long)]
+    smoke: bool,
+    /// Where the results go [default: docs/bench]
+    #[arg(long, value_name = "DIR")]
+    out: Option<String>,
+    /// Comma-separated: bulk,rtt,open-rtt,opens,streams,grpc,idle,auto
+    #[arg(long, value_name = "LIST")]
+    only: Option<String>,
+    /// Columns of the stream measures: rustls,tcp,quinn,quic,go,yamux,tokio-yamux
+    #[arg(long, value_name = "LIST")]
+    stacks: Option<String>,
+    /// Leave out the Go column
+    #[arg(long)]
+    no_go: bool,
+    /// Run the stream and gRPC measures N times with fresh servers; figures pool all
+    /// rounds, ratios show the rounds' range [default: 1]
+    #[arg(long, value_name = "N")]
+    rounds: Option<String>,
+}
+
+/// Options of `cargo xtask bench`: passed on to the qymux-bench binary, which checks
+/// them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct BenchArgs {
+    pub(crate) args: Vec<String>,
+}
+
+impl From<BenchCli> for BenchArgs {
+    fn from(cli: BenchCli) -> Self {
+        let mut args = Vec::new();
+        for (flag, on) in [("--smoke", cli.smoke), ("--no-go", cli.no_go)] {
+            if on {
+                args.push(flag.to_owned());
+            }
+        }
+        for (flag, value) in [
+            ("--only", cli.only),
+            ("--out", cli.out),
+            ("--stacks", cli.stacks),
+            ("--rounds", cli.rounds),
+        ] {
+            if let Some(value) = value {
+                args.extend([flag.to_owned(), value]);
+            }
+        }
+        BenchArgs { args }
     }
 }

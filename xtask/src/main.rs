@@ -1,7 +1,8 @@
 //! Qymux project tasks, run as `cargo xtask <task>` (see `cargo xtask help`).
 //!
-//! Kept small on purpose: hand-parsed arguments, and only `qymux-cert` and `anyhow` as
-//! dependencies. `fuzz` and `soak` drive other binaries (cargo-fuzz, the soak example).
+//! Kept small on purpose: `qymux-cert`, `anyhow` and `clap` as dependencies. `fuzz`,
+//! `soak` and `bench` drive other binaries (cargo-fuzz, the soak and bench binaries of
+//! qymux-bench).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
@@ -19,13 +20,8 @@ use anyhow::Context;
 use crate::cli::Command;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("error: {message}\n\nRun `cargo xtask help` for usage.");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit with 2, `--help` with 0 (clap's codes).
+    let command = cli::parse(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     let root = match workspace_root() {
         Ok(root) => root,
         Err(error) => {
@@ -35,7 +31,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}", cli::USAGE);
+            print!("{}", cli::usage());
             Ok(())
         }
         Command::Cert(args) => cert::run(&args, &root),

@@ -1,4 +1,4 @@
-//! `cargo xtask soak`: the soak example of qymux-dialer, built in release mode.
+//! `cargo xtask soak`: the soak binary of qymux-bench, built in release mode.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,8 +21,8 @@ pub(crate) fn soak_command_args(args: &SoakArgs) -> Vec<String> {
         "--release",
         "-q",
         "-p",
-        "qymux-dialer",
-        "--example",
+        "qymux-bench",
+        "--bin",
         "soak",
         "--",
     ]
@@ -51,7 +51,7 @@ mod tests {
         };
         let line = soak_command_args(&args).join(" ");
         assert!(
-            line.ends_with("--example soak -- --minutes 2 --mode tcp --bytes 100"),
+            line.ends_with("--bin soak -- --minutes 2 --mode tcp --bytes 100"),
             "{line}"
         );
         assert!(line.starts_with("run --release"));

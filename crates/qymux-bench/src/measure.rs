@@ -88,29 +88,12 @@ impl Params {
 pub(crate) struct Samples(pub(crate) Vec<f64>);
 
 impl Samples {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-
     pub(crate) fn quantile(&self, q: f64) -> f64 {
-        let v = self.sorted();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        // Nearest rank.
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
+        qymux_bench::quantile(&self.0, q)
     }
 
     pub(crate) fn median(&self) -> f64 {
-        let v = self.sorted();
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        qymux_bench::median(&self.0)
     }
 
     pub(crate) fn min(&self) -> f64 {

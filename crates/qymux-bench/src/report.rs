@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 
+use qymux_bench::ConnectReport;
+use serde::Serialize;
+
 use crate::measure::Samples;
 
 /// One figure: the median of its samples, with their spread.
@@ -287,126 +290,170 @@ pub(crate) fn targets_markdown(targets: &[Target]) -> String {
     out
 }
 
-pub(crate) fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+/// The machine a run was on: `machine` in results.json.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) date: String,
+    pub(crate) cpus: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+    pub(crate) rustc: String,
+    pub(crate) go: String,
+    pub(crate) profile: &'static str,
+    pub(crate) smoke: bool,
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
+}
+
+/// results.json.
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    machine: &'a Machine,
+    smoke: bool,
+    tables: Vec<TableJson<'a>>,
+    targets: Vec<TargetJson<'a>>,
+    connect_bench: Option<&'a ConnectReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct TableJson<'a> {
+    title: &'a str,
+    rows: Vec<RowJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RowJson<'a> {
+    key: &'a str,
+    title: &'a str,
+    unit: &'a str,
+    higher_is_better: bool,
+    /// By column, in the table's order.
+    figures: Ordered<'a, FigureJson<'a>>,
+    ratios: Ordered<'a, Option<f64>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum FigureJson<'a> {
+    Value {
+        median: Option<f64>,
+        p99: Option<f64>,
+        min: Option<f64>,
+        max: Option<f64>,
+        samples: usize,
+        round_medians: Vec<Option<f64>>,
+    },
+    Skipped {
+        skipped: &'a str,
+    },
+    Failed {
+        error: &'a str,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct TargetJson<'a> {
+    name: &'a str,
+    figure: &'a str,
+    limit: &'a str,
+    met: Option<bool>,
+}
+
+/// A JSON object whose keys keep their order.
+#[derive(Debug)]
+struct Ordered<'a, V>(Vec<(&'a str, V)>);
+
+impl<V: Serialize> Serialize for Ordered<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
         }
-    }
-    out.push('"');
-    out
-}
-
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.4}")
-    } else {
-        "null".into()
+        map.end()
     }
 }
 
-/// Everything as JSON: `machine` (already JSON), the tables, the targets, and
-/// `connect_bench` (its own JSON, as it wrote it, or `null`).
+/// A number, or `null` when it is not finite (JSON has no NaN).
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// Everything as JSON: the machine, the tables, the targets, and connect_bench's report
+/// (or `null`).
 pub(crate) fn json(
-    machine: &str,
+    machine: &Machine,
     smoke: bool,
     tables: &[Table],
     targets: &[Target],
-    connect_bench: Option<&str>,
+    connect_bench: Option<&ConnectReport>,
 ) -> String {
-    let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"machine\": {machine},");
-    let _ = writeln!(out, "  \"smoke\": {smoke},");
-    out.push_str("  \"tables\": [\n");
-    for (ti, table) in tables.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "    {{\"title\": {}, \"rows\": [",
-            json_string(table.title)
-        );
-        for (ri, row) in table.rows.iter().enumerate() {
-            let _ = write!(
-                out,
-                "      {{\"key\": {}, \"title\": {}, \"unit\": {}, \"higher_is_better\": {}, \"figures\": {{",
-                json_string(row.key),
-                json_string(row.title),
-                json_string(row.unit),
-                row.higher_is_better
-            );
-            for (ci, (column, cell)) in table.columns.iter().zip(&row.cells).enumerate() {
-                let value = match cell {
-                    Cell::Value(f) => format!(
-                        "{{\"median\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"samples\": {}, \"round_medians\": [{}]}}",
-                        json_number(f.median),
-                        f.p99.map_or("null".into(), json_number),
-                        json_number(f.min),
-                        json_number(f.max),
-                        f.n,
-                        f.rounds
+    let tables = tables
+        .iter()
+        .map(|table| TableJson {
+            title: table.title,
+            rows: table
+                .rows
+                .iter()
+                .map(|row| RowJson {
+                    key: row.key,
+                    title: row.title,
+                    unit: row.unit,
+                    higher_is_better: row.higher_is_better,
+                    figures: Ordered(
+                        table
+                            .columns
                             .iter()
-                            .map(|v| json_number(*v))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                            .zip(&row.cells)
+                            .map(|(column, cell)| (*column, figure_json(cell)))
+                            .collect(),
                     ),
-                    Cell::Skipped(why) => format!("{{\"skipped\": {}}}", json_string(why)),
-                    Cell::Failed(why) => format!("{{\"error\": {}}}", json_string(why)),
-                };
-                let _ = write!(
-                    out,
-                    "{}{}: {value}",
-                    if ci == 0 { "" } else { ", " },
-                    json_string(column)
-                );
-            }
-            out.push_str("}, \"ratios\": {");
-            for (i, (label, num, den)) in table.ratios.iter().enumerate() {
-                let _ = write!(
-                    out,
-                    "{}{}: {}",
-                    if i == 0 { "" } else { ", " },
-                    json_string(label),
-                    ratio(row, *num, *den).map_or("null".into(), |(r, _)| json_number(r))
-                );
-            }
-            let _ = writeln!(
-                out,
-                "}}}}{}",
-                if ri + 1 < table.rows.len() { "," } else { "" }
-            );
-        }
-        let _ = writeln!(
-            out,
-            "    ]}}{}",
-            if ti + 1 < tables.len() { "," } else { "" }
-        );
+                    ratios: Ordered(
+                        table
+                            .ratios
+                            .iter()
+                            .map(|(label, num, den)| {
+                                (*label, ratio(row, *num, *den).and_then(|(r, _)| finite(r)))
+                            })
+                            .collect(),
+                    ),
+                })
+                .collect(),
+        })
+        .collect();
+    let targets = targets
+        .iter()
+        .map(|t| TargetJson {
+            name: &t.name,
+            figure: &t.figure,
+            limit: &t.limit,
+            met: t.met,
+        })
+        .collect();
+    let results = Results {
+        machine,
+        smoke,
+        tables,
+        targets,
+        connect_bench,
+    };
+    // Serializing plain data to a string cannot fail.
+    serde_json::to_string_pretty(&results).unwrap_or_default() + "\n"
+}
+
+fn figure_json(cell: &Cell) -> FigureJson<'_> {
+    match cell {
+        Cell::Value(f) => FigureJson::Value {
+            median: finite(f.median),
+            p99: f.p99.and_then(finite),
+            min: finite(f.min),
+            max: finite(f.max),
+            samples: f.n,
+            round_medians: f.rounds.iter().map(|v| finite(*v)).collect(),
+        },
+        Cell::Skipped(why) => FigureJson::Skipped { skipped: why },
+        Cell::Failed(why) => FigureJson::Failed { error: why },
     }
-    out.push_str("  ],\n  \"targets\": [\n");
-    for (i, t) in targets.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "    {{\"name\": {}, \"figure\": {}, \"limit\": {}, \"met\": {}}}{}",
-            json_string(&t.name),
-            json_string(&t.figure),
-            json_string(&t.limit),
-            t.met.map_or("null".into(), |m| m.to_string()),
-            if i + 1 < targets.len() { "," } else { "" }
-        );
-    }
-    out.push_str("  ],\n");
-    let _ = writeln!(
-        out,
-        "  \"connect_bench\": {}",
-        connect_bench.map_or("null", str::trim)
-    );
-    out.push_str("}\n");
-    out
 }
 
 /// Colours of the bars, by column name.
@@ -550,9 +597,21 @@ mod tests {
 
     #[test]
     fn json_and_svg_escape_text() {
-        let json = json("{}", true, &[table()], &[], None);
+        let machine = Machine {
+            date: String::new(),
+            cpus: 2,
+            cpu_model: String::new(),
+            kernel: String::new(),
+            rustc: String::new(),
+            go: String::new(),
+            profile: "release",
+            smoke: true,
+            load_before: String::new(),
+            load_after: String::new(),
+        };
+        let json = json(&machine, true, &[table()], &[], None);
         assert!(json.contains(r#""bulk \"1\" <stream>""#), "{json}");
-        assert!(json.contains("\"TCP/rustls\": 0.9000"), "{json}");
+        assert!(json.contains("\"TCP/rustls\": 0.9"), "{json}");
         let svg = svg(&[table()], "caption & more");
         assert!(svg.contains("&lt;stream&gt;") && svg.contains("caption &amp; more"));
     }

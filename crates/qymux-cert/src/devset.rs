@@ -138,3 +138,51 @@ pub fn write_dev_set(dir: &Path, options: &DevSetOptions) -> Result<DevSet> {
         client: client.fingerprint(),
     })
 }
+
+/// The next update of a CRL written by [`write_crl`] without a number of days.
+pub const DEFAULT_CRL_DAYS: u32 = 7;
+
+/// What [`write_crl`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlWritten {
+    /// The file written: `crl.pem` in the directory.
+    pub path: PathBuf,
+    /// The fingerprints of the certificates it revokes, in order.
+    pub revoked: Vec<Fingerprint>,
+}
+
+/// Signs a certificate revocation list with the CA in `dir` (`ca.pem`, `ca.key`, as
+/// [`write_dev_set`] writes them) and writes it to `dir/crl.pem`, replacing it. It
+/// revokes the first certificate of each PEM file in `revoke` (none: a CRL that revokes
+/// nothing) and names its next update `days` days ahead ([`DEFAULT_CRL_DAYS`] if
+/// `None`). What `cargo xtask cert --crl` and `qymux cert --crl` do.
+///
+/// # Errors
+///
+/// [`CertError::Io`] if a file cannot be read or written, the PEM errors for files
+/// without a certificate or key, and [`CertError::InvalidCertificate`] for a
+/// certificate this CA did not issue.
+pub fn write_crl(dir: &Path, revoke: &[PathBuf], days: Option<u32>) -> Result<CrlWritten> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| CertError::Io { path, source })
+    };
+    let ca = CertificateAuthority::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
+    let mut certs = Vec::with_capacity(revoke.len());
+    for path in revoke {
+        let first = crate::pem::load_certs_pem(path)?.into_iter().next();
+        // load_certs_pem fails on a file without a certificate, so there is a first.
+        certs.extend(first);
+    }
+    let refs: Vec<_> = certs.iter().collect();
+    let list = ca.revocation_list(&refs, days.unwrap_or(DEFAULT_CRL_DAYS))?;
+    let path = dir.join("crl.pem");
+    std::fs::write(&path, crate::pem::crl_to_pem(&list)).map_err(|source| CertError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(CrlWritten {
+        path,
+        revoked: certs.iter().map(Fingerprint::of).collect(),
+    })
+}

@@ -70,7 +70,8 @@ pub use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, Private
 
 pub use crate::ca::{CertificateAuthority, MAX_VALIDITY_DAYS, self_signed};
 pub use crate::devset::{
-    DEV_SET_FILES, DevSet, DevSetOptions, existing_dev_set_files, write_dev_set,
+    CrlWritten, DEFAULT_CRL_DAYS, DEV_SET_FILES, DevSet, DevSetOptions, existing_dev_set_files,
+    write_crl, write_dev_set,
 };
 pub use crate::error::{CertError, Result};
 pub use crate::fingerprint::Fingerprint;

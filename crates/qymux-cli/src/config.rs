@@ -128,6 +128,9 @@ pub(crate) struct ServerFile {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) client_ca: Option<PathBuf>,
+    /// Certificate revocation lists for client certificates (PEM or DER files).
+    #[serde(default)]
+    pub(crate) client_crl: Vec<PathBuf>,
     pub(crate) metrics: Option<String>,
     pub(crate) shutdown_grace: Option<Dur>,
     #[serde(default)]
@@ -198,6 +201,7 @@ pub(crate) struct ServerConfig {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) client_ca: Option<PathBuf>,
+    pub(crate) client_crl: Vec<PathBuf>,
     pub(crate) metrics: Option<String>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) options: Options,
@@ -322,12 +326,18 @@ impl ServerConfig {
                 },
             );
         }
+        if !file.client_crl.is_empty() && file.client_ca.is_none() {
+            bail!(
+                "`client_crl` is set but `client_ca` is not: without client certificates there is nothing to revoke"
+            );
+        }
         Ok(ServerConfig {
             listen: file.listen,
             mode: file.mode.into(),
             cert: resolve(base, &file.cert),
             key: resolve(base, &file.key),
             client_ca: file.client_ca.map(|p| resolve(base, &p)),
+            client_crl: file.client_crl.iter().map(|p| resolve(base, p)).collect(),
             metrics: file.metrics,
             shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
             options: file.session.to_options()?,
@@ -635,6 +645,10 @@ pub(crate) struct ServerFlags {
     /// Require agents to present a certificate from this CA.
     #[arg(long)]
     pub(crate) client_ca: Option<PathBuf>,
+    /// A certificate revocation list for agents' certificates (repeatable; read again
+    /// on SIGHUP).
+    #[arg(long, requires = "client_ca")]
+    pub(crate) client_crl: Vec<PathBuf>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub(crate) metrics: Option<String>,
@@ -672,6 +686,7 @@ impl ServerConfig {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: f.client_ca.clone(),
+            client_crl: f.client_crl.clone(),
             metrics: f.metrics.clone(),
             shutdown_grace: None,
             session: SessionOptions::default(),

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use qymux::cert::{CertificateAuthority, DevSetOptions, existing_dev_set_files, write_dev_set};
+use qymux::cert::{
+    CertificateAuthority, DevSetOptions, existing_dev_set_files, write_crl, write_dev_set,
+};
 
 /// Reverse tunnels over QUIC or TLS+TCP: agents behind NAT dial a server, which
 /// forwards each service's public TCP port to the agents that proved they hold it.
@@ -90,8 +92,20 @@ struct CertArgs {
     force: bool,
     /// Instead of a new set: issue one more client certificate, NAME.pem and NAME.key,
     /// from the ca.pem and ca.key in --out.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "crl")]
     issue_client: Option<String>,
+    /// Validity of the server and client certificates in days (default: the CA's
+    /// default for leaves); with --crl, the CRL's next update [default: 7].
+    #[arg(long, value_name = "N")]
+    days: Option<u32>,
+    /// Instead of a new set: sign a certificate revocation list with the ca.pem and
+    /// ca.key in --out and write it to crl.pem there (replacing it).
+    #[arg(long)]
+    crl: bool,
+    /// With --crl: a certificate (PEM) the CRL revokes; repeat for several. Without it,
+    /// the CRL revokes nothing.
+    #[arg(long, value_name = "FILE", requires = "crl")]
+    revoke: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +152,20 @@ fn init_logs(format: LogFormat) {
 }
 
 fn cert(args: &CertArgs) -> Result<()> {
+    if args.crl {
+        let written = write_crl(&args.out, &args.revoke, args.days)
+            .with_context(|| format!("writing a CRL into {}", args.out.display()))?;
+        println!(
+            "Wrote {} revoking {} certificate(s):",
+            written.path.display(),
+            written.revoked.len()
+        );
+        for fingerprint in &written.revoked {
+            println!("  SHA-256 {fingerprint}");
+        }
+        println!("Give it to the server as client_crl; it is read again on SIGHUP.");
+        return Ok(());
+    }
     if let Some(name) = &args.issue_client {
         let read = |f: &str| {
             let path = args.out.join(f);
@@ -181,7 +209,7 @@ fn cert(args: &CertArgs) -> Result<()> {
         server_names: args.server_names.clone(),
         client_name: args.client_name.clone(),
         overwrite: args.force,
-        days: None,
+        days: args.days,
     };
     let set = write_dev_set(&args.out, &options)
         .with_context(|| format!("writing certificates into {}", args.out.display()))?;

@@ -2,7 +2,7 @@
 //! service's public connections to the pool of agents holding it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use metrics::{counter, gauge, histogram};
 use qymux::cert::{CertNames, Identity};
 use qymux::forward::{SpliceOptions, splice};
-use qymux::tls::ServerTls;
+use qymux::tls::{Crls, ServerTls};
+use qymux::transport::admission::Source;
 use qymux::{BoxSession, BoxStream, Config, Qymux, Session};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +51,12 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
             .client_ca_file(ca)
             .with_context(|| format!("loading client_ca {}", ca.display()))?;
     }
+    if !config.client_crl.is_empty() {
+        tls = tls
+            .client_crl_files(&config.client_crl)
+            .context("loading client_crl")?;
+    }
+    let crls = tls.client_revocation().cloned();
     let qymux = Qymux::new(
         Config::new()
             .mode(config.mode)
@@ -88,7 +95,7 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
         "listening for agents"
     );
     let accepting = tokio::spawn(accept_agents(listener.clone(), state.clone()));
-    wait_for_stop(path.as_deref(), &state).await;
+    wait_for_stop(path.as_deref(), &state, crls.as_ref()).await;
     info!(grace = ?config.shutdown_grace, "SIGTERM: draining");
     accepting.abort();
     state.stop_public();
@@ -98,8 +105,9 @@ pub(crate) async fn run(path: Option<PathBuf>, flags: ServerFlags) -> Result<()>
     Ok(())
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>) {
+/// Reloads on SIGHUP (the services, and the CRL files the server started with); returns
+/// on SIGTERM or SIGINT.
+async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>, crls: Option<&Crls>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -112,6 +120,12 @@ async fn wait_for_stop(path: Option<&Path>, state: &Arc<State>) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                if let Some(crls) = crls {
+                    match crls.reload() {
+                        Ok(()) => info!(crls = crls.len(), "SIGHUP: client_crl reloaded"),
+                        Err(e) => warn!(error = %e, "SIGHUP: client_crl refused; keeping the lists in force"),
+                    }
+                }
                 let Some(path) = path else {
                     warn!("SIGHUP: started from flags, there is no config file to reload");
                     continue;
@@ -329,37 +343,45 @@ impl Pool {
     }
 }
 
-/// Per-source connection counts of one service.
+/// Per-source connection counts of one service. A source is an IPv4 address (also
+/// written IPv4-mapped) or an IPv6 /64, as for the listeners' handshake caps: one IPv6
+/// host can draw on a whole /64.
 #[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
+struct Sources(Mutex<HashMap<Source, usize>>);
 
 struct SourceSlot {
     sources: Arc<Sources>,
-    ip: IpAddr,
+    source: Source,
 }
 
 impl Sources {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+    fn take(self: &Arc<Self>, peer: SocketAddr, max: usize) -> Option<SourceSlot> {
+        let source = Source::of(peer);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(source).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(SourceSlot {
             sources: self.clone(),
-            ip,
+            source,
         })
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         let mut m = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        if let Some(n) = m.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&self.source);
             }
         }
     }
@@ -389,7 +411,7 @@ async fn serve_public(svc: Arc<Service>, listener: TcpListener, mut stop: watch:
             refuse(&tcp, &name, "max_connections", peer);
             continue;
         };
-        let Some(slot) = sources.take(peer.ip(), svc.def.max_connections_per_source) else {
+        let Some(slot) = sources.take(peer, svc.def.max_connections_per_source) else {
             refuse(&tcp, &name, "max_connections_per_source", peer);
             continue;
         };
@@ -719,4 +741,39 @@ fn judge(
         ));
     }
     Ok(svc)
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    fn at(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn one_ipv6_slash_64_is_one_source() {
+        let sources = Arc::new(Sources::default());
+        let a = sources.take(at("[2001:db8:1:2::1]:1000"), 2).unwrap();
+        let b = sources.take(at("[2001:db8:1:2:ffff::9]:1001"), 2).unwrap();
+        assert!(
+            sources.take(at("[2001:db8:1:2:abcd::1]:1002"), 2).is_none(),
+            "a third address of the same /64 is over the cap of 2"
+        );
+        let other = sources.take(at("[2001:db8:1:3::1]:1003"), 2);
+        assert!(other.is_some(), "the next /64 is another source");
+        drop(a);
+        assert!(sources.take(at("[2001:db8:1:2::7]:1004"), 2).is_some());
+        drop((b, other));
+    }
+
+    #[test]
+    fn mapped_ipv4_counts_as_ipv4_and_slots_are_given_back() {
+        let sources = Arc::new(Sources::default());
+        let a = sources.take(at("127.0.0.1:1"), 1).unwrap();
+        assert!(sources.take(at("[::ffff:127.0.0.1]:2"), 1).is_none());
+        assert!(sources.take(at("127.0.0.2:3"), 1).is_some());
+        drop(a);
+        assert_eq!(sources.held(), 0, "an emptied source leaves no entry");
+    }
 }

@@ -30,6 +30,11 @@ idle_timeout = "5s"
     )
 }
 
+/// The agent's `web` service forwarding to `local`, with the right token.
+fn agent_web(local: impl std::fmt::Display) -> String {
+    format!("[services.web]\nlocal = \"{local}\"\ntoken = \"{TOKEN}\"\n")
+}
+
 fn agent_toml(servers: &[&str], extra: &str, services: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
     format!(
@@ -239,11 +244,7 @@ fn a_newer_agent_joins_the_pool_and_steals_nothing() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "", &agent_web(echo)),
     );
     let mut first = Proc::agent("agent-1", &cfg);
     first.wait_msg("claim granted", &[("service", "web")]);
@@ -288,11 +289,7 @@ fn public_side_caps_per_source_and_idle_timeout() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -386,11 +383,7 @@ fn agent_with_connect_all_keeps_a_session_to_each_server_and_survives_a_sigkill(
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr_a, &addr_b],
-            "connect = \"all\"",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr_a, &addr_b], "connect = \"all\"", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -601,7 +594,7 @@ fn agent_sighup_adds_and_releases_services_while_another_carries_traffic() {
     let (mut server, addr, publics) = start_server(&server_cfg, &["web", "extra"]);
     let echo = echo_service();
     let extra_local = echo_service();
-    let web_only = format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n");
+    let web_only = agent_web(echo);
     let cfg = write(&dir, "agent.toml", &agent_toml(&[&addr], "", &web_only));
     let mut agent = Proc::agent("agent", &cfg);
     agent.wait_msg("claim granted", &[("service", "web")]);
@@ -655,11 +648,7 @@ fn agent_metrics_count_the_fallback_to_tcp_and_a_reconnect() {
     let cfg = write(
         &dir,
         "agent.toml",
-        &agent_toml(
-            &[&addr],
-            "metrics = \"127.0.0.1:0\"",
-            &format!("[services.web]\nlocal = \"{echo}\"\ntoken = \"{TOKEN}\"\n"),
-        ),
+        &agent_toml(&[&addr], "metrics = \"127.0.0.1:0\"", &agent_web(echo)),
     );
     let mut agent = Proc::agent("agent", &cfg);
     let metrics_addr = field(
@@ -680,4 +669,98 @@ fn agent_metrics_count_the_fallback_to_tcp_and_a_reconnect() {
     assert_eq!(metric(&samples, "qymux_reconnects_total", &[]), 1.0);
     assert_eq!(metric(&samples, "qymux_fallbacks_total", &[]), 2.0);
     assert!(metric(&samples, "qymux_handshakes_total", &[("outcome", "ok")]) >= 2.0);
+}
+
+#[test]
+fn cert_days_and_crl_then_sighup_locks_out_a_revoked_agent() {
+    let dir = cert_dir("cli-crl");
+    let certs = dir.join("certs");
+    let certs_arg = certs.to_string_lossy().into_owned();
+
+    // --days: short-lived leaves (backdated an hour); the CA keeps its own validity.
+    let short = dir.join("short");
+    let out = run(&["cert", "--out", &short.to_string_lossy(), "--days", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    for file in ["server.pem", "client.pem", "ca.pem"] {
+        let pem = std::fs::read(short.join(file)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let validity = cert.validity();
+        let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+        if file == "ca.pem" {
+            assert!(span > 365 * 86_400, "{file}: {span} s");
+        } else {
+            assert_eq!(span, 3 * 86_400 + 3_600, "{file}");
+        }
+    }
+
+    // A CRL that revokes nothing yet, loaded by the server.
+    let out = run(&["cert", "--out", &certs_arg, "--crl"]);
+    assert!(out.status.success(), "{out:?}");
+    let svc = format!("[services.web]\npublic = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let server_text = server_toml(true, &svc).replace(
+        r#"client_ca = "certs/ca.pem""#,
+        "client_ca = \"certs/ca.pem\"\nclient_crl = [\"certs/crl.pem\"]",
+    );
+    let server_cfg = write(&dir, "server.toml", &server_text);
+    let (mut server, addr, publics) = start_server(&server_cfg, &["web"]);
+    let echo = echo_service();
+    let agent_cfg = write(
+        &dir,
+        "agent.toml",
+        &agent_toml(
+            &[&addr],
+            "cert = \"certs/client.pem\"\nkey = \"certs/client.key\"",
+            &agent_web(echo),
+        ),
+    );
+    let mut agent = Proc::agent("agent", &agent_cfg);
+    agent.wait_msg("claim granted", &[("service", "web")]);
+    let mut conn = EchoClient::connect(&publics[0]);
+    assert_eq!(conn.roundtrip("not revoked").unwrap(), "not revoked");
+
+    // Revoke the agent's certificate and reload: its next handshake is refused.
+    let client_pem = certs.join("client.pem").to_string_lossy().into_owned();
+    let out = run(&[
+        "cert",
+        "--out",
+        &certs_arg,
+        "--crl",
+        "--revoke",
+        &client_pem,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("revoking 1 certificate(s)"), "{stdout}");
+    server.signal("HUP");
+    server.wait_msg("SIGHUP: client_crl reloaded", &[]);
+    agent.sigkill();
+    let mut again = Proc::agent("agent-again", &agent_cfg);
+    let failed = again.wait_msg("session lost or dial failed; retrying", &[]);
+    let error = field(&failed, "error");
+    assert!(error.to_lowercase().contains("revoked"), "{error}");
+    assert!(!again.logged("claim granted", &[]));
+}
+
+#[test]
+fn a_crl_without_client_ca_is_refused_at_start() {
+    let dir = cert_dir("cli-crl-noca");
+    let out = run(&[
+        "cert",
+        "--out",
+        &dir.join("certs").to_string_lossy(),
+        "--crl",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let svc = format!("[services.web]\npublic = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let text = server_toml(false, &svc)
+        .replace("metrics = ", "client_crl = [\"certs/crl.pem\"]\nmetrics = ");
+    let cfg = write(&dir, "server.toml", &text);
+    let out = run(&["server", "--config", &cfg.to_string_lossy()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("client_crl") && stderr.contains("client_ca"),
+        "{stderr}"
+    );
 }

@@ -1,21 +1,19 @@
 //! Dialing in any [`Mode`]; in Auto, QUIC raced against TCP.
 
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qymux_transport::{BoxSession, Error, HandshakeError, Mode, Options, Result};
-use tokio::time::sleep;
+use qymux_transport::{BoxSession, Error, HandshakeError, Mode, Options, Result, TimeoutKind};
+use tokio::time::{Instant, sleep};
 use tracing::debug;
 
 use crate::memory::TransportMemory;
 
 /// How long QUIC gets on its own before TCP starts too (RFC 8305's connection attempt
-/// delay), when no QUIC round-trip time to the target is known yet.
+/// delay), when nothing about QUIC to the target has been measured yet.
 pub const DEFAULT_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
-
-/// The shortest attempt delay derived from a measured round-trip time (RFC 8305 section
-/// 5: never below 100 ms).
-const MIN_ATTEMPT_DELAY: Duration = Duration::from_millis(100);
 
 /// How long a QUIC attempt that lost the race to TCP may still finish in the background
 /// (so that a slow but working path is told from a broken one); then it is dropped.
@@ -24,20 +22,36 @@ const LOSER_GRACE: Duration = Duration::from_secs(1);
 /// The close reason of a QUIC session that connected after TCP had won the race.
 pub const SUPERSEDED: &str = "superseded";
 
+/// A QUIC session with how long its dial took.
+pub(crate) type TimedQuic = (qymux_quic::Session, Duration);
+
+/// The QUIC side of the race: owned, so that it can be finished in the background.
+pub(crate) type QuicAttempt = Pin<Box<dyn Future<Output = Result<TimedQuic>> + Send>>;
+
 /// Dials one server in a [`Mode`], returning a type-erased session.
 ///
+/// The host name is resolved once per dial and both transports get the same addresses
+/// (or those given with [`Dialer::resolved_addrs`]); each transport races them as Happy
+/// Eyeballs does (RFC 8305: families interleaved, attempts staggered by 250 ms, each with
+/// its own connect deadline, the next at once when one fails), so an address that drops
+/// packets silently does not keep QUIC or TCP from the next one. A TCP dial through a
+/// proxy sends the name to the proxy instead, unresolved.
+///
 /// In [`Mode::Auto`] QUIC starts first. If it has not connected after the attempt delay
-/// (250 ms, or 1.5 × the QUIC round-trip time measured to this target before, at least
-/// 100 ms), TCP starts as well; the first to complete wins, QUIC in a tie. A TCP attempt
+/// (1.5 × the QUIC dial time measured to this server before, else 1.5 × a measured QUIC
+/// round-trip time, at least 100 ms and at most 2 s; the configured
+/// [`attempt_delay`](Dialer::attempt_delay), 250 ms by default, while nothing was
+/// measured), TCP starts as well; the first to complete wins, QUIC in a tie. A TCP attempt
 /// that lost is dropped (its socket closed). A QUIC attempt still running when TCP won
 /// gets one more second in the background: if it connects, it is closed at once with
 /// the reason `superseded` (so the server can tell it from a departing agent) and QUIC
-/// counts as working for this target; otherwise it is dropped with its socket. When QUIC fails or is still
-/// silent while TCP works, the dialer remembers it for this target
-/// ([`TransportMemory`]): the next dials start with TCP at once, until the penalty
-/// expires; an answer from the server over UDP (a refusal, a handshake error) is not a
-/// broken path and clears it. If TCP fails, QUIC gets one more attempt delay before the
-/// dial fails with TCP's error (not its whole connect timeout).
+/// counts as working for this server (its dial time is recorded, so the next attempt
+/// delay gives it the time it needs); otherwise it is dropped with its socket. When QUIC
+/// fails or is still silent while TCP works, the dialer remembers it for the server's
+/// addresses ([`TransportMemory`]): the next dials start with TCP at once, until the
+/// penalty expires; an answer from the server over UDP (a refusal, a handshake error) is
+/// not a broken path and clears it. If TCP fails, QUIC gets one more attempt delay
+/// before the dial fails with TCP's error (not its whole connect timeout).
 ///
 /// With a proxy in the options ([`Options::proxy`]) that applies to the target, Auto
 /// dials TCP through the proxy alone, and [`Mode::Quic`] is a configuration error: an
@@ -50,6 +64,8 @@ pub const SUPERSEDED: &str = "superseded";
 #[derive(Debug, Clone)]
 pub struct Dialer {
     addr: String,
+    /// The addresses to dial instead of resolving `addr`.
+    addrs: Option<Arc<[SocketAddr]>>,
     server_name: String,
     tls: Arc<rustls::ClientConfig>,
     options: Options,
@@ -69,6 +85,7 @@ impl Dialer {
     ) -> Self {
         Self {
             addr: addr.into(),
+            addrs: None,
             server_name: server_name.into(),
             tls,
             options: Options::default(),
@@ -90,16 +107,26 @@ impl Dialer {
         self
     }
 
-    /// How long QUIC runs alone before TCP starts too, while no QUIC round-trip time to
-    /// the target is known (default [`DEFAULT_ATTEMPT_DELAY`]).
+    /// How long QUIC runs alone before TCP starts too, while nothing about QUIC to the
+    /// target has been measured (default [`DEFAULT_ATTEMPT_DELAY`]).
     pub fn attempt_delay(mut self, delay: Duration) -> Self {
         self.attempt_delay = delay;
         self
     }
 
-    /// Shares a memory of QUIC failures with other dialers (to the same targets).
+    /// Shares a memory of QUIC failures with other dialers (to the same servers).
     pub fn memory(mut self, memory: Arc<TransportMemory>) -> Self {
         self.memory = memory;
+        self
+    }
+
+    /// Dials these addresses (raced as Happy Eyeballs does, in this order within each
+    /// family) instead of resolving the address given to [`Dialer::new`], which then
+    /// only names the target in errors and logs: for a resolver of your own (SRV
+    /// records, DNS over HTTPS, a pinned list). A TCP dial through a proxy still sends
+    /// the name to the proxy.
+    pub fn resolved_addrs(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.addrs = Some(addrs.into_iter().collect());
         self
     }
 
@@ -120,9 +147,12 @@ impl Dialer {
 
     /// The same dialer (server name, TLS, options, mode, shared memory) for another
     /// address: one per server of a fleet, for [`Reconnecting`](crate::Reconnecting).
+    /// Addresses given with [`resolved_addrs`](Dialer::resolved_addrs) are not carried
+    /// over.
     pub fn with_addr(&self, addr: impl Into<String>) -> Dialer {
         Dialer {
             addr: addr.into(),
+            addrs: None,
             ..self.clone()
         }
     }
@@ -134,6 +164,38 @@ impl Dialer {
         self
     }
 
+    /// The target's addresses: those given with
+    /// [`resolved_addrs`](Dialer::resolved_addrs), or the address resolved now (within
+    /// the connect timeout). What a dial uses, and what its [`TransportMemory`] is keyed
+    /// by.
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>> {
+        let connect_error = |source: std::io::Error| Error::Connect {
+            addr: self.addr.clone(),
+            source: Arc::new(source),
+        };
+        let addrs: Vec<SocketAddr> = match &self.addrs {
+            Some(addrs) => addrs.to_vec(),
+            None => tokio::time::timeout(
+                self.options.connect_timeout,
+                tokio::net::lookup_host(&self.addr),
+            )
+            .await
+            .map_err(|_| Error::Timeout {
+                what: TimeoutKind::Connect,
+                after: self.options.connect_timeout,
+            })?
+            .map_err(connect_error)?
+            .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(connect_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address resolved",
+            )));
+        }
+        Ok(addrs)
+    }
+
     /// Dials and returns a session over whichever transport won.
     pub async fn dial(&self) -> Result<BoxSession> {
         self.dial_concrete().await.map(|s| s.boxed())
@@ -143,7 +205,7 @@ impl Dialer {
     pub(crate) async fn dial_concrete(&self) -> Result<Concrete> {
         self.options.validate()?;
         match self.mode {
-            Mode::Tcp => self.tcp().await,
+            Mode::Tcp => self.tcp(self.addrs.as_deref().map(<[_]>::to_vec)).await,
             Mode::Quic if !self.quic_allowed() => Err(Error::Config(format!(
                 "Mode::Quic cannot reach {} through the proxy {}: a proxy carries TCP only \
                  (use Mode::Tcp or Mode::Auto, or Proxy::allow_direct_quic to dial QUIC directly)",
@@ -153,12 +215,29 @@ impl Dialer {
                     .as_ref()
                     .map_or(String::new(), ToString::to_string),
             ))),
-            Mode::Quic => self.quic().await.map(Concrete::Quic),
+            Mode::Quic => {
+                let addrs = self.resolve().await?;
+                self.quic_owned(addrs)
+                    .await
+                    .map(|(session, _)| Concrete::Quic(session))
+            }
             _ if !self.quic_allowed() => {
                 debug!(target = %self.addr, "a proxy is configured: TCP through it, no QUIC");
-                self.tcp().await
+                self.tcp(None).await
             }
-            _ => self.auto().await,
+            _ => {
+                let addrs = self.resolve().await?;
+                let delay = self
+                    .memory
+                    .attempt_delay(&addrs)
+                    .unwrap_or(self.attempt_delay);
+                if self.memory.quic_broken_until(&addrs).is_some() {
+                    return self.tcp_first(addrs).await;
+                }
+                let quic = Box::pin(self.quic_owned(addrs.clone()));
+                let tcp = self.tcp(Some(addrs.clone()));
+                self.race(&addrs, quic, tcp, delay).await
+            }
         }
     }
 
@@ -172,66 +251,95 @@ impl Dialer {
         }
     }
 
+    /// When QUIC to this target may be tried again (`None`: now). A target that does not
+    /// resolve now has nothing remembered against it.
+    pub(crate) async fn quic_retry_at(&self) -> Option<Instant> {
+        let addrs = self.resolve().await.ok()?;
+        self.memory.quic_broken_until(&addrs)
+    }
+
     /// Dials QUIC alone and records the outcome in the memory: a success clears the
     /// target's penalty, a failure extends it.
     pub(crate) async fn dial_quic_remembered(&self) -> Result<Concrete> {
         self.options.validate()?;
-        match self.quic().await {
-            Ok(session) => Ok(self.quic_won(session)),
+        let addrs = self.resolve().await?;
+        match self.quic_owned(addrs.clone()).await {
+            Ok(dialed) => Ok(self.quic_won(dialed)),
             Err(e) if server_answered(&e) => {
                 debug!(target = %self.addr, error = %e.report(), "QUIC reached the server, which said no; not a broken path");
                 Err(e)
             }
             Err(e) => {
-                let penalty = self.memory.quic_failed(&self.addr);
+                let penalty = self.memory.quic_failed(&addrs);
                 debug!(target = %self.addr, error = %e.report(), ?penalty, "QUIC still fails here");
                 Err(e)
             }
         }
     }
 
-    async fn tcp(&self) -> Result<Concrete> {
-        qymux_tcp::dial(
-            &self.addr,
-            &self.server_name,
-            self.tls.clone(),
-            &self.options,
-        )
-        .await
-        .map(Concrete::Tcp)
-    }
-
-    async fn quic(&self) -> Result<qymux_quic::Session> {
-        qymux_quic::dial(
-            &self.addr,
-            &self.server_name,
-            self.tls.clone(),
-            &self.options,
-        )
-        .await
-    }
-
-    /// A QUIC dial that owns what it needs, so that it can be finished in the
-    /// background after losing the race.
-    fn quic_owned(&self) -> impl Future<Output = Result<qymux_quic::Session>> + Send + 'static {
+    /// A TCP dial: to `addrs` when given (unless a proxy applies: it gets the name),
+    /// else to the name resolved by the TCP backend.
+    fn tcp(
+        &self,
+        addrs: Option<Vec<SocketAddr>>,
+    ) -> impl Future<Output = Result<Concrete>> + Send + 'static {
         let (addr, name, tls, options) = (
             self.addr.clone(),
             self.server_name.clone(),
             self.tls.clone(),
             self.options.clone(),
         );
-        async move { qymux_quic::dial(&addr, &name, tls, &options).await }
+        async move {
+            match addrs {
+                Some(addrs) => qymux_tcp::dial_resolved(&addr, addrs, &name, tls, &options).await,
+                None => qymux_tcp::dial(&addr, &name, tls, &options).await,
+            }
+            .map(Concrete::Tcp)
+        }
+    }
+
+    /// A QUIC dial to `addrs` that owns what it needs (so that it can be finished in the
+    /// background after losing the race), timed.
+    fn quic_owned(
+        &self,
+        addrs: Vec<SocketAddr>,
+    ) -> impl Future<Output = Result<TimedQuic>> + Send + 'static {
+        let (addr, name, tls, options) = (
+            self.addr.clone(),
+            self.server_name.clone(),
+            self.tls.clone(),
+            self.options.clone(),
+        );
+        async move {
+            let started = Instant::now();
+            let session = qymux_quic::dial_resolved(&addr, addrs, &name, tls, &options).await?;
+            Ok((session, started.elapsed()))
+        }
+    }
+
+    /// QUIC is remembered as failing here: TCP at once; if TCP fails too, the network may
+    /// have changed, so QUIC after all.
+    async fn tcp_first(&self, addrs: Vec<SocketAddr>) -> Result<Concrete> {
+        debug!(target = %self.addr, "QUIC failed here recently; dialing TCP at once");
+        match self.tcp(Some(addrs.clone())).await {
+            Ok(session) => Ok(session),
+            Err(tcp_err) => self
+                .quic_owned(addrs)
+                .await
+                .map(|dialed| self.quic_won(dialed))
+                .map_err(|quic_err| {
+                    debug!(%quic_err, "QUIC failed too");
+                    tcp_err
+                }),
+        }
     }
 
     /// TCP won while QUIC was still connecting: QUIC is finished in the background. A
     /// QUIC session that completes is closed as `superseded`, and QUIC counts as working
-    /// (it merely lost); a server that answered over UDP clears the penalty too; only
-    /// silence keeps it.
-    fn finish_losing_quic(
-        &self,
-        quic: impl Future<Output = Result<qymux_quic::Session>> + Send + 'static,
-    ) {
-        let (memory, addr) = (self.memory.clone(), self.addr.clone());
+    /// (it merely lost; its dial time is recorded); a server that answered over UDP
+    /// clears the penalty too; only silence keeps it.
+    fn finish_losing_quic(&self, addrs: &[SocketAddr], quic: QuicAttempt) {
+        let (memory, addr, addrs) = (self.memory.clone(), self.addr.clone(), addrs.to_vec());
         tokio::spawn(async move {
             let Ok(finished) = tokio::time::timeout(LOSER_GRACE, quic).await else {
                 // Silent all along: dropped with its socket; the penalty stands.
@@ -239,16 +347,16 @@ impl Dialer {
                 return;
             };
             match finished {
-                Ok(session) => {
+                Ok((session, dial_time)) => {
                     let connection = session.connection();
-                    memory.quic_worked(&addr, connection.rtt());
-                    debug!(target = %addr, "QUIC connected after losing the race; closing it as superseded");
+                    memory.quic_dialed(connection.remote_address(), connection.rtt(), dial_time);
+                    debug!(target = %addr, ?dial_time, "QUIC connected after losing the race; closing it as superseded");
                     connection.close(
                         qymux_quic::quinn::VarInt::from_u32(0),
                         SUPERSEDED.as_bytes(),
                     );
                 }
-                Err(e) if server_answered(&e) => memory.quic_answered(&addr),
+                Err(e) if server_answered(&e) => memory.quic_answered(&addrs),
                 Err(e) => {
                     debug!(target = %addr, error = %e.report(), "the QUIC attempt that lost the race failed")
                 }
@@ -256,47 +364,37 @@ impl Dialer {
         });
     }
 
-    fn quic_won(&self, session: qymux_quic::Session) -> Concrete {
+    fn quic_won(&self, (session, dial_time): TimedQuic) -> Concrete {
+        let connection = session.connection();
         self.memory
-            .quic_worked(&self.addr, session.connection().rtt());
+            .quic_dialed(connection.remote_address(), connection.rtt(), dial_time);
         Concrete::Quic(session)
     }
 
-    fn tcp_won(&self, session: Concrete, quic: &str) -> Concrete {
-        let penalty = self.memory.quic_failed(&self.addr);
+    fn tcp_won(&self, addrs: &[SocketAddr], session: Concrete, quic: &str) -> Concrete {
+        let penalty = self.memory.quic_failed(addrs);
         debug!(target = %self.addr, %quic, ?penalty, "TCP won; QUIC skipped for this target for a while");
         session
     }
 
-    async fn auto(&self) -> Result<Concrete> {
-        if self.memory.quic_broken_until(&self.addr).is_some() {
-            debug!(target = %self.addr, "QUIC failed here recently; dialing TCP at once");
-            return match self.tcp().await {
-                Ok(session) => Ok(session),
-                // TCP fails too: the network may have changed; QUIC after all.
-                Err(tcp_err) => self
-                    .quic()
-                    .await
-                    .map(|s| self.quic_won(s))
-                    .map_err(|quic_err| {
-                        debug!(%quic_err, "QUIC failed too");
-                        tcp_err
-                    }),
-            };
-        }
-
-        let delay = match self.memory.quic_rtt(&self.addr) {
-            Some(rtt) => (rtt * 3 / 2).clamp(MIN_ATTEMPT_DELAY, Duration::from_secs(2)),
-            None => self.attempt_delay,
-        };
-        let mut quic = Box::pin(self.quic_owned());
+    /// The Auto race between a QUIC attempt (already made, not yet polled) and a TCP one
+    /// (started only after `delay`), both to `addrs`, with the outcome recorded in the
+    /// memory.
+    pub(crate) async fn race(
+        &self,
+        addrs: &[SocketAddr],
+        mut quic: QuicAttempt,
+        tcp: impl Future<Output = Result<Concrete>>,
+        delay: Duration,
+    ) -> Result<Concrete> {
         let early = tokio::select! {
             biased;
             result = &mut quic => Some(result),
             () = sleep(delay) => None,
         };
+        tokio::pin!(tcp);
         match early {
-            Some(Ok(session)) => return Ok(self.quic_won(session)),
+            Some(Ok(dialed)) => return Ok(self.quic_won(dialed)),
             Some(Err(quic_err)) => {
                 if refuses_us(&quic_err) {
                     // The server answered and refused the certificate: TCP would hear the same.
@@ -304,18 +402,16 @@ impl Dialer {
                 }
                 debug!(%quic_err, "QUIC failed early; dialing TCP");
                 let answered = server_answered(&quic_err);
-                return match self.tcp().await {
+                return match tcp.await {
                     // A busy server refused QUIC: TCP now, QUIC again next time.
                     Ok(session) if answered => Ok(session),
-                    Ok(session) => Ok(self.tcp_won(session, &quic_err.report().to_string())),
+                    Ok(session) => Ok(self.tcp_won(addrs, session, &quic_err.report().to_string())),
                     Err(tcp_err) => Err(pick(quic_err, tcp_err)),
                 };
             }
             None => debug!(?delay, "QUIC not connected yet; starting TCP as well"),
         }
 
-        let tcp = self.tcp();
-        tokio::pin!(tcp);
         // Once TCP has failed, QUIC gets one more attempt delay, not its whole timeout:
         // a host where TCP is refused almost never has a Qymux server on UDP alone.
         let grace = sleep(Duration::MAX);
@@ -326,7 +422,7 @@ impl Dialer {
                 // QUIC first: in a tie it wins.
                 biased;
                 result = &mut quic, if quic_err.is_none() => match result {
-                    Ok(session) => return Ok(self.quic_won(session)),
+                    Ok(dialed) => return Ok(self.quic_won(dialed)),
                     Err(e) => quic_err = Some(e),
                 },
                 result = &mut tcp, if tcp_err.is_none() => match result {
@@ -335,9 +431,9 @@ impl Dialer {
                     }
                     Ok(session) => {
                         let why = quic_err.as_ref().map_or("still connecting".to_owned(), ToString::to_string);
-                        let session = self.tcp_won(session, &why);
+                        let session = self.tcp_won(addrs, session, &why);
                         if quic_err.is_none() {
-                            self.finish_losing_quic(quic);
+                            self.finish_losing_quic(addrs, quic);
                         }
                         return Ok(session);
                     }
@@ -405,5 +501,105 @@ fn pick(quic: Error, tcp: Error) -> Error {
     match (&quic, &tcp) {
         (Error::Handshake(_), e) if !matches!(e, Error::Handshake(_)) => quic,
         _ => tcp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qymux_cert::CertificateAuthority;
+    use qymux_tls::{ClientTls, ServerTls};
+    use qymux_transport::{Protocol, Session};
+    use tokio::sync::{oneshot, watch};
+
+    /// A tie: the QUIC and the TCP attempt both complete before the race looks again,
+    /// and QUIC wins. Both are real sessions to a real listener, dialed beforehand; each
+    /// attempt hands its session over once a gate opens. The test opens the gate only
+    /// after the race has started TCP and gone back to waiting (one thread: the test
+    /// runs only once the race's task has returned from its poll, with both attempts
+    /// pending in its `select`), and one opening makes both ready at the same poll: no
+    /// timing involved. Repeated, since a fair (random) choice would pick QUIC half the
+    /// time.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tie_goes_to_quic() {
+        let ca = CertificateAuthority::new("Tie CA").unwrap();
+        let server_tls = ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+            .build()
+            .unwrap();
+        let client_tls = ClientTls::with_ca(vec![ca.certificate().clone()])
+            .build()
+            .unwrap();
+        let listener =
+            crate::Listener::bind("127.0.0.1:0", server_tls, Options::default(), Mode::Auto)
+                .await
+                .unwrap();
+        let at = listener.local_addr();
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok(session) = listener.accept().await {
+                held.push(session);
+            }
+        });
+        let dialer = Dialer::new(at.to_string(), "localhost", client_tls.clone());
+        let options = Options::default();
+
+        for round in 0..32 {
+            let quic = qymux_quic::dial_resolved(
+                "tie",
+                vec![at],
+                "localhost",
+                client_tls.clone(),
+                &options,
+            )
+            .await
+            .unwrap();
+            let tcp = qymux_tcp::dial_resolved(
+                "tie",
+                vec![at],
+                "localhost",
+                client_tls.clone(),
+                &options,
+            )
+            .await
+            .unwrap();
+            let (open, gate) = watch::channel(false);
+            let (tcp_started, started) = oneshot::channel();
+            let quic_attempt: QuicAttempt = Box::pin({
+                let mut gate = gate.clone();
+                async move {
+                    gate.wait_for(|open| *open).await.unwrap();
+                    Ok((quic, Duration::from_millis(1)))
+                }
+            });
+            let tcp_attempt = {
+                let mut gate = gate.clone();
+                async move {
+                    let _ = tcp_started.send(());
+                    gate.wait_for(|open| *open).await.unwrap();
+                    Ok(Concrete::Tcp(tcp))
+                }
+            };
+            let race = tokio::spawn({
+                let dialer = dialer.clone();
+                async move {
+                    dialer
+                        .race(&[at], quic_attempt, tcp_attempt, Duration::ZERO)
+                        .await
+                }
+            });
+            started.await.expect("the race started TCP");
+            open.send_replace(true);
+            let winner = race.await.unwrap().unwrap();
+            assert_eq!(
+                winner.boxed().protocol(),
+                Protocol::Quic,
+                "round {round}: a tie goes to QUIC"
+            );
+            assert!(
+                dialer.transport_memory().quic_broken_until(at).is_none(),
+                "a winner is not penalised"
+            );
+        }
+        accepting.abort();
     }
 }

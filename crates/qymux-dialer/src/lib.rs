@@ -3,12 +3,14 @@
 //! The Go original tries QUIC, waits for it to fail (about 5 s when UDP is blocked), then
 //! tries TCP. Here:
 //!
-//! - [`Dialer`] races the two (RFC 8305 style): QUIC starts first, TCP joins after an
-//!   attempt delay (250 ms, or 1.5 × a known QUIC round-trip time), the first to
-//!   connect wins and the other is dropped cleanly.
-//! - [`TransportMemory`] remembers per target that QUIC failed where TCP worked, so the
-//!   next dials start with TCP at once; QUIC is tried again after a penalty that doubles
-//!   on each repeated failure.
+//! - [`Dialer`] resolves the target once per dial and races the two (RFC 8305 style):
+//!   QUIC starts first, TCP joins after an attempt delay (250 ms, or 1.5 × the QUIC dial
+//!   time measured before, at least 100 ms), the first to connect wins (QUIC in a tie)
+//!   and the other is dropped cleanly. Each transport races the resolved addresses too
+//!   (Happy Eyeballs).
+//! - [`TransportMemory`] remembers per server address that QUIC failed where TCP worked,
+//!   so the next dials start with TCP at once; QUIC is tried again after a penalty that
+//!   doubles on each repeated failure. Two names of one server share it.
 //! - [`Listener`] serves UDP and TCP on the same port number, with one `accept` for both,
 //!   caps its live sessions ([`Options::max_sessions`](qymux_transport::Options)) and
 //!   shuts down gracefully ([`Listener::shutdown`]): it stops accepting, then closes each
@@ -57,5 +59,5 @@ mod reconnect;
 pub use backoff::Backoff;
 pub use dialer::{DEFAULT_ATTEMPT_DELAY, Dialer, SUPERSEDED};
 pub use listener::Listener;
-pub use memory::{INITIAL_QUIC_PENALTY, MAX_QUIC_PENALTY, MAX_TARGETS, TransportMemory};
+pub use memory::{INITIAL_QUIC_PENALTY, MAX_QUIC_PENALTY, MAX_TARGETS, Target, TransportMemory};
 pub use reconnect::{ReconnectConfig, ReconnectState, Reconnecting};

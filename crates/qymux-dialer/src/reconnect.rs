@@ -1,10 +1,11 @@
 //! A session that stays up: redial with backoff, several servers, back to QUIC.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use qymux_transport::{BoxSession, CloseReason, Error, Mode, Protocol, Result, Session};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -95,8 +96,10 @@ pub enum ReconnectState {
     },
     /// A session is up; [`Reconnecting::session`] returns it.
     Connected {
-        /// The address of the server.
+        /// The address of the server, as configured.
         server: String,
+        /// The address the session is connected to.
+        remote: SocketAddr,
         /// The transport the session runs on.
         protocol: Protocol,
         /// How many sessions were handed out so far, this one included (1 for the
@@ -215,6 +218,25 @@ impl Reconnecting {
         F: FnMut(BoxSession) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        Self::start_observed(servers, config, broadcast::Sender::new(1), on_session)
+    }
+
+    /// As [`start`](Reconnecting::start), and sends every state change to `events` as
+    /// well, in order. The [`state`](Reconnecting::state) channel holds only the latest
+    /// state, so a watcher may miss a short one (a wait of a few microseconds between two
+    /// dials); a receiver of `events` subscribed before this call sees them all (as long
+    /// as it keeps up with the channel's capacity). For code that reports each dial and
+    /// each loss, like the tunnel agent of `qymux-forward`.
+    pub fn start_observed<F, Fut>(
+        servers: Vec<Dialer>,
+        config: ReconnectConfig,
+        events: broadcast::Sender<ReconnectState>,
+        on_session: F,
+    ) -> Result<Self>
+    where
+        F: FnMut(BoxSession) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         if servers.is_empty() {
             return Err(Error::Config(
                 "a reconnecting session needs at least one server".into(),
@@ -234,6 +256,7 @@ impl Reconnecting {
             config,
             on_session,
             state: state_tx,
+            events,
             session: session_tx,
             stop: stop_rx,
             generation: 0,
@@ -297,6 +320,8 @@ struct Run<F> {
     config: ReconnectConfig,
     on_session: F,
     state: watch::Sender<ReconnectState>,
+    /// Every state change, for [`Reconnecting::start_observed`].
+    events: broadcast::Sender<ReconnectState>,
     session: watch::Sender<Option<BoxSession>>,
     stop: watch::Receiver<bool>,
     generation: u64,
@@ -333,6 +358,13 @@ where
     F: FnMut(BoxSession) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    /// Publishes a new state on the watch channel and to the observer.
+    fn publish(&self, state: ReconnectState) {
+        // No receiver is not an error: nobody observes.
+        let _ = self.events.send(state.clone());
+        self.state.send_replace(state);
+    }
+
     async fn run(mut self) {
         let mut index = 0usize;
         let mut retry = 0u32;
@@ -341,7 +373,7 @@ where
         loop {
             attempt = attempt.saturating_add(1);
             let dialer = self.servers[index % self.servers.len()].clone();
-            self.state.send_replace(ReconnectState::Connecting {
+            self.publish(ReconnectState::Connecting {
                 server: dialer.addr().to_owned(),
                 attempt,
                 last_error: last_error.clone(),
@@ -379,8 +411,7 @@ where
                     warn!(error = %e.report(), "cannot dial: invalid configuration; stopping");
                     last_error = Some(e);
                     self.session.send_replace(None);
-                    self.state
-                        .send_replace(ReconnectState::Stopped { last_error });
+                    self.publish(ReconnectState::Stopped { last_error });
                     return;
                 }
                 Err(e) => {
@@ -396,7 +427,7 @@ where
             } else {
                 self.config.backoff.delay(retry)
             };
-            self.state.send_replace(ReconnectState::Reconnecting {
+            self.publish(ReconnectState::Reconnecting {
                 retry,
                 retry_in,
                 last_error: error.clone(),
@@ -413,8 +444,7 @@ where
         // Shutdown waits for what it started: the callback of the last session (which
         // sees its session closed) and the drains of replaced sessions, each bounded.
         self.finish_background().await;
-        self.state
-            .send_replace(ReconnectState::Stopped { last_error: None });
+        self.publish(ReconnectState::Stopped { last_error: None });
     }
 
     /// Waits, up to [`ReconnectConfig::drain_timeout`], for the callbacks and drains
@@ -463,11 +493,8 @@ where
                 };
             }
             // Over TCP: try QUIC again once the memory allows it.
-            let memory = dialer.transport_memory().clone();
-            let retry_at = memory
-                .quic_broken_until(dialer.addr())
-                .unwrap_or_else(Instant::now);
             let quic = async {
+                let retry_at = dialer.quic_retry_at().await.unwrap_or_else(Instant::now);
                 tokio::time::sleep_until(retry_at).await;
                 debug!(server = dialer.addr(), "trying QUIC again");
                 dialer.dial_quic_remembered().await
@@ -511,8 +538,9 @@ where
         self.generation += 1;
         info!(server = dialer.addr(), protocol = %boxed.protocol(), generation = self.generation, "connected");
         self.session.send_replace(Some(boxed.clone()));
-        self.state.send_replace(ReconnectState::Connected {
+        self.publish(ReconnectState::Connected {
             server: dialer.addr().to_owned(),
+            remote: boxed.remote_addr(),
             protocol: boxed.protocol(),
             generation: self.generation,
         });

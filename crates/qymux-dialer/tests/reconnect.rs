@@ -263,6 +263,7 @@ async fn state_goes_connecting_connected_reconnecting_stopped() {
             server: addr,
             protocol,
             generation,
+            ..
         } => {
             assert_eq!(addr, listener.local_addr().to_string());
             assert_eq!(protocol, Protocol::Tcp);
@@ -370,7 +371,7 @@ async fn moves_to_quic_when_udp_gets_through_and_tcp_streams_finish_first() {
     let agent_tcp = guard("first callback", sessions.recv()).await.unwrap();
     assert_eq!(agent_tcp.protocol(), Protocol::Tcp);
     assert!(
-        memory.quic_broken_until(&addr.to_string()).is_some(),
+        memory.quic_broken_until(addr).is_some(),
         "QUIC failure remembered"
     );
 
@@ -406,7 +407,7 @@ async fn moves_to_quic_when_udp_gets_through_and_tcp_streams_finish_first() {
     assert_eq!(generation(&s), 2);
     assert_eq!(agent.session().unwrap().protocol(), Protocol::Quic);
     assert!(
-        memory.quic_broken_until(&addr.to_string()).is_none(),
+        memory.quic_broken_until(addr).is_none(),
         "QUIC success clears the penalty"
     );
 

@@ -306,7 +306,7 @@ async fn drain(
     reason
 }
 
-fn close_reason_of(error: Error) -> CloseReason {
+pub(crate) fn close_reason_of(error: Error) -> CloseReason {
     match error {
         Error::Closed => CloseReason::Local,
         Error::ClosedByPeer(reason) => CloseReason::Peer(reason),

@@ -7,10 +7,11 @@
 //!
 //! - [`run_server`] accepts agent sessions on a Qymux [`Listener`] and forwards every
 //!   connection to its public [`TcpListener`] to a new stream on an agent session.
-//! - [`run_agent`] dials the server (with any dial function, so any backend, mode or TLS
-//!   setup), forwards every stream the server opens to its target with
-//!   [`forward_accepted`](crate::forward_accepted), and when the session ends, dials
-//!   again with exponential backoff and full jitter ([`Backoff`]).
+//! - [`run_agent`] keeps a session up to one or several servers with the reconnecting
+//!   session of `qymux-dialer` ([`Reconnecting`]: exponential backoff with full jitter
+//!   ([`Backoff`]), the next server after a loss, back to QUIC once it gets through
+//!   again), and forwards every stream the server opens to its target as
+//!   [`forward_accepted`](crate::forward_accepted) does.
 //!
 //! Both are futures that resolve with [`Stopped`] and carry a [`ForwardHandle`] to stop
 //! them; both publish what happens as events ([`ServerEvent`], [`AgentEvent`]) to
@@ -78,13 +79,7 @@
 //!         .server_name("localhost")
 //!         .client_tls(ClientTls::with_ca(vec![ca.certificate().clone()])),
 //! );
-//! let agent = run_agent(
-//!     move || {
-//!         let q = agent_qymux.clone();
-//!         async move { q.dial().await }
-//!     },
-//!     AgentConfig::new(service_addr),
-//! );
+//! let agent = run_agent(agent_qymux.dialers()?, AgentConfig::new(service_addr));
 //! let mut events = agent.subscribe();
 //! tokio::spawn(agent);
 //! while !matches!(events.recv().await?, AgentEvent::Connected { .. }) {}
@@ -108,7 +103,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use qymux_transport::{CloseReason, Error, Listener, PeerIdentity, Protocol, Session, Stream};
+use qymux_dialer::{Dialer, ReconnectConfig, ReconnectState, Reconnecting};
+use qymux_transport::{
+    BoxSession, CloseReason, Error, Listener, PeerIdentity, Protocol, Session, Stream,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
@@ -117,8 +115,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ForwardConfig, Target};
 use crate::forwarder::{
-    Ended, ForwardHandle, Forwarder, OpenError, Opener, Shared, StopReason, Stopped, ended,
-    requested, run_accepted, run_listener,
+    Ended, ForwardHandle, Forwarder, OpenError, Opener, Shared, StopReason, Stopped,
+    close_reason_of, ended, requested, run_accepted, run_listener,
 };
 use crate::stats::Stats;
 
@@ -131,8 +129,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 // ---------------------------------------------------------------------------------------
 // Backoff
 
-/// When the agent redials: exponential backoff with full jitter. It lives in
-/// `qymux-dialer`, which its reconnecting session shares.
+/// When the agent redials: exponential backoff with full jitter, owned by the
+/// reconnecting session of `qymux-dialer` the agent runs on
+/// ([`AgentConfig::reconnect`]).
 pub use qymux_dialer::Backoff;
 
 // ---------------------------------------------------------------------------------------
@@ -483,17 +482,19 @@ pub struct AgentConfig {
     pub target: Target,
     /// Limits and buffers for the forwarded connections.
     pub forward: ForwardConfig,
-    /// When to redial after a failed dial or a lost session.
-    pub backoff: Backoff,
+    /// How the agent's session is kept up: the [`Backoff`] between dials, the move back
+    /// to QUIC, the spread after a server's clean close (see [`Reconnecting`], which
+    /// runs the agent's session).
+    pub reconnect: ReconnectConfig,
 }
 
 impl AgentConfig {
-    /// Forwards to `target`, with the default [`ForwardConfig`] and [`Backoff`].
+    /// Forwards to `target`, with the default [`ForwardConfig`] and [`ReconnectConfig`].
     pub fn new(target: impl Into<Target>) -> Self {
         Self {
             target: target.into(),
             forward: ForwardConfig::default(),
-            backoff: Backoff::default(),
+            reconnect: ReconnectConfig::default(),
         }
     }
 }
@@ -616,110 +617,182 @@ impl Future for Agent {
     }
 }
 
-/// Runs a tunnel agent: dials with `dial`, forwards every stream the server opens to
-/// `config.target`, and when the session ends (or a dial fails) dials again after a
-/// [`Backoff`] wait, for as long as it runs.
+/// Runs a tunnel agent: keeps a session up to `servers` with a [`Reconnecting`] session
+/// (the first server first; after a failed dial or a lost session the next, round
+/// robin, after a [`Backoff`] wait; in Auto mode a session that fell back to TCP moves
+/// to QUIC once QUIC gets through again), and forwards every stream the server opens to
+/// `config.target`, for as long as it runs.
 ///
-/// `dial` is any function that returns a session: `Qymux::dial` from the `qymux` crate,
-/// or a backend's own dial. Only [`Error::Config`] from it is fatal
+/// `servers` are [`Dialer`]s, one per server (`Qymux::dialers` from the `qymux` crate
+/// makes them from its configuration). Only an invalid configuration
+/// ([`Error::Config`], from the start or from a dial) is fatal
 /// ([`StopReason::DialFailed`]); every other failure (unreachable, handshake refused,
 /// timeout) is retried, as the server may come back or be fixed.
-pub fn run_agent<D, F, S>(dial: D, config: AgentConfig) -> Agent
-where
-    D: FnMut() -> F + Send + 'static,
-    F: Future<Output = Result<S, Error>> + Send + 'static,
-    S: Session,
-{
+pub fn run_agent(servers: Vec<Dialer>, config: AgentConfig) -> Agent {
     let shared = Shared::new();
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
-    let run = agent_loop(dial, config, shared.clone(), events.clone());
+    let run = agent_loop(servers, config, shared.clone(), events.clone());
     Agent {
         forwarder: Forwarder::new(shared, run),
         events,
     }
 }
 
-async fn agent_loop<D, F, S>(
-    mut dial: D,
+async fn agent_loop(
+    servers: Vec<Dialer>,
     config: AgentConfig,
     shared: Arc<Shared>,
     events: broadcast::Sender<AgentEvent>,
-) -> StopReason
-where
-    D: FnMut() -> F + Send + 'static,
-    F: Future<Output = Result<S, Error>> + Send + 'static,
-    S: Session,
-{
-    let mut control = shared.subscribe();
-    let mut retry: u32 = 0;
-    let mut attempt: u32 = 0;
-    loop {
-        attempt += 1;
-        debug!(attempt, "dialing");
-        let _ = events.send(AgentEvent::Dialing { attempt });
-        let dialed = tokio::select! {
-            biased;
-            stop = requested(&mut control) => return stop,
-            dialed = dial() => dialed,
-        };
-        let retry_in = match dialed {
-            Ok(session) => {
-                let (remote, protocol) = (session.remote_addr(), session.protocol());
-                info!(attempt, %remote, %protocol, "connected");
-                let _ = events.send(AgentEvent::Connected {
-                    attempt,
-                    remote,
-                    protocol,
-                });
-                attempt = 0;
-                let since = Instant::now();
-                let stopped = run_accepted(
-                    session.clone(),
-                    config.target.clone(),
-                    config.forward.clone(),
-                    shared.clone(),
-                )
-                .await;
-                let reason = match stopped {
-                    StopReason::SessionEnded(reason) => reason,
-                    other => {
-                        session.close().await;
-                        return other;
-                    }
-                };
-                let lived = since.elapsed();
-                if lived >= config.backoff.reset_after {
-                    retry = 0;
-                }
-                let retry_in = config.backoff.delay(retry);
-                warn!(%reason, lived = ?lived, retry_in = ?retry_in, "session ended; reconnecting");
-                let _ = events.send(AgentEvent::Disconnected {
-                    reason,
-                    lived,
-                    retry_in,
-                });
-                retry_in
+) -> StopReason {
+    // Sessions being forwarded now (two while a TCP session drains after a move to QUIC).
+    let (forwarding, _) = watch::channel(0usize);
+    let on_session = {
+        let (shared, forwarding) = (shared.clone(), forwarding.clone());
+        let (target, forward) = (config.target.clone(), config.forward.clone());
+        move |session: BoxSession| {
+            let (shared, forwarding) = (shared.clone(), forwarding.clone());
+            let (target, forward) = (target.clone(), forward.clone());
+            async move {
+                let counted = Counted::new(forwarding);
+                let _ = run_accepted(session.clone(), target, forward, shared).await;
+                drop(counted);
+                // Stopped or ended: the session is the reconnecting loop's to close.
+                session.closed().await;
             }
-            Err(e @ Error::Config(_)) => {
+        }
+    };
+    let (states_tx, mut states) = broadcast::channel(EVENT_CAPACITY);
+    let reconnecting =
+        match Reconnecting::start_observed(servers, config.reconnect, states_tx, on_session) {
+            Ok(reconnecting) => reconnecting,
+            Err(e) => {
                 warn!(error = %e.report(), "cannot dial: invalid configuration; stopping");
                 return StopReason::DialFailed(e);
             }
-            Err(error) => {
-                let retry_in = config.backoff.delay(retry);
-                warn!(attempt, error = %error.report(), retry_in = ?retry_in, "dial failed");
-                let _ = events.send(AgentEvent::DialFailed {
-                    attempt,
-                    error,
-                    retry_in,
-                });
-                retry_in
-            }
         };
-        retry = retry.saturating_add(1);
-        tokio::select! {
+    let mut control = shared.subscribe();
+    let mut report = Report::default();
+    loop {
+        let state = tokio::select! {
             biased;
-            stop = requested(&mut control) => return stop,
-            () = tokio::time::sleep(retry_in) => {}
+            stop = requested(&mut control) => {
+                // The forwarders drain (shutdown) or reset (abort) their connections;
+                // then the session is closed gracefully.
+                let _ = forwarding.subscribe().wait_for(|n| *n == 0).await;
+                reconnecting.shutdown().await;
+                return stop;
+            }
+            state = states.recv() => state,
+        };
+        match state {
+            Ok(ReconnectState::Stopped {
+                last_error: Some(e),
+            }) => {
+                warn!(error = %e.report(), "cannot dial: invalid configuration; stopping");
+                return StopReason::DialFailed(e);
+            }
+            Ok(state) => {
+                if let Some(event) = report.event(state) {
+                    event.log();
+                    let _ = events.send(event);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                debug!(missed, "missed reconnect states");
+            }
+            // The loop is gone without saying why (it cannot be: it stops only when
+            // asked to, or with Stopped { last_error }).
+            Err(broadcast::error::RecvError::Closed) => {
+                return StopReason::DialFailed(Error::Closed);
+            }
+        }
+    }
+}
+
+/// Counts one running forwarder in a watch channel while it lives.
+struct Counted(watch::Sender<usize>);
+
+impl Counted {
+    fn new(count: watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Turns the reconnecting session's states into the agent's events.
+#[derive(Debug, Default)]
+struct Report {
+    /// The dial in progress, or the one that made the session.
+    attempt: u32,
+    /// When the current session came up, while it is up.
+    connected_at: Option<Instant>,
+}
+
+impl Report {
+    fn event(&mut self, state: ReconnectState) -> Option<AgentEvent> {
+        match state {
+            ReconnectState::Connecting { attempt, .. } => {
+                self.attempt = attempt;
+                Some(AgentEvent::Dialing { attempt })
+            }
+            ReconnectState::Connected {
+                remote, protocol, ..
+            } => {
+                self.connected_at = Some(Instant::now());
+                Some(AgentEvent::Connected {
+                    attempt: self.attempt,
+                    remote,
+                    protocol,
+                })
+            }
+            ReconnectState::Reconnecting {
+                retry_in,
+                last_error,
+                ..
+            } => Some(match self.connected_at.take() {
+                Some(since) => AgentEvent::Disconnected {
+                    reason: close_reason_of(last_error),
+                    lived: since.elapsed(),
+                    retry_in,
+                },
+                None => AgentEvent::DialFailed {
+                    attempt: self.attempt,
+                    error: last_error,
+                    retry_in,
+                },
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl AgentEvent {
+    fn log(&self) {
+        match self {
+            AgentEvent::Dialing { attempt } => debug!(attempt, "dialing"),
+            AgentEvent::Connected {
+                attempt,
+                remote,
+                protocol,
+            } => info!(attempt, %remote, %protocol, "connected"),
+            AgentEvent::DialFailed {
+                attempt,
+                error,
+                retry_in,
+            } => warn!(attempt, error = %error.report(), retry_in = ?retry_in, "dial failed"),
+            AgentEvent::Disconnected {
+                reason,
+                lived,
+                retry_in,
+            } => {
+                warn!(%reason, lived = ?lived, retry_in = ?retry_in, "session ended; reconnecting")
+            }
         }
     }
 }

@@ -31,38 +31,66 @@ const MIB: usize = 1024 * 1024;
 /// 256 MiB through one forwarded connection to an echo target and back (512 MiB
 /// through the session), generated while sending and checked with SHA-256 both ways.
 async fn transfer_256_mib_both_ways<B: Backend>() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: u64 = (256 * MIB / CHUNK) as u64;
     let rig = Rig::<B>::new(echo_target().await).await;
     let tcp = rig.connect().await;
     let started = Instant::now();
     let (mut r, mut w) = tcp.into_split();
-    let writer = tokio::spawn(async move {
-        let mut hash = Hasher::new();
-        for i in 0..CHUNKS {
-            let data = chunk(i, CHUNK);
-            hash.update(&data);
-            w.write_all(&data).await.expect("write");
-        }
-        w.shutdown().await.expect("shutdown");
-        hash.finish()
-    });
-    let reader = tokio::spawn(async move {
-        let mut hash = Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0usize;
-        loop {
-            let n = r.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
+    // Bytes written and read so far: a hang reports where the bytes stopped.
+    let (written, read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let writer = tokio::spawn({
+        let written = written.clone();
+        async move {
+            let mut hash = Hasher::new();
+            for i in 0..CHUNKS {
+                let data = chunk(i, CHUNK);
+                hash.update(&data);
+                w.write_all(&data).await.expect("write");
+                written.fetch_add(CHUNK as u64, Ordering::Relaxed);
             }
-            hash.update(&buf[..n]);
-            total += n;
+            w.shutdown().await.expect("shutdown");
+            hash.finish()
         }
-        (total, hash.finish())
     });
-    let sent = guard("sending 256 MiB", writer).await.expect("writer");
-    let (total, received) = guard("receiving 256 MiB", reader).await.expect("reader");
+    let reader = tokio::spawn({
+        let read = read.clone();
+        async move {
+            let mut hash = Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0usize;
+            loop {
+                let n = r.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                total += n;
+                read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            (total, hash.finish())
+        }
+    });
+    let hung = |what: &str| {
+        format!(
+            "{what}: still waiting after {HANG_GUARD:?}; written {}, read back {}; \
+             listener side {:?}; accepted side {:?}",
+            written.load(Ordering::Relaxed),
+            read.load(Ordering::Relaxed),
+            rig.listener_side.stats(),
+            rig.accepted_side.stats(),
+        )
+    };
+    let sent = tokio::time::timeout(HANG_GUARD, writer)
+        .await
+        .unwrap_or_else(|_| panic!("{}", hung("sending 256 MiB")))
+        .expect("writer");
+    let (total, received) = tokio::time::timeout(HANG_GUARD, reader)
+        .await
+        .unwrap_or_else(|_| panic!("{}", hung("receiving 256 MiB")))
+        .expect("reader");
     let took = started.elapsed();
     assert_eq!(total, 256 * MIB);
     assert_eq!(received, sent, "SHA-256 of the echo");

@@ -115,16 +115,15 @@ fn start_agent(pki: &Pki, server: SocketAddr, target: SocketAddr) -> TestAgent {
             .server_name("localhost")
             .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()])),
     );
+    start_agent_on(qymux.dialers().expect("dialers"), target)
+}
+
+/// An agent with quick retries, on `servers` (tried in order, round robin).
+fn start_agent_on(servers: Vec<qymux::dialer::Dialer>, target: SocketAddr) -> TestAgent {
     let mut config = AgentConfig::new(target);
-    config.backoff.initial = Duration::from_millis(50);
-    config.backoff.max = Duration::from_millis(500);
-    let agent = run_agent(
-        move || {
-            let q = qymux.clone();
-            async move { q.dial().await }
-        },
-        config,
-    );
+    config.reconnect.backoff.initial = Duration::from_millis(50);
+    config.reconnect.backoff.max = Duration::from_millis(500);
+    let agent = run_agent(servers, config);
     TestAgent {
         events: agent.subscribe(),
         handle: agent.handle(),
@@ -340,10 +339,29 @@ async fn without_an_agent_public_connections_wait_then_are_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_dial_configuration_stops_the_agent() {
-    let agent = run_agent(
-        || async { Err::<BoxSession, _>(qymux::Error::Config("no server address".into())) },
-        AgentConfig::new("127.0.0.1:1".parse::<SocketAddr>().unwrap()),
+    let target: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    // No server at all.
+    let stopped = guard("agent stops", run_agent(vec![], AgentConfig::new(target))).await;
+    assert!(
+        matches!(
+            stopped.reason,
+            StopReason::DialFailed(qymux::Error::Config(_))
+        ),
+        "{:?}",
+        stopped.reason
     );
+    // A dial that no retry can fix: QUIC only, through a proxy that carries only TCP.
+    let qymux = Qymux::new(
+        Config::new()
+            .mode(qymux::Mode::Quic)
+            .server_addr("127.0.0.1:1")
+            .server_name("localhost")
+            .proxy(qymux::Proxy::parse("socks5://127.0.0.1:2").unwrap())
+            .client_tls(ClientTls::with_ca(vec![
+                Pki::new().ca.certificate().clone(),
+            ])),
+    );
+    let agent = run_agent(qymux.dialers().unwrap(), AgentConfig::new(target));
     let stopped = guard("agent stops", agent).await;
     assert!(
         matches!(
@@ -353,6 +371,53 @@ async fn an_invalid_dial_configuration_stops_the_agent() {
         "{:?}",
         stopped.reason
     );
+}
+
+/// Two servers, the first dead (nothing listens on its port): the agent goes on to the
+/// second and traffic flows through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_servers_the_first_dead_the_agent_uses_the_second() {
+    let pki = Pki::new();
+    let target = echo_target().await;
+    let mut server =
+        start_server(&pki, "127.0.0.1:0", "127.0.0.1:0", ServerConfig::default()).await;
+    // A port nothing listens on (bound, then released): dials to it are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let qymux = Qymux::new(
+        quick_config()
+            .server_addrs([dead.to_string(), server.agents_addr.to_string()])
+            .server_name("localhost")
+            .mode(qymux::Mode::Tcp)
+            .client_tls(ClientTls::with_ca(vec![pki.ca.certificate().clone()])),
+    );
+    let mut agent = start_agent_on(qymux.dialers().unwrap(), target);
+    let error = next_event(&mut agent.events, "the first server fails", |e| match e {
+        AgentEvent::DialFailed {
+            attempt: 1, error, ..
+        } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(error.to_string().contains(&dead.to_string()), "{error}");
+    let remote = next_event(&mut agent.events, "the agent connects", |e| match e {
+        AgentEvent::Connected { remote, .. } => Some(*remote),
+        _ => None,
+    })
+    .await;
+    assert_eq!(remote, server.agents_addr);
+    next_event(
+        &mut server.events,
+        "the second server sees the agent",
+        |e| matches!(e, ServerEvent::AgentConnected { .. }).then_some(()),
+    )
+    .await;
+    through_the_tunnel(server.public, 6).await;
+
+    stop("agent", agent.handle, agent.task).await;
+    stop("server", server.handle, server.task).await;
 }
 
 #[test]

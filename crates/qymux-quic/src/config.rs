@@ -20,8 +20,8 @@ pub(crate) const SEND_WINDOW: u64 = 32 * 1024 * 1024;
 /// How many concurrent streams the peer is granted at first, at most. quinn keeps an
 /// entry per stream the peer may open, so granting all of [`Options::max_streams`] (1024
 /// by default) up front cost about 80 KiB on every session, used or not (128 cost about
-/// 10 KiB). The grant doubles as streams are accepted (see `Shared::grow_stream_credit`),
-/// up to `max_streams`.
+/// 10 KiB). The grant doubles as the peer opens streams (see
+/// `Shared::grow_stream_credit`), up to `max_streams`.
 pub(crate) const INITIAL_STREAM_CREDIT: usize = 128;
 
 /// The peer's first stream grant: [`INITIAL_STREAM_CREDIT`], or less if

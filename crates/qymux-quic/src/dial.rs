@@ -10,8 +10,7 @@ use quinn::{
     TransportErrorCode, VarInt,
 };
 use qymux_tls::Side;
-use qymux_transport::{Error, HandshakeError, Options, Result, TimeoutKind};
-use tokio::task::JoinSet;
+use qymux_transport::{Error, HandshakeError, Options, Result, TimeoutKind, eyeballs};
 use tokio::time::{Instant, sleep, timeout_at};
 use tracing::debug;
 
@@ -19,10 +18,6 @@ use crate::config::client_config;
 use crate::error::handshake_failure;
 use crate::session::{Session, presented_certificates};
 use crate::socket;
-
-/// With several resolved addresses, the next one is tried when the previous has not
-/// answered for this long (the attempts then run side by side; the first answer wins).
-const NEXT_ADDRESS_DELAY: Duration = Duration::from_millis(250);
 
 /// Dials `addr` (`host:port`) over QUIC and returns a session once the server has
 /// completed the handshake.
@@ -36,7 +31,14 @@ const NEXT_ADDRESS_DELAY: Duration = Duration::from_millis(250);
 /// [`Options::connect_timeout`] — UDP has no connection of its own, and a silent or
 /// blocked path never answers — else [`TimeoutKind::Connect`]; the rest of the handshake
 /// must complete within [`Options::handshake_timeout`], else [`TimeoutKind::Handshake`].
-/// When a name resolves to several addresses they are tried in turn, overlapping.
+/// When a name resolves to several addresses they are raced as Happy Eyeballs does
+/// ([`qymux_transport::eyeballs`], RFC 8305): families interleaved, the next attempt
+/// after 250 ms without an answer or at once after a failure (a refusal, a local error,
+/// or its own connect timeout running out), the first server to answer wins and the
+/// other attempts are dropped with their sockets. Each attempt has its own connect
+/// deadline, so the whole is bounded by the connect timeout plus 250 ms per further
+/// address. A server that answers and refuses us (a TLS alert) ends the dial: another
+/// address of it would say the same.
 ///
 /// The session is returned only after the server confirmed the handshake (QUIC
 /// `HANDSHAKE_DONE`): a server refuses a client certificate after the client's side of
@@ -48,7 +50,21 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
-    dial_on(None, addr, server_name, tls, options).await
+    dial_on(None, addr, None, server_name, tls, options).await
+}
+
+/// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
+/// messages): for a dialer that resolves a name once and gives the same addresses to
+/// QUIC and TCP, or that has a resolver of its own. The addresses are raced as [`dial`]
+/// describes; an empty list fails with [`Error::Connect`].
+pub async fn dial_resolved(
+    addr: &str,
+    addrs: Vec<SocketAddr>,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+) -> Result<Session> {
+    dial_on(None, addr, Some(addrs), server_name, tls, options).await
 }
 
 /// Like [`dial`], on an endpoint the caller made and keeps, for instance to share one
@@ -64,31 +80,30 @@ pub async fn dial_with_endpoint(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
-    dial_on(Some(endpoint), addr, server_name, tls, options).await
+    dial_on(Some(endpoint), addr, None, server_name, tls, options).await
 }
 
 async fn dial_on(
     endpoint: Option<&Endpoint>,
     addr: &str,
+    resolved: Option<Vec<SocketAddr>>,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
     options.validate()?;
     let config = client_config(tls.clone(), options)?;
-    let connect_deadline = Instant::now() + options.connect_timeout;
-    let connect_timeout = || Error::Timeout {
-        what: TimeoutKind::Connect,
-        after: options.connect_timeout,
+    let candidates = match resolved {
+        Some(addrs) if addrs.is_empty() => return Err(nothing_resolved(addr)),
+        Some(addrs) => addrs,
+        None => tokio::time::timeout(options.connect_timeout, resolve(addr))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: TimeoutKind::Connect,
+                after: options.connect_timeout,
+            })??,
     };
-
-    let reached = timeout_at(connect_deadline, async {
-        let candidates = resolve(addr).await?;
-        let bound = options.connect_timeout.min(options.idle_timeout);
-        reach(endpoint, candidates, addr, server_name, config, bound).await
-    })
-    .await
-    .map_err(|_| connect_timeout())??;
+    let reached = reach(endpoint, candidates, addr, server_name, config, options).await?;
     let Reached {
         endpoint,
         owns_endpoint,
@@ -156,12 +171,19 @@ async fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
         .map_err(connect_error)?
         .collect();
     if candidates.is_empty() {
-        return Err(connect_error(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no address resolved",
-        )));
+        return Err(nothing_resolved(addr));
     }
     Ok(candidates)
+}
+
+fn nothing_resolved(addr: &str) -> Error {
+    Error::Connect {
+        addr: addr.to_owned(),
+        source: Arc::new(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address resolved",
+        )),
+    }
 }
 
 /// A connection attempt whose server has answered.
@@ -171,52 +193,40 @@ struct Reached {
     connecting: Connecting,
 }
 
-/// Starts a handshake with each candidate in turn, `NEXT_ADDRESS_DELAY` apart, until one
-/// server answers. A refusal (a TLS alert) is an answer too and ends the dial; local
-/// failures (no socket, unusable address) move on to the next candidate.
+/// Races a handshake start with each candidate (Happy Eyeballs, [`eyeballs::race`]), each
+/// with its own connect deadline, until one server answers. A refusal with a TLS alert
+/// is an answer that ends the dial; a QUIC `CONNECTION_REFUSED` (a busy server), local
+/// failures (no socket, unusable address) and an attempt's deadline move on to the
+/// next candidate at once.
 async fn reach(
     endpoint: Option<&Endpoint>,
     candidates: Vec<SocketAddr>,
     addr: &str,
     server_name: &str,
     config: quinn::ClientConfig,
-    connect_timeout: Duration,
+    options: &Options,
 ) -> Result<Reached> {
-    let mut attempts = JoinSet::new();
-    for (i, candidate) in candidates.into_iter().enumerate() {
-        let endpoint = endpoint.cloned();
-        let config = config.clone();
-        let server_name = server_name.to_owned();
-        let addr = addr.to_owned();
-        attempts.spawn(async move {
-            sleep(NEXT_ADDRESS_DELAY * i as u32).await;
-            attempt(
-                endpoint,
-                candidate,
-                &addr,
-                &server_name,
-                config,
-                connect_timeout,
-            )
-            .await
-        });
-    }
-    let mut first_error = None;
-    while let Some(done) = attempts.join_next().await {
-        match done {
-            Ok(Ok(reached)) => return Ok(reached),
-            Ok(Err(e @ Error::Connect { .. })) => {
-                debug!("QUIC dial attempt failed: {}", e.report());
-                first_error.get_or_insert(e);
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(join) => {
-                first_error.get_or_insert(Error::Protocol(format!("dial attempt failed: {join}")));
+    let connect_timeout = options.connect_timeout;
+    let bound = connect_timeout.min(options.idle_timeout);
+    let one = |candidate: SocketAddr| {
+        let (endpoint, config) = (endpoint.cloned(), config.clone());
+        async move {
+            let attempt = attempt(endpoint, candidate, addr, server_name, config, bound);
+            match tokio::time::timeout(connect_timeout, attempt).await {
+                Err(_) => Err(Error::Timeout {
+                    what: TimeoutKind::Connect,
+                    after: connect_timeout,
+                }),
+                // No answer from this address: the next one.
+                Ok(Err(e @ (Error::Connect { .. } | Error::Timeout { .. }))) => Err(e),
+                // Reached, or the server answered and said no: the race ends.
+                Ok(answered) => Ok(answered),
             }
         }
-    }
-    // Dropping the set aborts the attempts still running.
-    Err(first_error.unwrap_or_else(|| Error::Config("no address to dial".into())))
+    };
+    let (answered, candidate) = eyeballs::race(candidates, eyeballs::ATTEMPT_DELAY, one).await?;
+    debug!(%candidate, "QUIC dial: this address answered first");
+    answered
 }
 
 async fn attempt(

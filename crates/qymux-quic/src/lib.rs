@@ -6,7 +6,9 @@
 //! are not used.
 //!
 //! - [`dial`] connects and returns a [`Session`]; [`Listener`] accepts them.
-//!   [`dial_with_endpoint`] dials from a [`quinn::Endpoint`] the caller keeps.
+//!   [`dial_with_endpoint`] dials from a [`quinn::Endpoint`] the caller keeps;
+//!   [`dial_resolved`] dials addresses the caller resolved. Several addresses are raced
+//!   as Happy Eyeballs does (RFC 8305).
 //! - A [`Session`] is a cheap, cloneable handle. [`Stream`]s are visible to the peer as
 //!   soon as `open` returns: quinn announces a stream only with its first frame, so
 //!   `open` sends an empty `STREAM` frame (no byte is added to the stream).
@@ -20,16 +22,22 @@
 //! - [`Options::max_streams`] caps the streams open on a session in both directions; it
 //!   is also the limit the peer is given for the streams it opens. That grant starts at
 //!   128 and doubles whenever half of it is in use, so an idle session does not pay for
-//!   quinn's table of 1024 possible streams (about 80 KiB). A peer that has 128 streams
-//!   open which this side has not accepted yet waits for the next grant; its `open`
-//!   fails with [`Limit::PeerStreams`](qymux_transport::Limit) if none comes within a few
-//!   round trips.
+//!   quinn's table of 1024 possible streams (about 80 KiB). A task takes the streams the
+//!   peer opens from quinn as they arrive and queues them for `accept`, so the grant grows
+//!   with the streams the peer opened, whether or not the application is accepting at
+//!   that moment: a briefly busy acceptor does not make the peer's `open` fail.
 //! - [`Options::accept_backlog`] is that grant's cap, QUIC's form of an accept backlog:
 //!   the grant starts at no more than the backlog and grows no further than the backlog
 //!   beyond the streams accepted at that moment (grants are never taken back, so after
 //!   accepted streams end, as many may wait as were granted). Where TCP resets a stream
 //!   beyond its backlog, the QUIC peer's `open` waits for a grant and fails with
-//!   `Limit::PeerStreams`.
+//!   [`Limit::PeerStreams`](qymux_transport::Limit) if none comes within a few round
+//!   trips.
+//! - Dropping every handle of a session and its streams closes it as
+//!   [`Session::close`] does: streams that were shut down first deliver what was written
+//!   (bounded by [`Options::close_timeout`]), as a TCP socket closed after `shutdown`
+//!   does. (quinn alone closes a connection nothing refers to at once, and drops what
+//!   was not sent yet.)
 //! - [`Session::drain`] stops granting streams and resets those the peer still opens
 //!   with its earlier grant, lets the open ones finish, then closes (QUIC has no GoAway
 //!   on Qymux's wire).
@@ -115,7 +123,7 @@ mod session;
 mod socket;
 mod stream;
 
-pub use dial::{dial, dial_with_endpoint};
+pub use dial::{dial, dial_resolved, dial_with_endpoint};
 pub use listener::Listener;
 pub use session::{Session, WeakSession};
 pub use stream::Stream;

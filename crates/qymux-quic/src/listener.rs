@@ -9,7 +9,7 @@ use std::time::Duration;
 use quinn::{Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
 use qymux_tls::Side;
 use qymux_transport::admission::{Admit, Attempt, SourceLimiter};
-use qymux_transport::registry::SessionRegistry;
+use qymux_transport::registry::{SessionRegistry, ShutdownReport};
 use qymux_transport::{
     Error, HandshakeError, Limit, Options, Protocol, QuicRetry, Result, TimeoutKind,
 };
@@ -176,7 +176,12 @@ impl Listener {
     /// alone they go unanswered until their connect timeout. Before it returns it waits,
     /// up to [`Options::close_timeout`], until the closes have left the socket, so the
     /// process may exit right after.
-    pub async fn shutdown(&self, grace: Duration) {
+    ///
+    /// The drains begin spread out (see
+    /// [`shutdown_schedule`](qymux_transport::registry::shutdown_schedule)), so the agents
+    /// do not all leave in the same instant; the report says how many sessions drained
+    /// and how many were cut at their deadline.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.task.abort();
         debug!(?grace, "listener shutting down");
         let draining = self.registry.shutdown(grace);
@@ -188,10 +193,10 @@ impl Listener {
         };
         // `refuse` ends only if the endpoint closes; draining goes on either way.
         tokio::pin!(draining);
-        tokio::select! {
-            () = &mut draining => {}
+        let report = tokio::select! {
+            report = &mut draining => report,
             () = refuse => draining.await,
-        }
+        };
         self.close();
         // The sessions' CONNECTION_CLOSEs are queued on the endpoint; wait until they
         // have left, so a process that exits right after this does not strand its
@@ -202,6 +207,7 @@ impl Listener {
         {
             debug!("endpoint not idle within the close timeout");
         }
+        report
     }
 }
 

@@ -25,8 +25,9 @@ use crate::stream::Stream;
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// State the session handles and the streams share. Dropping the last of them drops the
-/// quinn connection, which closes it.
+/// State the session handles and the streams share. Dropping the last of them lets the
+/// finished streams deliver (bounded by the close timeout), then drops the quinn
+/// connection, which closes it.
 pub(crate) struct Shared {
     pub(crate) connection: quinn::Connection,
     endpoint: quinn::Endpoint,
@@ -51,9 +52,14 @@ pub(crate) struct Shared {
     finishing: Mutex<Finishing>,
     /// Set when a drain begins: no new streams either way.
     draining: AtomicBool,
-    /// The drain, if one began. Also held while the stream grant grows, so that no grant
-    /// follows the drain's "no more streams".
+    /// The streams waiting for `accept`, and the drain, if one began. Also held while the
+    /// stream grant grows, so that no grant follows the drain's "no more streams".
     drain: Mutex<Drain>,
+    /// Notified when the intake task queued a stream for `accept`, or a drain began.
+    queued: Notify,
+    /// Dropped with [`Shared`]: tells the intake task that nothing holds the session any
+    /// more, so that it lets go of the connection.
+    _intake_alive: oneshot::Sender<()>,
     /// What the drain task, `drain` and `accept` wait on.
     drain_signals: Arc<DrainSignals>,
     /// The graceful close sequence, run once however many `close` calls overlap: a
@@ -72,8 +78,8 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct Drain {
     started: bool,
-    /// Streams the peer opened before the drain began, waiting for `accept`; each holds
-    /// its slot in `streams_open`.
+    /// Streams the peer opened (before the drain began, if one did), waiting for
+    /// `accept`; each holds its slot in `streams_open`.
     waiting: VecDeque<(SendStream, RecvStream)>,
     /// Dropped with [`Shared`]: tells the drain task that nothing holds the session any
     /// more.
@@ -105,6 +111,47 @@ impl Drop for Shared {
         for (send, recv) in drain.waiting.drain(..) {
             refuse(send, recv);
         }
+        // The last handle is gone. quinn closes a connection as soon as nothing refers to
+        // it, dropping the data of finished streams not yet delivered; TCP would deliver
+        // it. Each waiting `Pending` keeps the connection alive, so a task awaits them
+        // (bounded by the close timeout) and lets the connection close after. A close
+        // already begun (`close`, or the peer) has nothing left to deliver.
+        let finishing = std::mem::take(
+            &mut self
+                .finishing
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .pending,
+        );
+        if finishing.is_empty() || self.connection.close_reason().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let endpoint = self.owns_endpoint.then(|| self.endpoint.clone());
+        let deadline = Instant::now() + self.close_timeout;
+        runtime.spawn(
+            async move {
+                if timeout_at(deadline, async {
+                    for done in finishing {
+                        done.await;
+                    }
+                })
+                .await
+                .is_err()
+                {
+                    debug!("dropped session: finished streams not acknowledged within the close timeout");
+                }
+                // The last `Pending` is gone: quinn sends CONNECTION_CLOSE (code 0).
+                if let Some(endpoint) = endpoint
+                    && timeout_at(deadline, endpoint.wait_idle()).await.is_err()
+                {
+                    debug!("endpoint not idle within the close timeout");
+                }
+            }
+            .instrument(self.span.clone()),
+        );
     }
 }
 
@@ -150,17 +197,24 @@ impl Shared {
         }
     }
 
-    /// Doubles the peer's stream grant, up to `max_streams`, once half of it is in use:
-    /// the peer gets room for more before it runs out, and a session that never has many
+    /// Doubles the peer's stream grant, up to `max_streams`, once half of it is in use
+    /// (streams waiting for `accept` included): the peer gets room for more before it runs
+    /// out, however slowly the application accepts, and a session that never has many
     /// streams keeps quinn's per-stream table small. The grant stays within the accepted
     /// streams plus `accept_backlog`, and never grows once a drain began.
     fn grow_stream_credit(&self) {
+        let drain = lock(&self.drain);
+        if drain.started {
+            return;
+        }
         let open = self.streams_open.load(Ordering::Acquire);
         let credit = self.stream_credit.load(Ordering::Acquire);
         if credit >= self.max_streams || open * 2 < credit {
             return;
         }
-        let accepted = open.saturating_sub(self.outbound_open.load(Ordering::Acquire));
+        let accepted = open
+            .saturating_sub(self.outbound_open.load(Ordering::Acquire))
+            .saturating_sub(drain.waiting.len());
         let grown = credit
             .saturating_mul(2)
             .min(self.max_streams)
@@ -168,21 +222,40 @@ impl Shared {
         if grown <= credit {
             return;
         }
-        let drain = lock(&self.drain);
+        // Changed only under the lock.
+        self.stream_credit.store(grown, Ordering::Release);
+        // `max_streams` was checked to fit a u32 when the session was configured.
+        let count = VarInt::from_u32(u32::try_from(grown).unwrap_or(u32::MAX));
+        self.connection.set_max_concurrent_bi_streams(count);
+        drop(drain);
+        debug!(streams = grown, "granted the peer more concurrent streams");
+    }
+
+    /// A stream the peer opened, taken from quinn by the intake task: queued for
+    /// `accept` (holding its slot of `max_streams`), or refused when the session drains
+    /// or `max_streams` streams are open.
+    fn take_incoming(&self, send: SendStream, recv: RecvStream) {
+        let mut drain = lock(&self.drain);
         if drain.started {
+            drop(drain);
+            debug!(id = %send.id(), "draining: refusing a stream the peer opened");
+            refuse(send, recv);
             return;
         }
-        if self
-            .stream_credit
-            .compare_exchange(credit, grown, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            // `max_streams` was checked to fit a u32 when the session was configured.
-            let count = VarInt::from_u32(u32::try_from(grown).unwrap_or(u32::MAX));
-            self.connection.set_max_concurrent_bi_streams(count);
-            debug!(streams = grown, "granted the peer more concurrent streams");
+        if !self.try_reserve_stream() {
+            drop(drain);
+            debug!(
+                id = %send.id(),
+                max = self.max_streams,
+                "peer opened a stream beyond max_streams; resetting it"
+            );
+            refuse(send, recv);
+            return;
         }
+        drain.waiting.push_back((send, recv));
         drop(drain);
+        self.grow_stream_credit();
+        self.queued.notify_waiters();
     }
 
     /// Begins a drain (once): no more stream grants, the streams already waiting for
@@ -200,28 +273,18 @@ impl Shared {
         drain.started = true;
         self.draining.store(true, Ordering::SeqCst);
         // MAX_STREAMS never shrinks in QUIC: what the peer was granted stays usable, and
-        // the task below refuses those streams. No grant follows any more.
+        // the intake task refuses those streams. No grant follows any more.
         self.connection
             .set_max_concurrent_bi_streams(VarInt::from_u32(0));
         // Streams that reached this side before the drain carry on: take them from quinn
-        // now, before the task refuses whatever comes next.
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            let mut accepting = pin!(self.connection.accept_bi());
-            let Poll::Ready(Ok((send, recv))) = accepting.as_mut().poll(&mut cx) else {
-                break;
-            };
-            if self.try_reserve_stream() {
-                drain.waiting.push_back((send, recv));
-            } else {
-                refuse(send, recv);
-            }
-        }
+        // now, before the intake task refuses whatever comes next.
+        self.take_arrived_into(&mut drain);
         let (alive, gone) = oneshot::channel();
         drain.alive = Some(alive);
         drop(drain);
         debug!("draining: no new streams; closing when the last one is done");
-        // `accept` calls waiting on quinn switch to the waiting streams.
+        // `accept` calls hand out the streams taken from quinn above.
+        self.queued.notify_waiters();
         self.drain_signals.events.notify_waiters();
         tokio::spawn(
             drain_task(
@@ -235,7 +298,32 @@ impl Shared {
         true
     }
 
-    /// A stream that was waiting for `accept` when the drain began.
+    /// Queues for `accept` the streams quinn holds already (those that arrived but that
+    /// the intake task did not take yet), or refuses those beyond `max_streams`. Returns
+    /// whether any was queued.
+    fn take_arrived(&self) -> bool {
+        let mut drain = lock(&self.drain);
+        self.take_arrived_into(&mut drain)
+    }
+
+    fn take_arrived_into(&self, drain: &mut Drain) -> bool {
+        let mut queued = false;
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let mut accepting = pin!(self.connection.accept_bi());
+            let Poll::Ready(Ok((send, recv))) = accepting.as_mut().poll(&mut cx) else {
+                return queued;
+            };
+            if self.try_reserve_stream() {
+                drain.waiting.push_back((send, recv));
+                queued = true;
+            } else {
+                refuse(send, recv);
+            }
+        }
+    }
+
+    /// The next stream waiting for `accept`.
     fn next_waiting(&self) -> Option<(SendStream, RecvStream)> {
         lock(&self.drain).waiting.pop_front()
     }
@@ -269,9 +357,9 @@ impl Drop for DrainDone {
     }
 }
 
-/// Refuses the streams the peer opens while the session drains, and closes it (as
-/// [`Session::close`]) once no stream is open. Holds the session only weakly: if every
-/// handle and stream is dropped (`gone`), quinn closes the connection as usual.
+/// Closes a draining session (as [`Session::close`]) once no stream is open (the intake
+/// task refuses the streams the peer still opens). Holds the session only weakly: if
+/// every handle and stream is dropped (`gone`), quinn closes the connection as usual.
 async fn drain_task(
     connection: quinn::Connection,
     shared: Weak<Shared>,
@@ -292,16 +380,36 @@ async fn drain_task(
             Some(_) => {}
         }
         tokio::select! {
-            accepted = connection.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    debug!(id = %send.id(), "draining: refusing a stream the peer opened");
-                    refuse(send, recv);
-                }
-                // The session ended (closed, or lost).
-                Err(_) => return,
-            },
+            // The session ended (closed, or lost).
+            _ = connection.closed() => return,
             () = &mut released => {}
             _ = &mut gone => return,
+        }
+    }
+}
+
+/// Takes the streams the peer opens from quinn as they arrive, whether or not the
+/// application is accepting, and queues them for `accept` (or refuses them): the stream
+/// grant grows with the streams the peer opened, not with the application's accepts.
+/// Holds the session only weakly: when every handle and stream is dropped (`gone`), it
+/// lets go of the connection, so that quinn closes it as usual.
+async fn intake_task(
+    connection: quinn::Connection,
+    shared: Weak<Shared>,
+    mut gone: oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            _ = &mut gone => return,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match accepted {
+            Ok((send, recv)) => shared.take_incoming(send, recv),
+            // The session ended; `accept` sees it from the connection.
+            Err(_) => return,
         }
     }
 }
@@ -335,7 +443,9 @@ impl Drop for Reserved<'_> {
 ///
 /// Implements [`qymux_transport::Session`]; see there for the behaviour of each method.
 /// Every Qymux stream is one bidirectional QUIC stream. When every clone of the session
-/// and every stream is dropped, the connection is closed (QUIC `CONNECTION_CLOSE`, code 0).
+/// and every stream is dropped, the streams that were shut down deliver what was written
+/// (bounded by [`Options::close_timeout`]), then the connection is closed (QUIC
+/// `CONNECTION_CLOSE`, code 0).
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
@@ -378,7 +488,8 @@ impl Session {
             local = ?endpoint.local_addr().ok(),
             remote = %connection.remote_address(),
         );
-        Session {
+        let (intake_alive, intake_gone) = oneshot::channel();
+        let session = Session {
             shared: Arc::new(Shared {
                 connection,
                 endpoint,
@@ -398,6 +509,8 @@ impl Session {
                 }),
                 draining: AtomicBool::new(false),
                 drain: Mutex::new(Drain::default()),
+                queued: Notify::new(),
+                _intake_alive: intake_alive,
                 drain_signals: Arc::new(DrainSignals {
                     events: Notify::new(),
                     done: watch::Sender::new(false),
@@ -409,7 +522,17 @@ impl Session {
                 streams_out: AtomicU64::new(0),
                 span,
             }),
-        }
+        };
+        let shared = &session.shared;
+        tokio::spawn(
+            intake_task(
+                shared.connection.clone(),
+                Arc::downgrade(shared),
+                intake_gone,
+            )
+            .instrument(shared.span.clone()),
+        );
+        session
     }
 
     /// Opens a stream; see [`qymux_transport::Session::open`].
@@ -474,42 +597,28 @@ impl Session {
     pub async fn accept(&self) -> Result<Stream> {
         let shared = &self.shared;
         loop {
-            let drain_began = shared.drain_signals.events.notified();
-            let mut drain_began = pin!(drain_began);
-            drain_began.as_mut().enable();
-            if shared.draining.load(Ordering::Acquire) {
-                if let Some((send, recv)) = shared.next_waiting() {
-                    // Its slot was reserved when the drain took it from quinn.
-                    shared.streams_in.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Stream::new(send, recv, shared.clone(), false));
-                }
-                let err = shared.connection.closed().await;
-                return Err(shared.error_for(&err));
-            }
-            let (mut send, mut recv) = tokio::select! {
-                accepted = shared.connection.accept_bi() => {
-                    accepted.map_err(|e| shared.error_for(&e))?
-                }
-                () = &mut drain_began => continue,
-            };
-            if shared.draining.load(Ordering::Acquire) {
-                debug!(id = %send.id(), "draining: refusing a stream the peer opened");
-                refuse(send, recv);
-                continue;
-            }
-            if let Some(reserved) = Reserved::new(shared) {
-                reserved.hand_over();
+            let queued = shared.queued.notified();
+            let mut queued = pin!(queued);
+            queued.as_mut().enable();
+            // Streams that arrived are handed out even once the session has ended, as
+            // quinn does: what a finished stream delivered before the close is readable.
+            if let Some((send, recv)) = shared.next_waiting() {
+                // Its slot was reserved when the stream was queued.
                 shared.grow_stream_credit();
                 shared.streams_in.fetch_add(1, Ordering::Relaxed);
                 return Ok(Stream::new(send, recv, shared.clone(), false));
             }
-            debug!(
-                id = %send.id(),
-                max = shared.max_streams,
-                "peer opened a stream beyond max_streams; resetting it"
-            );
-            let _ = send.reset(VarInt::from_u32(STREAM_ABORTED));
-            let _ = recv.stop(VarInt::from_u32(STREAM_ABORTED));
+            tokio::select! {
+                () = &mut queued => {}
+                err = shared.connection.closed() => {
+                    // quinn may still hold streams that arrived before the end, which the
+                    // intake task did not take yet.
+                    if shared.take_arrived() {
+                        continue;
+                    }
+                    return Err(shared.error_for(&err));
+                }
+            }
         }
     }
 

@@ -375,3 +375,105 @@ async fn peer_close_reason_is_printed_escaped() {
         r"closed by peer: bye\n2030-01-01T00:00:00Z INFO admin logged in\u{1b}[2J\u{1b}[31m\r"
     );
 }
+
+/// The peer's stream grant grows with the streams it opens, not with the application's
+/// accepts: while the acceptor is paused the peer opens 500 streams (of 1000) and writes
+/// to each, every open succeeds, and once the acceptor runs it gets them all, intact.
+/// (When the grant grew only on `accept`, the 129th open failed with PeerStreams(128).)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_grant_grows_ahead_of_a_paused_acceptor() {
+    const STREAMS: usize = 500;
+    let mut server_opts = options();
+    server_opts.max_streams(1000).accept_backlog(1000);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+    let (resume, paused) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = tokio::spawn(async move {
+        paused.await.expect("resumed");
+        let mut got = Vec::new();
+        for _ in 0..STREAMS {
+            let mut stream = server.accept().await.expect("accept");
+            let mut body = Vec::new();
+            stream.read_to_end(&mut body).await.expect("read");
+            got.push(String::from_utf8(body).expect("utf-8"));
+        }
+        got
+    });
+    let mut opened = Vec::new();
+    for i in 0..STREAMS {
+        let mut stream = tokio::time::timeout(HANG, client.open())
+            .await
+            .unwrap_or_else(|_| panic!("open {i} hung"))
+            .unwrap_or_else(|e| panic!("open {i} failed while the acceptor paused: {e:?}"));
+        stream
+            .write_all(format!("stream {i}").as_bytes())
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        opened.push(stream);
+    }
+    resume.send(()).unwrap();
+    let mut got = acceptor.await.unwrap();
+    got.sort_by_key(|s| s[7..].parse::<usize>().unwrap());
+    let expected: Vec<_> = (0..STREAMS).map(|i| format!("stream {i}")).collect();
+    assert_eq!(got, expected);
+}
+
+/// The grant grows ahead of `accept`, but no further than `accept_backlog` beyond the
+/// accepted streams: a paused acceptor still bounds what may wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_acceptor_still_bounds_the_backlog() {
+    let mut server_opts = options();
+    server_opts.max_streams(1000).accept_backlog(200);
+    let (_l, client, server) = pair_with_each(options(), server_opts).await;
+    let mut opened = Vec::new();
+    for i in 0..200 {
+        let stream = tokio::time::timeout(HANG, client.open())
+            .await
+            .unwrap_or_else(|_| panic!("open {i} hung"))
+            .unwrap_or_else(|e| panic!("open {i} failed: {e:?}"));
+        opened.push(stream);
+    }
+    match tokio::time::timeout(HANG, client.open()).await.unwrap() {
+        Err(Error::LimitReached(Limit::PeerStreams(200))) => {}
+        other => panic!("expected LimitReached(PeerStreams(200)), got {other:?}"),
+    }
+    // Accepting them makes room for more (quinn announces a grown grant in batches, so
+    // not for each single accept).
+    let mut accepted = Vec::new();
+    for _ in 0..200 {
+        accepted.push(server.accept().await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        match client.open().await {
+            Ok(s) => break opened.push(s),
+            Err(Error::LimitReached(_)) if tokio::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("accepting a stream must make room for another: {e:?}"),
+        }
+    }
+}
+
+/// Dropping the last handle after `shutdown` (the stream, then the session) still
+/// delivers every byte and the FIN, as TCP does: quinn on its own closes a connection
+/// nothing refers to at once, and the unsent data was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_session_after_shutdown_still_delivers() {
+    let (_l, client, server) = pair().await;
+    let data = payload(8, 48 * 1024 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut accepted = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        let read = accepted.read_to_end(&mut got).await;
+        (read.map(|_| got), server)
+    });
+    let mut stream = client.open().await.unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    drop(client);
+    let (got, server) = reader.await.unwrap();
+    let got = got.expect("every byte and the FIN arrive");
+    assert_eq!(sha256(&got), sha256(&data));
+    let reason = tokio::time::timeout(HANG, server.closed()).await.unwrap();
+    assert!(matches!(reason, CloseReason::Peer(_)), "{reason:?}");
+}

@@ -21,8 +21,10 @@ use crate::socket;
 /// packets does not keep a working one from being tried.
 ///
 /// `server_name` is the name the server's certificate must be valid for (ignored when
-/// the certificate is pinned). The TCP connect is bounded by
-/// [`Options::connect_timeout`], the TLS handshake by [`Options::handshake_timeout`].
+/// the certificate is pinned). The name's resolution and each address's TCP connect are
+/// bounded by [`Options::connect_timeout`] (each attempt has its own deadline, and one
+/// that runs out starts the next at once), the TLS handshake by
+/// [`Options::handshake_timeout`].
 ///
 /// With [`Options::proxy`] set (and its `NO_PROXY` list not matching `addr`), the
 /// connection goes through that HTTP CONNECT or SOCKS5 proxy: `addr` is sent to the
@@ -40,12 +42,37 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     options: &Options,
 ) -> Result<Session> {
+    dial_on(addr, None, server_name, tls, options).await
+}
+
+/// Like [`dial`], to addresses the caller resolved (`addr` is then only used in error
+/// messages): for a dialer that resolves a name once and gives the same addresses to
+/// TCP and QUIC, or that has a resolver of its own. The addresses are raced as [`dial`]
+/// describes; an empty list fails with [`Error::Connect`]. With a proxy that applies to
+/// `addr`, the list is not used: `addr` goes to the proxy as it is.
+pub async fn dial_resolved(
+    addr: &str,
+    addrs: Vec<SocketAddr>,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+) -> Result<Session> {
+    dial_on(addr, Some(addrs), server_name, tls, options).await
+}
+
+async fn dial_on(
+    addr: &str,
+    resolved: Option<Vec<SocketAddr>>,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    options: &Options,
+) -> Result<Session> {
     options.validate()?;
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| Error::Config(format!("invalid server name {server_name:?}: {e}")))?;
     let tcp = match crate::proxy::for_target(options, addr) {
         Some(proxy) => crate::proxy::connect(proxy, addr, options).await?,
-        None => connect(addr, options).await?,
+        None => connect_resolved(addr, resolved, options).await?,
     };
     let local_addr = tcp.local_addr()?;
     let remote_addr = tcp.peer_addr()?;
@@ -103,26 +130,50 @@ pub async fn dial(
 
 /// A direct TCP connection to `addr`, within [`Options::connect_timeout`].
 pub(crate) async fn connect(addr: &str, options: &Options) -> Result<TcpStream> {
+    connect_resolved(addr, None, options).await
+}
+
+/// A direct TCP connection to `addr`, resolved here unless `resolved` gives its
+/// addresses: the resolution within [`Options::connect_timeout`], then each address's
+/// attempt within its own connect timeout, raced as Happy Eyeballs does.
+async fn connect_resolved(
+    addr: &str,
+    resolved: Option<Vec<SocketAddr>>,
+    options: &Options,
+) -> Result<TcpStream> {
     let connect_error = |source: std::io::Error| Error::Connect {
         addr: addr.to_owned(),
         source: Arc::new(source),
     };
-    let attempt = async {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+    let connect_timeout = || Error::Timeout {
+        what: TimeoutKind::Connect,
+        after: options.connect_timeout,
+    };
+    let addrs: Vec<SocketAddr> = match resolved {
+        Some(addrs) => addrs,
+        None => tokio::time::timeout(options.connect_timeout, tokio::net::lookup_host(addr))
             .await
+            .map_err(|_| connect_timeout())?
             .map_err(connect_error)?
-            .collect();
-        // Happy Eyeballs: an address that drops packets holds up the next one by the
-        // attempt delay, not by the whole connect timeout.
-        eyeballs::race(addrs, eyeballs::ATTEMPT_DELAY, TcpStream::connect)
+            .collect(),
+    };
+    // Happy Eyeballs: an address that drops packets holds up the next one by the attempt
+    // delay, not by the whole connect timeout; one that times out starts the next at once.
+    let attempt = |to: SocketAddr| async move {
+        tokio::time::timeout(options.connect_timeout, TcpStream::connect(to))
             .await
-            .map(|(stream, _)| stream)
+            .map_err(|_| connect_timeout())?
             .map_err(connect_error)
     };
-    tokio::time::timeout(options.connect_timeout, attempt)
+    eyeballs::race(addrs, eyeballs::ATTEMPT_DELAY, attempt)
         .await
-        .map_err(|_| Error::Timeout {
-            what: TimeoutKind::Connect,
-            after: options.connect_timeout,
-        })?
+        .map(|(stream, _)| stream)
+        .map_err(|e| match e {
+            // The empty list's error from the race itself.
+            Error::Io(io) => Error::Connect {
+                addr: addr.to_owned(),
+                source: io,
+            },
+            e => e,
+        })
 }

@@ -112,7 +112,7 @@ mod session;
 mod socket;
 mod stream;
 
-pub use dial::dial;
+pub use dial::{dial, dial_resolved};
 pub use listener::Listener;
 pub use session::{Session, WeakSession};
 pub use stream::Stream;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use qymux_tls::Side;
 use qymux_transport::admission::{Admit, Attempt, SourceLimiter};
-use qymux_transport::registry::SessionRegistry;
+use qymux_transport::registry::{SessionRegistry, ShutdownReport};
 use qymux_transport::{Error, HandshakeError, Limit, Options, Protocol, Result, TimeoutKind};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -129,11 +129,14 @@ impl Listener {
     /// GoAway tells the agent to open no more streams, streams in flight finish, then
     /// the session closes with TLS close_notify), closing whatever is left when `grace`
     /// has passed. Returns when every session is closed. Sessions that finished their
-    /// handshake but were never accepted are closed too.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// handshake but were never accepted are closed too. The drains begin spread out
+    /// (see [`shutdown_schedule`](qymux_transport::registry::shutdown_schedule)), so
+    /// the agents do not all leave in the same instant; the report says how many
+    /// sessions drained and how many were cut at their deadline.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.close();
         debug!(?grace, "listener shutting down");
-        self.registry.shutdown(grace).await;
+        self.registry.shutdown(grace).await
     }
 }
 

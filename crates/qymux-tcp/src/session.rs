@@ -35,23 +35,26 @@ use qymux_transport::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tracing::{Instrument, debug, trace};
 
-use bytes::{BufMut, BytesMut};
-use tokio_util::io::poll_read_buf;
-
 use crate::engine::core::{CONTROL_HIGH_WATER, Config, Connection, Role};
 use crate::engine::frame::HEADER_LEN;
 use crate::stream::Stream;
 
-/// What the driver reads into; freed whenever the connection goes quiet.
+/// What the driver reads into; freed once the connection has been quiet for
+/// [`TRIM_AFTER`].
 const READ_BUF: usize = 32 * 1024;
 
-/// DATA bodies with at least this much still to come are read straight into a buffer of
-/// their own, which the stream keeps (no copy between the connection and the stream).
+/// A connection that has read nothing for this long gives its read buffers back (an idle
+/// session holds none). While data flows they are kept: freeing them whenever the socket
+/// ran dry made glibc return the pages and fault them in again on the next read, which
+/// cost bulk transfers a third of their rate.
+const TRIM_AFTER: Duration = Duration::from_millis(200);
+
+/// DATA bodies with at least this much still to come are read straight into their
+/// stream's receive buffer (no copy between the connection and the stream).
 const DIRECT_MIN: u32 = 8 * 1024;
 
-/// The largest buffer the driver reads one body into at a time (well below glibc's
-/// initial mmap threshold of 128 KiB, so buffers come from the heap, not fresh pages).
-const DIRECT_CHUNK: u32 = 64 * 1024;
+/// The most the driver reads into a stream's buffer at a time.
+const DIRECT_CHUNK: usize = 64 * 1024;
 
 /// Reads per driver turn before it yields to other tasks.
 const READS_PER_TURN: usize = 16;
@@ -489,7 +492,8 @@ impl Session {
             shared: shared.clone(),
             reader,
             buf: Vec::new(),
-            body: BytesMut::new(),
+            last_read: Instant::now(),
+            trimmed: true,
             next_body: None,
             header_alone: false,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -702,9 +706,11 @@ struct Driver {
     shared: Arc<Shared>,
     reader: ReadHalf<BoxIo>,
     buf: Vec<u8>,
-    /// The buffer a large body is being read into: its spare capacity is the next part
-    /// of that body (never more than the body has left).
-    body: BytesMut,
+    /// When the driver last read something (the read buffers are freed [`TRIM_AFTER`]
+    /// later).
+    last_read: Instant,
+    /// Nothing was read since the buffers were last freed.
+    trimmed: bool,
     /// What the engine said after the last input: bytes of the DATA body in progress.
     next_body: Option<u32>,
     /// The last body was read straight: read the next header alone, so a large body
@@ -740,6 +746,35 @@ impl Drop for DriverGuard {
 }
 
 impl Driver {
+    /// Frees the read buffer and the streams' emptied buffers of a connection gone
+    /// quiet.
+    fn trim(&mut self) {
+        self.buf = Vec::new();
+        self.shared.with_conn(Connection::trim_buffers);
+        self.trimmed = true;
+    }
+
+    /// Reads the next part of the DATA body in progress straight into its stream's
+    /// buffer, lent by the engine for the read and given back whatever came of it.
+    /// `None` if the engine lends nothing (the body goes through `buf` then).
+    fn poll_read_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Instant,
+    ) -> Option<Poll<io::Result<usize>>> {
+        let shared = self.shared.clone();
+        let mut lent = shared.with_conn(|c| c.lend_body_buffer(DIRECT_CHUNK))?;
+        let mut rb = ReadBuf::new(lent.room());
+        let read = Pin::new(&mut self.reader)
+            .poll_read(cx, &mut rb)
+            .map_ok(|()| rb.filled().len());
+        if let Poll::Ready(Ok(n)) = read {
+            lent.filled(n);
+        }
+        shared.with_conn(|c| c.return_body_buffer(lent, now));
+        Some(read)
+    }
+
     async fn run(mut self) {
         let guard = DriverGuard(self.shared.clone());
         poll_fn(|cx| self.poll_run(cx)).await;
@@ -797,31 +832,26 @@ impl Driver {
                 break;
             }
             reads += 1;
-            let read = match self.next_body {
-                Some(left) if self.body.capacity() > self.body.len() || left >= DIRECT_MIN => {
-                    if self.body.capacity() == self.body.len() {
-                        self.body = BytesMut::with_capacity(left.min(DIRECT_CHUNK) as usize);
-                    }
-                    // Never past the body: what follows it goes through the engine's parser.
-                    let mut limited = (&mut self.body).limit(left as usize);
-                    poll_read_buf(Pin::new(&mut self.reader), cx, &mut limited).map_ok(|n| {
-                        let chunk = self.body.split().freeze();
-                        (n, Some(chunk))
-                    })
-                }
-                _ => {
+            let now = Instant::now();
+            let direct = match self.next_body {
+                Some(left) if left >= DIRECT_MIN => self.poll_read_direct(cx, now),
+                _ => None,
+            };
+            let read = match direct {
+                Some(read) => read.map_ok(|n| (n, true)),
+                None => {
                     let size = if self.header_alone {
                         HEADER_LEN
                     } else {
                         READ_BUF
                     };
-                    if self.buf.len() != size {
-                        self.buf.resize(size, 0);
+                    if self.buf.len() != READ_BUF {
+                        self.buf.resize(READ_BUF, 0);
                     }
-                    let mut rb = ReadBuf::new(&mut self.buf);
+                    let mut rb = ReadBuf::new(&mut self.buf[..size]);
                     Pin::new(&mut self.reader)
                         .poll_read(cx, &mut rb)
-                        .map_ok(|()| (rb.filled().len(), None))
+                        .map_ok(|()| (rb.filled().len(), false))
                 }
             };
             match read {
@@ -832,14 +862,16 @@ impl Driver {
                     }
                     break;
                 }
-                Poll::Ready(Ok((n, chunk))) => {
-                    let now = Instant::now();
-                    self.header_alone = chunk.is_some();
+                Poll::Ready(Ok((n, direct))) => {
+                    self.last_read = now;
+                    self.trimmed = false;
+                    // After a body read straight, read the next header alone, so a large
+                    // body that follows is not copied through `buf`.
+                    self.header_alone = direct;
                     let buf = &self.buf;
                     (stopped, self.next_body) = shared.with_conn(|c| {
-                        match chunk {
-                            Some(chunk) => c.handle_body_chunk(chunk, now),
-                            None => c.handle_input(&buf[..n], now),
+                        if !direct {
+                            c.handle_input(&buf[..n], now);
                         }
                         (stop(c), c.body_in_progress())
                     });
@@ -848,10 +880,7 @@ impl Driver {
                     shared.with_conn(|c| c.handle_io_error(e));
                     break;
                 }
-                Poll::Pending => {
-                    self.buf = Vec::new();
-                    break;
-                }
+                Poll::Pending => break,
             }
         }
         // A write failed: what the peer sent before it went is read above; if that did
@@ -859,14 +888,27 @@ impl Driver {
         if let Some(err) = self.take_write_error() {
             shared.with_conn(|c| c.handle_io_error(err));
         }
-        // Timers: keep-alive pings and dead-peer detection.
+        // Timers: keep-alive pings, dead-peer detection, and giving the read buffers back.
         for _ in 0..4 {
+            let now = Instant::now();
+            let trim_at = (!self.trimmed).then(|| self.last_read + TRIM_AFTER);
+            if trim_at.is_some_and(|at| at <= now) {
+                self.trim();
+                continue;
+            }
             let next = shared.with_conn(|c| {
-                c.handle_timeout(Instant::now());
+                c.handle_timeout(now);
                 c.poll_timeout()
             });
+            let next = match (next, trim_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let Some(next) = next else { break };
-            if self.timer_at != Some(next) {
+            // Re-armed only when the deadline comes sooner or the timer has fired: while
+            // data flows the trim deadline moves with every read, and an earlier timer
+            // that fires merely brings the driver here to look again.
+            if self.timer_at.is_none_or(|at| next < at || at <= now) {
                 self.timer_at = Some(next);
                 self.timer
                     .as_mut()

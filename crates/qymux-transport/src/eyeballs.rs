@@ -42,18 +42,24 @@ pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
 /// Races `attempt` over `addrs` (in [`interleave`]d order), starting one attempt, then
 /// the next whenever the running ones have all failed or `delay` has passed since the
 /// last start. Returns the first success with its address; when every attempt failed,
-/// the last error. Attempts still running when one succeeds are dropped, so `attempt`
-/// must be cancel-safe (a `TcpStream::connect` is).
+/// the last error (an empty list fails with [`io::ErrorKind::NotFound`]). Attempts still
+/// running when one succeeds are dropped, so `attempt` must be cancel-safe (a
+/// `TcpStream::connect` is).
 ///
-/// It puts no bound on the whole: wrap it in the caller's connect timeout.
-pub async fn race<T, F, Fut>(
+/// It puts no bound on the whole: give each attempt its own deadline inside `attempt`
+/// (its timing out is a failure, which starts the next at once), or wrap the race in the
+/// caller's connect timeout. An attempt that must end the whole race (the server
+/// answered and refused us: another address of it would say the same) returns that
+/// outcome as its success value.
+pub async fn race<T, E, F, Fut>(
     addrs: Vec<SocketAddr>,
     delay: Duration,
     mut attempt: F,
-) -> io::Result<(T, SocketAddr)>
+) -> Result<(T, SocketAddr), E>
 where
     F: FnMut(SocketAddr) -> Fut,
-    Fut: Future<Output = io::Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<io::Error> + std::fmt::Display,
 {
     let mut pending = interleave(addrs).into_iter();
     let mut running = FuturesUnordered::new();
@@ -66,7 +72,7 @@ where
                 }
                 None => {
                     return Err(last_error.unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, "no address resolved")
+                        io::Error::new(io::ErrorKind::NotFound, "no address resolved").into()
                     }));
                 }
             }
@@ -100,10 +106,10 @@ where
 }
 
 /// One attempt's outcome with its address (one future type for every attempt).
-async fn tagged<T>(
+async fn tagged<T, E>(
     addr: SocketAddr,
-    attempt: impl Future<Output = io::Result<T>>,
-) -> (SocketAddr, io::Result<T>) {
+    attempt: impl Future<Output = Result<T, E>>,
+) -> (SocketAddr, Result<T, E>) {
     (addr, attempt.await)
 }
 
@@ -142,7 +148,7 @@ mod tests {
             if addr == silent {
                 std::future::pending::<()>().await;
             }
-            Ok(addr.port())
+            Ok::<_, io::Error>(addr.port())
         })
         .await
         .unwrap();

@@ -89,6 +89,16 @@ impl Qymux {
         F: FnMut(BoxSession) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let servers = self.dialers()?;
+        Reconnecting::start(servers, config, on_session)
+    }
+
+    /// One [`Dialer`] per configured server ([`Config::server_addr`], then
+    /// [`Config::server_addrs`]), sharing this `Qymux`'s memory of where QUIC failed: the
+    /// servers [`connect_forever`](Qymux::connect_forever) goes through, for code that
+    /// runs its own [`Reconnecting`] (the tunnel agent of the `forward` feature, for
+    /// one).
+    pub fn dialers(&self) -> Result<Vec<Dialer>> {
         let first = match self.dialer.get() {
             Some(d) => d,
             None => {
@@ -101,8 +111,7 @@ impl Qymux {
                 .with_addr(addr.clone())
                 .with_server_name(self.config.server_name_for(addr))
         });
-        let servers = std::iter::once(first.clone()).chain(more).collect();
-        Reconnecting::start(servers, config, on_session)
+        Ok(std::iter::once(first.clone()).chain(more).collect())
     }
 
     fn make_dialer(&self) -> Result<Dialer> {

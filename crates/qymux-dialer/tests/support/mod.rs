@@ -129,6 +129,7 @@ where
 
 /// A UDP socket bound at `port` that never answers, counting what it receives.
 pub struct Blackhole {
+    ip: std::net::IpAddr,
     port: u16,
     received: Arc<AtomicUsize>,
     senders: Arc<Mutex<BTreeSet<u16>>>,
@@ -142,7 +143,18 @@ impl Blackhole {
 
     /// Binds `port` (0: any free port), or says why it cannot.
     pub fn try_bind(port: u16) -> std::io::Result<Blackhole> {
-        let socket = std::net::UdpSocket::bind(("127.0.0.1", port))?;
+        Self::try_bind_on("127.0.0.1", port)
+    }
+
+    /// Binds a free port on another loopback address (127.0.0.0/8): an address of its own
+    /// where QUIC is silently dropped.
+    pub fn bind_on(ip: &str) -> Blackhole {
+        Self::try_bind_on(ip, 0).unwrap()
+    }
+
+    fn try_bind_on(ip: &str, port: u16) -> std::io::Result<Blackhole> {
+        let socket = std::net::UdpSocket::bind((ip, port))?;
+        let ip = socket.local_addr()?.ip();
         socket.set_nonblocking(true)?;
         let port = socket.local_addr()?.port();
         let socket = tokio::net::UdpSocket::from_std(socket)?;
@@ -157,6 +169,7 @@ impl Blackhole {
             }
         });
         Ok(Blackhole {
+            ip,
             port,
             received,
             senders,
@@ -167,6 +180,11 @@ impl Blackhole {
     /// The UDP port it holds.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address it holds.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        (self.ip, self.port).into()
     }
 
     pub fn received(&self) -> usize {

@@ -10,10 +10,10 @@
 //!
 //! # Memory
 //!
-//! A stream's received data lives in its receive buffer (`recv.rs`): large frame bodies
-//! are read by the driver straight into buffers of their own and kept without a copy
-//! ([`Connection::handle_body_chunk`]); small ones coalesce in one growing tail, so
-//! one-byte frames allocate nothing per frame.
+//! A stream's received data lives in its receive buffer (`recv.rs`), one contiguous
+//! buffer reused in place: large frame bodies are read by the driver straight into it
+//! ([`Connection::lend_body_buffer`]); small ones are copied in, so one-byte frames
+//! allocate nothing per frame.
 //! A peer can make a stream buffer at most the window this side granted it, and the sum
 //! of all granted windows is capped by [`Config::receive_budget`]. Beyond that a session
 //! holds a fixed amount per open stream (its state, about 200 bytes) and a bounded queue
@@ -24,7 +24,6 @@ use std::collections::{HashMap, VecDeque};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use qymux_transport::{CloseReason, Error, Limit, TimeoutKind};
 
 use super::frame::{
@@ -32,7 +31,7 @@ use super::frame::{
     GO_AWAY_PROTOCOL_ERROR, HEADER_LEN, Header, TYPE_DATA, TYPE_GO_AWAY, TYPE_PING,
     TYPE_WINDOW_UPDATE,
 };
-use super::recv::RecvBuf;
+use super::recv::{Lent, RecvBuf};
 
 /// The window every stream starts with, in both directions (fixed by the spec).
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
@@ -434,9 +433,9 @@ impl Connection {
     }
 
     /// The DATA body being received, when its bytes go to a stream: how many are still
-    /// to come. The driver may then read up to that many bytes straight into a buffer of
-    /// their own and hand them over with [`Connection::handle_body_chunk`]: no copy
-    /// between the connection and the stream's buffer.
+    /// to come. The driver may then read up to that many bytes straight into the
+    /// stream's buffer ([`Connection::lend_body_buffer`]): no copy between the
+    /// connection and the stream.
     pub fn body_in_progress(&self) -> Option<u32> {
         match self.parse {
             Parse::Body {
@@ -448,43 +447,81 @@ impl Connection {
         }
     }
 
-    /// Takes the next bytes from the peer, read straight into `chunk`: the same as
-    /// [`Connection::handle_input`], except that the part of `chunk` belonging to the body
-    /// in progress is kept without copying. Bytes beyond that body are handled as input.
-    pub fn handle_body_chunk(&mut self, mut chunk: Bytes, now: Instant) {
-        if self.ended.is_some() || chunk.is_empty() {
-            return;
+    /// Lends out the receive buffer of the stream whose DATA body is arriving, with room
+    /// for `want` more bytes (at most what the body has left), so the driver can read the
+    /// body into it without holding the engine. The driver then appends at most that many
+    /// bytes and gives it back with [`Connection::return_body_buffer`]; until then the
+    /// application reads nothing new from that stream. `None` when no body is arriving
+    /// for a stream that takes it.
+    pub fn lend_body_buffer(&mut self, want: usize) -> Option<Lent> {
+        let Parse::Body {
+            id,
+            remaining,
+            deliver: true,
+            ..
+        } = self.parse
+        else {
+            return None;
+        };
+        if self.ended.is_some() {
+            return None;
         }
-        if let Parse::Body {
+        let s = self.streams.get_mut(&id)?;
+        if s.reset.is_some() {
+            return None;
+        }
+        Some(s.recv.lend(want.min(remaining as usize)))
+    }
+
+    /// Takes back the buffer [`Connection::lend_body_buffer`] lent, with the bytes of
+    /// the body read into it ([`Lent::filled`]), and goes on as
+    /// [`Connection::handle_input`] would have with those bytes.
+    pub fn return_body_buffer(&mut self, buf: Lent, now: Instant) {
+        let Parse::Body {
             id,
             remaining,
             deliver: true,
             fin,
         } = &mut self.parse
-        {
-            let (id, fin) = (*id, *fin);
-            let take = (*remaining as usize).min(chunk.len());
-            *remaining -= take as u32;
-            let done = *remaining == 0;
+        else {
+            debug_assert!(false, "a body buffer returned with no body in progress");
+            return;
+        };
+        let (id, fin) = (*id, *fin);
+        let added = buf.added();
+        debug_assert!(added <= *remaining as usize);
+        *remaining -= added as u32;
+        let done = *remaining == 0;
+        if added > 0 {
             self.last_rx = now;
-            let body = chunk.split_to(take);
-            self.counters.bytes_in += body.len() as u64;
-            if let Some(s) = self.streams.get_mut(&id)
-                && s.reset.is_none()
+            self.counters.bytes_in += added as u64;
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            // A stream reset or a session ended meanwhile discards what it held anyway.
+            s.recv.restore(buf);
+            if added > 0
+                && let Some(w) = s.read_waker.take()
             {
-                s.recv.push_chunk(body);
-                if let Some(w) = s.read_waker.take() {
-                    self.to_wake.push(w);
-                }
-            }
-            if done {
-                self.parse = NEW_HEADER;
-                if fin {
-                    self.on_fin(id);
-                }
+                self.to_wake.push(w);
             }
         }
-        self.handle_input(&chunk, now);
+        if self.ended.is_some() {
+            return;
+        }
+        if done {
+            self.parse = NEW_HEADER;
+            if fin {
+                self.on_fin(id);
+            }
+        }
+    }
+
+    /// Gives back the allocations of the streams' emptied receive buffers (the driver
+    /// calls it when the connection has gone quiet).
+    pub fn trim_buffers(&mut self) {
+        for s in self.streams.values_mut() {
+            s.recv.trim();
+        }
     }
 
     fn deliver(&mut self, id: u32, bytes: &[u8]) {
@@ -836,7 +873,7 @@ impl Connection {
         if s.reset == Some(ResetBy::Peer) && !s.fin_received {
             return Poll::Ready(Err(Error::StreamReset));
         }
-        if !s.recv.is_empty() {
+        if s.recv.readable() > 0 {
             if dst.is_empty() {
                 return Poll::Ready(Ok(0));
             }

@@ -7,3 +7,5 @@
 pub mod core;
 pub mod frame;
 mod recv;
+
+pub use recv::Lent;

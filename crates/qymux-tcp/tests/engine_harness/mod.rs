@@ -1015,12 +1015,23 @@ impl Side {
         let mut want = Vec::new();
         self.model_input(data, &mut want);
         // Half the inputs that start inside a DATA body go the driver's way for large
-        // bodies (read straight into a chunk the stream keeps); the result must not differ.
-        if data.len().is_multiple_of(2) && self.conn.body_in_progress().is_some() {
-            self.conn
-                .handle_body_chunk(bytes::Bytes::copy_from_slice(data), self.now);
+        // bodies (read straight into the stream's buffer, lent out for the read); the
+        // result must not differ.
+        let lent = if data.len().is_multiple_of(2) {
+            self.conn.lend_body_buffer(data.len())
         } else {
-            self.conn.handle_input(data, self.now);
+            None
+        };
+        match lent {
+            Some(mut lent) => {
+                let room = lent.room();
+                let n = room.len().min(data.len());
+                room[..n].copy_from_slice(&data[..n]);
+                lent.filled(n);
+                self.conn.return_body_buffer(lent, self.now);
+                self.conn.handle_input(&data[n..], self.now);
+            }
+            None => self.conn.handle_input(data, self.now),
         }
         // At most one frame per header, and the GoAway of a violation that ends it all
         // (a SYN with a body over the window: ACK, then GoAway).

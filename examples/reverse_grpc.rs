@@ -4,7 +4,7 @@
 //! Both run in this one process, on loopback, with Auto mode (QUIC, falling back to TCP):
 //!
 //! ```sh
-//! cargo run -p qymux-grpc --example reverse_grpc
+//! cargo run --example reverse_grpc
 //! ```
 
 use std::pin::Pin;

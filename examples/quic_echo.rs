@@ -1,10 +1,10 @@
-//! A Qymux server and agent in one process, over TLS + yamux on loopback.
+//! A Qymux server and agent in one process, over QUIC on loopback.
 //!
 //! The agent dials the server, then both sides open streams to each other: the agent's
 //! streams are echoed by the server, and the server's by the agent (the reverse direction
 //! is what tunnels are for). Certificates are generated in memory.
 //!
-//! Run: `cargo run -p qymux-tcp --example tcp_echo`
+//! Run: `cargo run --example quic_echo`
 //!
 //! With `-- --certs DIR` it loads the files `cargo xtask cert --out DIR` writes instead
 //! (`ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`) and requires the
@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use qymux_cert::CertificateAuthority;
-use qymux_tcp::{Listener, Session, dial};
+use qymux_quic::{Listener, Session, dial};
 use qymux_tls::{ClientTls, ServerTls};
 use qymux_transport::Options;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,11 +41,20 @@ async fn ask(session: &Session, message: &str) -> Result<String, Box<dyn std::er
     Ok(reply)
 }
 
+/// The QUIC backend alone: a server and an agent on loopback.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Load the files `cargo xtask cert --out DIR` writes (and require the agent's
+    /// client certificate) instead of making certificates in memory
+    #[arg(long, value_name = "DIR")]
+    certs: Option<std::path::PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (server_tls, client_tls) = match args.as_slice() {
-        [] => {
+    let cli = <Cli as clap::Parser>::parse();
+    let (server_tls, client_tls) = match &cli.certs {
+        None => {
             let ca = CertificateAuthority::new("Qymux Demo CA")?;
             let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
             (
@@ -53,8 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ClientTls::with_ca(vec![ca.certificate().clone()]).build()?,
             )
         }
-        [flag, dir] if flag == "--certs" => {
-            let dir = std::path::Path::new(dir);
+        Some(dir) => {
             println!("using certificates from {} (mTLS)", dir.display());
             let server = ServerTls::from_pem_files(dir.join("server.pem"), dir.join("server.key"))?
                 .client_ca_file(dir.join("ca.pem"))?
@@ -64,12 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?;
             (server, client)
         }
-        _ => return Err("usage: tcp_echo [--certs DIR]".into()),
     };
 
     let listener = Listener::bind("127.0.0.1:0", server_tls, Options::default()).await?;
     let addr = listener.local_addr().to_string();
-    println!("server listening on {addr} (TLS + yamux, ALPN qymux)");
+    println!("server listening on {addr} (QUIC, ALPN qymux)");
 
     let server = tokio::spawn(async move {
         let session = listener.accept().await?;

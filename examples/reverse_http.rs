@@ -8,7 +8,7 @@
 //!    the session's HTTP client, and prints the answers.
 //!
 //! ```sh
-//! cargo run -p qymux-http --example reverse_http
+//! cargo run --example reverse_http
 //! ```
 
 use std::convert::Infallible;

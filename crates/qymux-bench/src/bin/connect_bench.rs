@@ -1,6 +1,6 @@
 //! Time to a usable session, in Auto mode and plain TCP, on loopback.
 //!
-//! Run: `cargo run --release --example connect_bench [-- --rounds N] [--json PATH]`
+//! Run: `cargo run --release -p qymux-bench --bin connect_bench [-- --rounds N] [--json PATH]`
 //!
 //! One process runs two servers on 127.0.0.1 and dials them `N` times (default 20, after
 //! one warm-up round that is not counted). What is timed, per dial: from the start of
@@ -26,22 +26,18 @@
 //! c / d ≤ 1.2 (medians). The numbers also go to `target/connect_bench.json`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use qymux::cert::CertificateAuthority;
 use qymux::dialer::{Dialer, TransportMemory};
 use qymux::tls::{ClientTls, ServerTls};
 use qymux::{BoxSession, Config, Listener, Mode, Protocol, Qymux, Session};
+use qymux_bench::{ConnectCase, ConnectReport, ConnectTargets};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const USAGE: &str = "usage: connect_bench [--rounds N] [--json PATH]\n\
-  --rounds N    measured dials per case (default 20; one warm-up round is added)\n\
-  --json PATH   where to write the numbers (default target/connect_bench.json)";
 
 /// Target: the first Auto dial to a blackholed UDP port costs less than this much more
 /// than a plain TCP dial.
@@ -99,25 +95,13 @@ struct Stats {
 
 impl Stats {
     fn of(values: &[f64]) -> Stats {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
         Stats {
-            median: percentile(&v, 0.5),
-            p90: percentile(&v, 0.9),
-            min: v.first().copied().unwrap_or(f64::NAN),
-            max: v.last().copied().unwrap_or(f64::NAN),
+            median: qymux_bench::median(values),
+            p90: qymux_bench::quantile(values, 0.9),
+            min: qymux_bench::quantile(values, 0.0),
+            max: qymux_bench::quantile(values, 1.0),
         }
     }
-}
-
-/// Linear interpolation between the closest ranks of sorted `v`.
-fn percentile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let pos = (v.len() - 1) as f64 * q;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
 /// "quic", "tcp", or a count of each when a case ended on both.
@@ -131,37 +115,17 @@ fn protocols(p: &[Protocol]) -> String {
     }
 }
 
-#[derive(Debug)]
+/// Time to a usable session, in Auto mode and plain TCP, on loopback.
+#[derive(Debug, clap::Parser)]
+#[command(name = "connect_bench")]
 struct Args {
-    rounds: usize,
+    /// Measured dials per case (one warm-up round is added)
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Where to write the numbers [default: target/connect_bench.json]
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-}
-
-fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut args = Args {
-        rounds: 20,
-        json: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            "--rounds" => {
-                let v = it.next().context("--rounds needs a value")?;
-                args.rounds = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("--rounds {v:?}: expected a number ≥ 1"))?;
-            }
-            "--json" => args.json = Some(it.next().context("--json needs a path")?.into()),
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    Ok(Some(args))
 }
 
 /// Accepts sessions and echoes their streams; each session is held until it ends (a
@@ -234,48 +198,22 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// `target/` of this build: `CARGO_TARGET_DIR`, else the directory above
-/// `<profile>/examples/` that holds this binary, else `./target`.
+/// `target/` of this build: `CARGO_TARGET_DIR`, else the directory above the
+/// `<profile>/` that holds this binary, else `./target`.
 fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return dir.into();
     }
     std::env::current_exe()
         .ok()
-        .and_then(|exe| {
-            let examples = exe.parent()?;
-            (examples.file_name()? == "examples")
-                .then(|| examples.parent()?.parent().map(Into::into))?
-        })
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
         .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_numbers(v: &[f64]) -> String {
-    let items: Vec<String> = v.iter().map(|x| format!("{x:.3}")).collect();
-    format!("[{}]", items.join(", "))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Some(args) = parse_args()? else {
-        return Ok(());
-    };
+    let args = <Args as clap::Parser>::parse();
+    let rounds = args.rounds as usize;
 
     let ca = CertificateAuthority::new("connect_bench CA")?;
     let server_tls = ServerTls::new(ca.issue_server(&["localhost"])?);
@@ -334,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut samples: Vec<Samples> = CASES.iter().map(|_| Samples::default()).collect();
     let order = [CaseId::A, CaseId::B, CaseId::D, CaseId::E];
-    for round in 0..=args.rounds {
+    for round in 0..=rounds {
         let warm_up = round == 0;
         // Rotate the order so no case always runs right after another.
         for step in 0..order.len() {
@@ -406,43 +344,42 @@ async fn main() -> anyhow::Result<()> {
         verdict(ratio_met)
     );
 
-    // JSON.
-    let mut json = String::from("{\n");
-    let _ = writeln!(json, "  \"rounds\": {},", args.rounds);
-    json.push_str("  \"warmup_rounds\": 1,\n");
-    json.push_str(
-        "  \"timed\": \"dial start to session + one new stream + 1-byte echo round trip\",\n",
-    );
-    let _ = writeln!(json, "  \"cpus\": {cpus},");
-    let _ = writeln!(json, "  \"cpu_model\": {},", json_string(&cpu));
-    let _ = writeln!(json, "  \"quic_rtt_ms\": {:.4},", ms(rtt));
-    json.push_str("  \"cases\": {\n");
-    for (i, (((_, key, label), s), st)) in CASES.iter().zip(&samples).zip(&stats).enumerate() {
-        let dialed = Stats::of(&s.dialed);
-        let _ = writeln!(
-            json,
-            "    \"{key}\": {{\"label\": {}, \"protocol\": {}, \"median_ms\": {:.3}, \
-             \"p90_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \
-             \"dial_median_ms\": {:.3}, \"samples_ms\": {}}}{}",
-            json_string(label),
-            json_string(&protocols(&s.protocols)),
-            st.median,
-            st.p90,
-            st.min,
-            st.max,
-            dialed.median,
-            json_numbers(&s.usable),
-            if i + 1 < CASES.len() { "," } else { "" }
-        );
-    }
-    json.push_str("  },\n");
-    let _ = writeln!(
-        json,
-        "  \"targets\": {{\"b_minus_d_ms\": {extra:.3}, \"b_minus_d_target_ms\": {FALLBACK_EXTRA_MS}, \
-         \"b_minus_d_met\": {extra_met}, \"c_over_d\": {ratio:.4}, \"c_over_d_target\": {REMEMBERED_RATIO}, \
-         \"c_over_d_met\": {ratio_met}}}"
-    );
-    json.push_str("}\n");
+    let cases = CASES
+        .iter()
+        .zip(&samples)
+        .zip(&stats)
+        .map(|(((_, key, label), s), st)| {
+            let case = ConnectCase {
+                label: (*label).to_owned(),
+                protocol: protocols(&s.protocols),
+                median_ms: st.median,
+                p90_ms: st.p90,
+                min_ms: st.min,
+                max_ms: st.max,
+                dial_median_ms: Stats::of(&s.dialed).median,
+                samples_ms: s.usable.clone(),
+            };
+            ((*key).to_owned(), case)
+        })
+        .collect();
+    let report = ConnectReport {
+        rounds,
+        warmup_rounds: 1,
+        timed: "dial start to session + one new stream + 1-byte echo round trip".into(),
+        cpus,
+        cpu_model: cpu,
+        quic_rtt_ms: ms(rtt),
+        cases,
+        targets: ConnectTargets {
+            b_minus_d_ms: extra,
+            b_minus_d_target_ms: FALLBACK_EXTRA_MS,
+            b_minus_d_met: extra_met,
+            c_over_d: ratio,
+            c_over_d_target: REMEMBERED_RATIO,
+            c_over_d_met: ratio_met,
+        },
+    };
+    let json = serde_json::to_string_pretty(&report)? + "\n";
     let path = args
         .json
         .unwrap_or_else(|| target_dir().join("connect_bench.json"));

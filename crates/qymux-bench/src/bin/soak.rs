@@ -33,7 +33,7 @@
 //!
 //! ```text
 //! cargo xtask soak --minutes 5                    # 1000 sessions x 10 streams, QUIC and TCP
-//! cargo run --release -p qymux-dialer --example soak -- --seconds 20 --sessions 100
+//! cargo run --release -p qymux-bench --bin soak -- --seconds 20 --sessions 100
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -57,31 +57,79 @@ const DEFAULT_RATE: f64 = 1000.0;
 /// The first dials of the slots are spread over at most this long (paced runs).
 const MAX_RAMP: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "\
-usage: soak [--minutes N | --seconds N] [--sessions 1000] [--streams 10] [--bytes 16384]
-            [--rate 1000 | --stress] [--mode both|quic|tcp] [--warmup-seconds N]
-            [--rss-tolerance-mb 64] [--fd-tolerance N] [--glibc-dynamic-mmap]
+/// Soak: many sessions x many streams, cycling, against one dual listener.
+#[derive(Debug, clap::Parser)]
+#[command(name = "soak")]
+struct Cli {
+    /// How long the load runs, in minutes [default: 1 minute]
+    #[arg(long, value_name = "N", conflicts_with = "seconds", value_parser = non_negative)]
+    minutes: Option<f64>,
+    /// How long the load runs, in seconds
+    #[arg(long, value_name = "N", value_parser = non_negative)]
+    seconds: Option<f64>,
+    /// Concurrent session slots; each cycles its session
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    sessions: usize,
+    /// Concurrent streams per session and round
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    streams: usize,
+    /// Largest payload of one stream; each stream sends a size up to it
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    bytes: usize,
+    /// Streams started per second over all slots: each slot runs one round every
+    /// sessions x streams / rate seconds [default: 1000]
+    #[arg(long, value_name = "N", value_parser = positive, conflicts_with = "stress")]
+    rate: Option<f64>,
+    /// No pacing: every slot cycles flat out and all dial at once (overload on purpose;
+    /// failures are expected on a small machine)
+    #[arg(long)]
+    stress: bool,
+    /// both (half QUIC, half TCP), quic or tcp
+    #[arg(long, default_value = "both", value_parser = parse_mode)]
+    mode: Mode,
+    /// The reference point for growth, in seconds [default: a fifth of the run, at
+    /// least 5 s]
+    #[arg(long, value_name = "N", value_parser = non_negative)]
+    warmup_seconds: Option<f64>,
+    /// Allowed RSS growth from warm-up to end [default: 64 MiB plus 10 % of the warm-up
+    /// RSS]
+    #[arg(long, value_name = "MB")]
+    rss_tolerance_mb: Option<u64>,
+    /// Allowed growth of open file descriptors [default: 2 % of the descriptors at
+    /// warm-up, at least 32]
+    #[arg(long, value_name = "N")]
+    fd_tolerance: Option<usize>,
+    /// Keep glibc's dynamic mmap threshold (by default the soak runs with
+    /// MALLOC_MMAP_THRESHOLD_=131072, so that quinn's ~3 MiB per-endpoint receive
+    /// buffers are mapped and given back)
+    #[arg(long)]
+    glibc_dynamic_mmap: bool,
+}
 
-  --minutes, --seconds   how long the load runs [default: 1 minute]
-  --sessions             concurrent session slots; each cycles its session [default: 1000]
-  --streams              concurrent streams per session and round [default: 10]
-  --bytes                largest payload of one stream; each stream sends a size up to it
-                         [default: 16384]
-  --rate                 streams started per second over all slots: each slot runs one
-                         round every sessions x streams / rate seconds [default: 1000]
-  --stress               no pacing: every slot cycles flat out and all dial at once
-                         (overload on purpose; failures are expected on a small machine)
-  --mode                 both (half QUIC, half TCP), quic or tcp [default: both]
-  --warmup-seconds       the reference point for growth [default: a fifth of the run,
-                         at least 5 s]
-  --rss-tolerance-mb     allowed RSS growth from warm-up to end [default: 64 MiB plus
-                         10 % of the warm-up RSS]
-  --fd-tolerance         allowed growth of open file descriptors [default: 2 % of the
-                         descriptors at warm-up, at least 32]
-  --glibc-dynamic-mmap   keep glibc's dynamic mmap threshold (by default the soak runs
-                         with MALLOC_MMAP_THRESHOLD_=131072, so that quinn's ~3 MiB
-                         per-endpoint receive buffers are mapped and given back)
-";
+fn non_negative(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("not a number: {text:?}"))
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    let rate = non_negative(text)?;
+    if rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err("must be above 0 (--stress runs unpaced)".into())
+    }
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text {
+        "both" | "auto" => Ok(Mode::Auto),
+        "quic" => Ok(Mode::Quic),
+        "tcp" => Ok(Mode::Tcp),
+        other => Err(format!("expected both, quic or tcp: {other}")),
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -98,80 +146,26 @@ struct Args {
     fd_tolerance: Option<usize>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        duration: Duration::from_secs(60),
-        sessions: 1000,
-        streams: 10,
-        bytes: 16 * 1024,
-        mode: Mode::Auto,
-        rate: Some(DEFAULT_RATE),
-        glibc_dynamic_mmap: false,
-        warmup: None,
-        rss_tolerance_mb: None,
-        fd_tolerance: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let (flag, inline) = match flag.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (flag, None),
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        let seconds = match (cli.minutes, cli.seconds) {
+            (Some(minutes), _) => minutes * 60.0,
+            (None, Some(seconds)) => seconds,
+            (None, None) => 60.0,
         };
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        if flag == "--stress" {
-            args.rate = None;
-            continue;
-        }
-        if flag == "--glibc-dynamic-mmap" {
-            args.glibc_dynamic_mmap = true;
-            continue;
-        }
-        let value = match inline.or_else(|| it.next()) {
-            Some(v) => v,
-            None => return Err(format!("{flag} needs a value")),
-        };
-        let number = || {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| format!("{flag}: not a number: {value:?}"))
-        };
-        let count = || {
-            value
-                .parse::<usize>()
-                .map_err(|_| format!("{flag}: not a count: {value:?}"))
-        };
-        match flag.as_str() {
-            "--minutes" => args.duration = Duration::from_secs_f64(number()? * 60.0),
-            "--seconds" => args.duration = Duration::from_secs_f64(number()?),
-            "--sessions" => args.sessions = count()?.max(1),
-            "--streams" => args.streams = count()?.max(1),
-            "--bytes" => args.bytes = count()?.max(1),
-            "--rate" => {
-                let rate = number()?;
-                if rate <= 0.0 {
-                    return Err("--rate must be above 0 (--stress runs unpaced)".into());
-                }
-                args.rate = Some(rate);
-            }
-            "--mode" => {
-                args.mode = match value.as_str() {
-                    "both" | "auto" => Mode::Auto,
-                    "quic" => Mode::Quic,
-                    "tcp" => Mode::Tcp,
-                    other => return Err(format!("--mode: expected both, quic or tcp: {other}")),
-                }
-            }
-            "--warmup-seconds" => args.warmup = Some(Duration::from_secs_f64(number()?)),
-            "--rss-tolerance-mb" => args.rss_tolerance_mb = Some(count()? as u64),
-            "--fd-tolerance" => args.fd_tolerance = Some(count()?),
-            other => return Err(format!("unknown option {other:?}")),
+        Args {
+            duration: Duration::from_secs_f64(seconds),
+            sessions: cli.sessions.max(1),
+            streams: cli.streams.max(1),
+            bytes: cli.bytes.max(1),
+            mode: cli.mode,
+            rate: (!cli.stress).then_some(cli.rate.unwrap_or(DEFAULT_RATE)),
+            glibc_dynamic_mmap: cli.glibc_dynamic_mmap,
+            warmup: cli.warmup_seconds.map(Duration::from_secs_f64),
+            rss_tolerance_mb: cli.rss_tolerance_mb,
+            fd_tolerance: cli.fd_tolerance,
         }
     }
-    Ok(args)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -550,16 +544,8 @@ async fn slot(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprint!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit with 2, `--help` with 0 (clap's codes).
+    let args = Arc::new(Args::from(<Cli as clap::Parser>::parse()));
     if let Some(code) = rerun_with_fixed_mmap_threshold(&args) {
         return code;
     }
