@@ -37,10 +37,7 @@ pub struct Fingerprint(pub [u8; 32]);
 impl Fingerprint {
     /// Computes the fingerprint of a DER-encoded certificate.
     pub fn of(cert: &CertificateDer<'_>) -> Self {
-        #[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
-        use aws_lc_rs::digest;
-        #[cfg(feature = "ring")]
-        use ring::digest;
+        use crate::crypto::digest;
         let digest = digest::digest(&digest::SHA256, cert.as_ref());
         let mut bytes = [0u8; 32];
         // A SHA-256 digest is always 32 bytes long.

@@ -43,8 +43,11 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[non_exhaustive]
 pub struct ProxyOptions {
     /// TLS for an `https` target. `None` (the default) trusts the operating system's root
-    /// store. The ALPN list of a given config is replaced with `http/1.1`, so a Qymux
-    /// config (ALPN `qymux`) can be reused as it is. Use the `ring` crypto provider.
+    /// store (features `native-roots` and `ring` or `aws-lc-rs`, on by default; without
+    /// them an `https` target needs this set). The ALPN list of a given config is replaced
+    /// with `http/1.1`, so a Qymux config (ALPN `qymux`) can be reused as it is. Build it
+    /// with an explicit crypto provider (`builder_with_provider`), such as
+    /// `qymux_tls::provider()`.
     pub target_tls: Option<Arc<rustls::ClientConfig>>,
     /// Bound on connecting to the target (TCP connect); past it the request gets a
     /// `502 Bad Gateway`. Default 10 s.
