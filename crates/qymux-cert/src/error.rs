@@ -81,7 +81,8 @@ pub enum CertError {
         reason: String,
     },
 
-    /// Generating a key or signing a certificate failed.
+    /// Generating a key or signing a certificate failed (feature `cert-gen`).
+    #[cfg(feature = "cert-gen")]
     #[error("certificate generation failed")]
     Generate(#[source] rcgen::Error),
 
@@ -109,6 +110,7 @@ pub enum CertError {
     InvalidFingerprint(String),
 }
 
+#[cfg(feature = "cert-gen")]
 impl From<rcgen::Error> for CertError {
     fn from(error: rcgen::Error) -> Self {
         Self::Generate(error)

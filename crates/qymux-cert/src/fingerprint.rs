@@ -37,7 +37,8 @@ pub struct Fingerprint(pub [u8; 32]);
 impl Fingerprint {
     /// Computes the fingerprint of a DER-encoded certificate.
     pub fn of(cert: &CertificateDer<'_>) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        use crate::crypto::digest;
+        let digest = digest::digest(&digest::SHA256, cert.as_ref());
         let mut bytes = [0u8; 32];
         // A SHA-256 digest is always 32 bytes long.
         bytes.copy_from_slice(digest.as_ref());

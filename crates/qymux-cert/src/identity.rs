@@ -85,6 +85,7 @@ impl Identity {
     }
 
     /// Assembles an identity from parts that are known to be valid.
+    #[cfg(feature = "cert-gen")]
     pub(crate) fn from_parts(leaf: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Self {
         Self {
             chain: vec![leaf],

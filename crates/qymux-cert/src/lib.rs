@@ -19,8 +19,11 @@
 //! PKCS#1 or SEC1) made by other tools. The types handed out are the
 //! [`rustls_pki_types`] ones that rustls takes ([`CertificateDer`], [`PrivateKeyDer`]).
 //!
-//! Keys are ECDSA P-256. The only crypto provider used is *ring* (see the workspace's
-//! design notes: two providers in one binary make rustls panic).
+//! Keys are ECDSA P-256, made, checked and hashed with one crypto library: *ring*
+//! (feature `ring`, the default) or aws-lc-rs (feature `aws-lc-rs`). Making certificates
+//! (rcgen: [`CertificateAuthority`], [`self_signed`], [`write_dev_set`], [`write_crl`]) is
+//! the feature `cert-gen`, on by default; without it the crate reads, writes, names and
+//! fingerprints certificates made elsewhere, and does not compile rcgen.
 //!
 //! # Example
 //!
@@ -53,7 +56,17 @@
 //! [`issue_client`]: CertificateAuthority::issue_client
 #![deny(missing_docs)]
 
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("qymux-cert needs a crypto provider: enable the feature `ring` or `aws-lc-rs`");
+
+#[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+use aws_lc_rs as crypto;
+#[cfg(feature = "ring")]
+use ring as crypto;
+
+#[cfg(feature = "cert-gen")]
 mod ca;
+#[cfg(feature = "cert-gen")]
 mod devset;
 mod error;
 mod files;
@@ -65,7 +78,9 @@ mod x509;
 
 pub use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+#[cfg(feature = "cert-gen")]
 pub use crate::ca::{CertificateAuthority, MAX_VALIDITY_DAYS, self_signed};
+#[cfg(feature = "cert-gen")]
 pub use crate::devset::{
     CrlWritten, DEFAULT_CRL_DAYS, DEV_SET_FILES, DevSet, DevSetOptions, existing_dev_set_files,
     write_crl, write_dev_set,
@@ -76,5 +91,5 @@ pub use crate::identity::Identity;
 pub use crate::names::CertNames;
 pub use crate::pem::{crl_to_pem, load_certs_pem, load_key_pem, parse_certs_pem, parse_key_pem};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cert-gen"))]
 mod tests;

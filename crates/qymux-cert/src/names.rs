@@ -67,7 +67,7 @@ impl CertNames {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cert-gen"))]
 mod tests {
     use super::CertNames;
     use crate::CertificateAuthority;

@@ -7,6 +7,12 @@ mod probe;
 mod proto;
 mod server;
 
+// One crypto library for the claims' HMAC and nonces, the one TLS uses.
+#[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+use aws_lc_rs as crypto;
+#[cfg(feature = "ring")]
+use ring as crypto;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

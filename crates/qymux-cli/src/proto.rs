@@ -24,8 +24,8 @@
 
 use std::fmt::Write as _;
 
-use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
+use crate::crypto::hmac;
+use crate::crypto::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// The longest control line accepted.
@@ -227,7 +227,7 @@ pub(crate) fn prove(
     .to_vec()
 }
 
-/// Checks a proof in constant time (`ring::hmac::verify`).
+/// Checks a proof in constant time (`hmac::verify` of ring or aws-lc-rs).
 pub(crate) fn verify(
     token: &str,
     service: &str,

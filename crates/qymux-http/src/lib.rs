@@ -31,8 +31,9 @@
 //!   on the client's `101 Switching Protocols` response gives a raw byte stream to the
 //!   service, both ways.
 //! - HTTPS targets: the proxy verifies the service's certificate (system roots by
-//!   default, or any rustls config, see [`ProxyOptions::target_tls`]). Only the `ring`
-//!   crypto provider is used.
+//!   default, or any rustls config, see [`ProxyOptions::target_tls`]). The default
+//!   config needs the features `native-roots` and a crypto provider: `ring` (both on by
+//!   default) or `aws-lc-rs`.
 //! - Failures are HTTP answers: a service that is down gives `502 Bad Gateway` with the
 //!   reason in the body.
 //!

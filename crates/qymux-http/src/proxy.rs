@@ -67,9 +67,12 @@ impl Default for ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// TLS for an `https` target. `None` (the default) trusts the operating system's root
-    /// store. The ALPN list of a given config is replaced with `http/1.1`, so a Qymux
-    /// config (ALPN `qymux`) can be reused as it is. Use the `ring` crypto provider.
+    /// TLS for an `https` target. Unset (the default), the operating system's root store
+    /// is trusted (features `native-roots` and `ring` or `aws-lc-rs`, on by default;
+    /// without them an `https` target needs this set). The ALPN list of a given config is
+    /// replaced with `http/1.1`, so a Qymux config (ALPN `qymux`) can be reused as it is.
+    /// Build it with an explicit crypto provider (`builder_with_provider`), such as
+    /// `qymux_tls::provider()`.
     pub fn target_tls(&mut self, config: Arc<rustls::ClientConfig>) -> &mut Self {
         self.target_tls = Some(config);
         self

@@ -144,7 +144,9 @@ impl AsyncWrite for TargetStream {
     }
 }
 
-/// The root store for an https target when none is configured: the system's.
+/// The root store for an https target when none is configured: the system's (features
+/// `native-roots` and `ring` or `aws-lc-rs`).
+#[cfg(all(feature = "native-roots", any(feature = "ring", feature = "aws-lc-rs")))]
 pub(crate) fn system_roots_config() -> Result<rustls::ClientConfig, String> {
     let found = rustls_native_certs::load_native_certs();
     for err in &found.errors {
@@ -155,12 +157,25 @@ pub(crate) fn system_roots_config() -> Result<rustls::ClientConfig, String> {
     if added == 0 {
         return Err("the system root store holds no usable certificate".into());
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    #[cfg(feature = "ring")]
+    let provider = rustls::crypto::ring::default_provider();
+    #[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(config)
+}
+
+/// Without the system's root store or a crypto provider compiled in, there is no
+/// default: an https target needs `ProxyOptions::target_tls`.
+#[cfg(not(all(feature = "native-roots", any(feature = "ring", feature = "aws-lc-rs"))))]
+pub(crate) fn system_roots_config() -> Result<rustls::ClientConfig, String> {
+    Err(
+        "an https target needs ProxyOptions::target_tls: the default (the system's \
+         root store) needs the features `native-roots` and `ring` or `aws-lc-rs`"
+            .into(),
+    )
 }

@@ -67,7 +67,8 @@
 //!   by the allocator after the sessions end. Share an endpoint between sessions
 //!   ([`dial_with_endpoint`]) or fix the threshold (`MALLOC_MMAP_THRESHOLD_=131072`).
 //!
-//! Only the `ring` crypto provider is compiled in (quinn's `rustls-ring` feature).
+//! One crypto provider is compiled in: *ring* (feature `ring`, the default: quinn's
+//! `rustls-ring`) or aws-lc-rs (feature `aws-lc-rs`: quinn's `rustls-aws-lc-rs`).
 //!
 //! # Example
 //!

@@ -331,6 +331,9 @@ async fn accept_loop(
 fn endpoint_config(options: &Options) -> EndpointConfig {
     match options.quic_reset_secret_value() {
         Some(secret) => {
+            #[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+            use aws_lc_rs::hmac;
+            #[cfg(feature = "ring")]
             use ring::hmac;
             // The secret (often the server's private key) is used only through this
             // label-keyed HMAC, never directly as the reset key.

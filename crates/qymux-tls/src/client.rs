@@ -20,9 +20,13 @@ pub enum ServerVerification {
     /// The server's chain must lead to one of these CA certificates, and be valid for the
     /// server name dialed.
     Ca(Vec<CertificateDer<'static>>),
-    /// The server's chain must lead to a root of the Mozilla set (bundled, `webpki-roots`).
+    /// The server's chain must lead to a root of the Mozilla set (bundled, `webpki-roots`;
+    /// feature `webpki-roots`).
+    #[cfg(feature = "webpki-roots")]
     WebPkiRoots,
-    /// The server's chain must lead to a root of the operating system's store.
+    /// The server's chain must lead to a root of the operating system's store (feature
+    /// `native-roots`).
+    #[cfg(feature = "native-roots")]
     SystemRoots,
     /// The server's certificate must have one of these SHA-256 fingerprints. Issuer,
     /// names and dates are not checked, so a self-signed certificate works.
@@ -67,12 +71,15 @@ impl ClientTls {
         Ok(Self::with_ca(qymux_cert::load_certs_pem(path)?))
     }
 
-    /// Trusts the bundled Mozilla roots (for servers with a public certificate).
+    /// Trusts the bundled Mozilla roots (for servers with a public certificate). Feature
+    /// `webpki-roots`.
+    #[cfg(feature = "webpki-roots")]
     pub fn with_webpki_roots() -> Self {
         Self::new(ServerVerification::WebPkiRoots)
     }
 
-    /// Trusts the operating system's root store.
+    /// Trusts the operating system's root store. Feature `native-roots`.
+    #[cfg(feature = "native-roots")]
     pub fn with_system_roots() -> Self {
         Self::new(ServerVerification::SystemRoots)
     }
@@ -146,12 +153,14 @@ impl ClientTls {
                 }
                 self.with_roots(builder, store)?
             }
+            #[cfg(feature = "webpki-roots")]
             ServerVerification::WebPkiRoots => {
                 let store = RootCertStore {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 };
                 self.with_roots(builder, store)?
             }
+            #[cfg(feature = "native-roots")]
             ServerVerification::SystemRoots => {
                 let found = rustls_native_certs::load_native_certs();
                 for err in &found.errors {

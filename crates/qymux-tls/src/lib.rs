@@ -18,8 +18,11 @@
 //! - [`handshake_error`]: turns a rustls failure into a typed
 //!   [`HandshakeError`](qymux_transport::HandshakeError).
 //!
-//! Only the `ring` crypto provider is used, and it is passed to every config explicitly,
-//! so no process-wide default provider needs to be installed.
+//! One crypto provider is used, and it is passed to every config explicitly, so no
+//! process-wide default provider needs to be installed: *ring* (feature `ring`, the
+//! default) or aws-lc-rs (feature `aws-lc-rs`; ring wins when both are enabled). The root
+//! stores are features too: `webpki-roots` ([`ClientTls::with_webpki_roots`]) and
+//! `native-roots` ([`ClientTls::with_system_roots`]), both on by default.
 //!
 //! # Example
 //!
@@ -61,9 +64,21 @@ use std::sync::Arc;
 
 pub use rustls;
 
-/// The crypto provider behind every Qymux config: ring.
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("qymux-tls needs a crypto provider: enable the feature `ring` or `aws-lc-rs`");
+
+/// The crypto provider behind every Qymux config: *ring* (feature `ring`), else aws-lc-rs
+/// (feature `aws-lc-rs`).
+#[cfg(feature = "ring")]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The crypto provider behind every Qymux config: *ring* (feature `ring`), else aws-lc-rs
+/// (feature `aws-lc-rs`).
+#[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];

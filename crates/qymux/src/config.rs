@@ -182,7 +182,8 @@ pub struct ClientConfig {
     pub(crate) server_addr: String,
     pub(crate) more_server_addrs: Vec<String>,
     pub(crate) server_name: Option<String>,
-    pub(crate) client_tls: ClientTls,
+    /// `None`: the system roots (feature `native-roots`), resolved when dialing.
+    pub(crate) client_tls: Option<ClientTls>,
     pub(crate) options: Options,
 }
 
@@ -195,7 +196,7 @@ impl ClientConfig {
             server_addr: server_addr.into(),
             more_server_addrs: Vec::new(),
             server_name: None,
-            client_tls: ClientTls::with_system_roots(),
+            client_tls: None,
             options: Options::default(),
         }
     }
@@ -235,10 +236,11 @@ impl ClientConfig {
         self
     }
 
-    /// How the dialer verifies the server, and its client certificate for mTLS (default
-    /// [`ClientTls::with_system_roots`]).
+    /// How the dialer verifies the server, and its client certificate for mTLS. Default:
+    /// the system's root store (`ClientTls::with_system_roots`, feature `native-roots`);
+    /// without that feature, dialing without this set fails with [`Error::Config`](crate::Error::Config).
     pub fn client_tls(&mut self, tls: ClientTls) -> &mut Self {
-        self.client_tls = tls;
+        self.client_tls = Some(tls);
         self
     }
 
@@ -320,9 +322,10 @@ impl ClientConfig {
         self.server_name_for(&self.server_addr)
     }
 
-    /// The TLS set by [`ClientConfig::client_tls`].
-    pub fn client_tls_value(&self) -> &ClientTls {
-        &self.client_tls
+    /// The TLS set by [`ClientConfig::client_tls`]; `None` if it was not set (dialing
+    /// then trusts the system roots, with the `native-roots` feature).
+    pub fn client_tls_value(&self) -> Option<&ClientTls> {
+        self.client_tls.as_ref()
     }
 
     /// The timeouts, keep-alive and limits.

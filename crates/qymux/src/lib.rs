@@ -108,15 +108,44 @@
 //!
 //! # Features
 //!
+//! A build compiles only what its features ask for. The defaults (`auto`, `ring`,
+//! `webpki-roots`, `native-roots`, `cert-gen`) give both transports, every way to trust
+//! a server, and certificate generation.
+//!
 //! | feature | default | gives |
 //! |---|---|---|
-//! | `auto` | yes | [`Qymux`], [`ServerConfig`], [`ClientConfig`]; enables `tcp` and `quic` |
+//! | **Transports** | | |
+//! | `auto` | yes | [`Qymux`], [`ServerConfig`], [`ClientConfig`]: QUIC raced against TCP, one listener for both; enables `tcp` and `quic` |
 //! | `tcp` | via `auto` | [`tcp`]: the TLS + yamux backend alone |
 //! | `quic` | via `auto` | [`quic`]: the QUIC backend alone |
+//! | **Crypto provider** (exactly one is used) | | |
+//! | `ring` | yes | *ring* for rustls, quinn, fingerprints, key checks and certificate generation |
+//! | `aws-lc-rs` | no | aws-lc-rs instead of *ring* (it needs a C compiler to build); when both are on, *ring* is used |
+//! | **Trusting servers with a public certificate** | | |
+//! | `webpki-roots` | yes | `tls::ClientTls::with_webpki_roots`: the Mozilla roots, bundled into the binary |
+//! | `native-roots` | yes | `tls::ClientTls::with_system_roots`: the operating system's store, which [`Qymux::dial`] trusts when `client_tls` is not set (without the feature, dialing needs `client_tls`); with `http`, what the reverse proxy trusts for an `https` target by default |
+//! | **Certificates** | | |
+//! | `cert-gen` | yes | making certificates with rcgen: `cert::CertificateAuthority`, `cert::self_signed`, the development set and CRLs. Without it, [`cert`] still reads, writes and fingerprints PEM files made elsewhere |
+//! | **On top of sessions** | | |
 //! | `grpc` | no | `grpc`: tonic channel over a session, tonic server on a session |
 //! | `http` | no | `http`: hyper client and connector over a session, serving any hyper service on a session, reverse proxy on a session |
 //! | `axum` | no | `http::axum`: `axum::serve` on a session's incoming streams; enables `http` |
 //! | `forward` | no | `forward`: TCP port forwarding both ways, a reconnecting tunnel |
+//!
+//! With no provider feature the build stops with a `compile_error!` that says so. Qymux
+//! hands its provider to every rustls config it builds, so having both compiled in is
+//! harmless. Combinations users pick, each built by CI (`.ci/run`), with
+//! `default-features = false`:
+//!
+//! - `["auto", "ring"]`: both transports, trusting your own CA or pinned certificates
+//!   loaded from PEM files; no root store and no rcgen in the binary.
+//! - `["auto", "aws-lc-rs", "webpki-roots", "native-roots", "cert-gen"]`: the defaults on
+//!   aws-lc-rs, without *ring* (CI also runs sessions on it).
+//! - `["tcp", "ring", "webpki-roots"]`: TLS over TCP alone, to servers with a public
+//!   certificate.
+//! - `["quic", "ring"]`: QUIC alone.
+//! - `["auto", "aws-lc-rs", "grpc", "http", "axum", "forward"]`: everything on top of
+//!   sessions, on aws-lc-rs.
 //!
 //! Each backend also works on its own: `qymux-tcp` or `qymux-quic` as the only
 //! dependency (plus `qymux-tls` for the configs) gives a working session.

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use qymux_dialer::{Dialer, ReconnectConfig, Reconnecting};
+use qymux_tls::ClientTls;
 use qymux_transport::{BoxSession, Error, ErrorReport, Result};
 
 use crate::config::{ClientConfig, ServerConfig};
@@ -118,8 +119,11 @@ impl Qymux {
 
     fn make_dialer(&self) -> Result<Dialer> {
         let config = &self.config;
-        let tls = config
-            .client_tls
+        let client_tls = match config.client_tls.clone() {
+            Some(tls) => tls,
+            None => default_client_tls()?,
+        };
+        let tls = client_tls
             .build()
             .map_err(|e| Error::Config(ErrorReport::new(&e).to_string()))?;
         Ok(Dialer::new(
@@ -130,4 +134,22 @@ impl Qymux {
         .mode(config.mode)
         .options(config.options.clone()))
     }
+}
+
+/// What a dialer trusts when `ClientConfig::client_tls` is not set: the system roots
+/// (feature `native-roots`).
+#[cfg(feature = "native-roots")]
+fn default_client_tls() -> Result<ClientTls> {
+    Ok(ClientTls::with_system_roots())
+}
+
+/// Without the `native-roots` feature there is no default trust: the configuration
+/// must say what to trust.
+#[cfg(not(feature = "native-roots"))]
+fn default_client_tls() -> Result<ClientTls> {
+    Err(Error::Config(
+        "dialing needs ClientConfig::client_tls (the `native-roots` feature, which trusts the \
+         system roots by default, is off)"
+            .into(),
+    ))
 }
