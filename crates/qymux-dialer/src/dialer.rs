@@ -591,6 +591,29 @@ mod tests {
     use qymux_transport::{Protocol, Session};
     use tokio::sync::{oneshot, watch};
 
+    /// A QUIC and a TCP session to the Auto listener at `at`, dialed directly (an Auto
+    /// dial would leave a loser).
+    async fn dial_both(
+        at: SocketAddr,
+        client_tls: &Arc<rustls::ClientConfig>,
+    ) -> (qymux_quic::Session, qymux_tcp::Session) {
+        let quic = qymux_quic::dial_resolved(
+            "tie",
+            vec![at],
+            "localhost",
+            client_tls.clone(),
+            Options::default(),
+        );
+        let tcp = qymux_tcp::dial_resolved(
+            "tie",
+            vec![at],
+            "localhost",
+            client_tls.clone(),
+            Options::default(),
+        );
+        (quic.await.unwrap(), tcp.await.unwrap())
+    }
+
     /// A tie: the QUIC and the TCP attempt both complete before the race looks again,
     /// and QUIC wins. Both are real sessions to a real listener, dialed beforehand; each
     /// attempt hands its session over once a gate opens. The test opens the gate only
@@ -620,27 +643,9 @@ mod tests {
             }
         });
         let dialer = Dialer::new(at.to_string(), "localhost", client_tls.clone());
-        let options = Options::default();
 
         for round in 0..32 {
-            let quic = qymux_quic::dial_resolved(
-                "tie",
-                vec![at],
-                "localhost",
-                client_tls.clone(),
-                options.clone(),
-            )
-            .await
-            .unwrap();
-            let tcp = qymux_tcp::dial_resolved(
-                "tie",
-                vec![at],
-                "localhost",
-                client_tls.clone(),
-                options.clone(),
-            )
-            .await
-            .unwrap();
+            let (quic, tcp) = dial_both(at, &client_tls).await;
             let (open, gate) = watch::channel(false);
             let (tcp_started, started) = oneshot::channel();
             let quic_attempt: QuicAttempt = Box::pin({
@@ -705,25 +710,7 @@ mod tests {
                 .await
                 .unwrap();
         let at = listener.local_addr();
-        let options = Options::default();
-        let quic = qymux_quic::dial_resolved(
-            "tie",
-            vec![at],
-            "localhost",
-            client_tls.clone(),
-            options.clone(),
-        )
-        .await
-        .unwrap();
-        let tcp = qymux_tcp::dial_resolved(
-            "tie",
-            vec![at],
-            "localhost",
-            client_tls.clone(),
-            options.clone(),
-        )
-        .await
-        .unwrap();
+        let (quic, tcp) = dial_both(at, &client_tls).await;
         // The server's side of the TCP attempt.
         let server_tcp = loop {
             let session = listener.accept().await.unwrap();

@@ -20,6 +20,18 @@ fn patient_options() -> Options {
     o
 }
 
+/// An Auto listener on a free loopback port, default options.
+async fn auto_listener(pki: &Pki) -> Listener {
+    Listener::bind(
+        "127.0.0.1:0",
+        pki.server.clone(),
+        Options::default(),
+        Mode::Auto,
+    )
+    .await
+    .unwrap()
+}
+
 async fn exchange(a: &BoxSession, b: &BoxSession) {
     let mut s = a.open().await.unwrap();
     s.write_all(b"ping").await.unwrap();
@@ -51,14 +63,7 @@ async fn tcp_server_with_blackholed_udp(pki: &Pki) -> (Listener, Blackhole) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_uses_quic_where_it_gets_through() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     assert_eq!(listener.protocols(), vec![Protocol::Quic, Protocol::Tcp]);
     let dialer = Dialer::new(
         listener.local_addr().to_string(),
@@ -163,14 +168,7 @@ async fn quic_is_tried_again_after_the_penalty_which_doubles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_listener_accepts_quic_and_tcp_at_the_same_time() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     let addr = listener.local_addr().to_string();
     let quic = Dialer::new(addr.clone(), "localhost", pki.client.clone()).mode(Mode::Quic);
     let tcp = Dialer::new(addr, "localhost", pki.client.clone()).mode(Mode::Tcp);
@@ -336,14 +334,7 @@ async fn a_server_that_refuses_quic_is_busy_not_broken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_quic_side_leaves_tcp_served() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     let addr = listener.local_addr().to_string();
     // The QUIC side stops accepting (as when its endpoint ends).
     listener.quic_listener().unwrap().close();
@@ -382,14 +373,7 @@ async fn a_quic_attempt_that_loses_the_race_is_closed_as_superseded_and_not_pena
     use qymux_testsupport::fault::{Fault, FaultProxy, Transport};
 
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     let upstream = listener.local_addr();
     // A UDP and a TCP proxy on one port number, as an Auto listener has.
     let (udp, _tcp) = guard("a port free for UDP and TCP", async {
@@ -448,14 +432,7 @@ async fn a_quic_attempt_that_loses_the_race_is_closed_as_superseded_and_not_pena
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dual_listeners_shutdown_reports_both_transports() {
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     let at = listener.local_addr();
     let options = Options::default();
     // One session per transport, dialed directly (an Auto dial may leave a loser).
@@ -565,14 +542,7 @@ async fn a_quic_attempt_the_server_answered_is_not_penalised_though_it_lost_and_
     use qymux_testsupport::fault::{FaultProxy, Transport};
 
     let pki = pki();
-    let listener = Listener::bind(
-        "127.0.0.1:0",
-        pki.server.clone(),
-        Options::default(),
-        Mode::Auto,
-    )
-    .await
-    .unwrap();
+    let listener = auto_listener(&pki).await;
     let upstream = listener.local_addr();
     // The stalling UDP relay and a plain TCP relay on one port number.
     let (relay, _tcp) = guard("a port free for UDP and TCP", async {
