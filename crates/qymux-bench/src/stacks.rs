@@ -74,6 +74,12 @@ pub(crate) fn options() -> qymux_transport::Options {
     let mut options = qymux_transport::Options::default();
     let handshakes = options.max_pending_handshakes_value();
     options.max_pending_per_source(handshakes);
+    if let Some(window) = std::env::var("QYMUX_BENCH_TCP_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.max_stream_window(window);
+    }
     options
 }
 

@@ -83,10 +83,14 @@ async fn dial_on(
         what: TimeoutKind::Handshake,
         after: options.handshake_timeout_value(),
     };
-    let tls_stream = timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp))
+    let mut tls_stream = timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp))
         .await
         .map_err(|_| handshake_timeout())?
         .map_err(|e| Error::Handshake(qymux_tls::handshake_error(&e, Side::Client)))?;
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(crate::session::TLS_SEND_BUFFER));
     let conn = tls_stream.get_ref().1;
     if conn.alpn_protocol() != Some(qymux_transport::ALPN) {
         // rustls lets a server that ignores ALPN through; it is not a Qymux peer.

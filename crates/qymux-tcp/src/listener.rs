@@ -262,13 +262,16 @@ async fn handshake(
             after: first_flight,
         })?
         .map_err(tls_failed)?;
-    let tls = tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone()))
+    let mut tls = tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone()))
         .await
         .map_err(|_| Error::Timeout {
             what: TimeoutKind::Handshake,
             after: options.handshake_timeout_value(),
         })?
         .map_err(tls_failed)?;
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::session::TLS_SEND_BUFFER));
     let conn = tls.get_ref().1;
     if conn.alpn_protocol() != Some(qymux_transport::ALPN) {
         // rustls only enforces ALPN when the client offers some; a client that offers

@@ -62,6 +62,14 @@ const READS_PER_TURN: usize = 16;
 /// The writer's pending buffer keeps at most this much capacity when it is empty.
 const PENDING_KEEP: usize = 64 * 1024;
 
+/// What rustls may hold of encrypted records the socket has not taken yet (its default is
+/// 64 KiB). A writer sends a frame only once what came before is out, so rustls takes a
+/// whole frame (up to [`MAX_WRITE_FRAME`](crate::engine::core::MAX_WRITE_FRAME)) plus the
+/// control frames queued with it: with the default, a frame written while the socket was
+/// full was mostly refused by rustls and copied into the writer's pending buffer, then
+/// written from there.
+pub(crate) const TLS_SEND_BUFFER: usize = 2 * crate::engine::core::MAX_WRITE_FRAME;
+
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 type BoxIo = Box<dyn Io>;

@@ -10,10 +10,11 @@
 //!
 //! # Memory
 //!
-//! A stream's received data lives in its receive buffer (`recv.rs`), one contiguous
-//! buffer reused in place: large frame bodies are read by the driver straight into it
-//! ([`Connection::lend_body_buffer`]); small ones are copied in, so one-byte frames
-//! allocate nothing per frame.
+//! A stream's received data lives in its receive buffer (`recv.rs`): 64 KiB chunks from
+//! a pool the connection's streams share, so a chunk a reader emptied is the next one
+//! filled and stays in the CPU's cache. Large frame bodies are read by the driver
+//! straight into a chunk ([`Connection::lend_body_buffer`]); small ones are copied in,
+//! so one-byte frames allocate nothing per frame.
 //! A peer can make a stream buffer at most the window this side granted it, and the sum
 //! of all granted windows is capped by [`Config::receive_budget`]. Beyond that a session
 //! holds a fixed amount per open stream (its state, about 200 bytes) and a bounded queue
@@ -31,7 +32,7 @@ use super::frame::{
     GO_AWAY_PROTOCOL_ERROR, GO_AWAY_SUPERSEDED, HEADER_LEN, Header, SUPERSEDED, TYPE_DATA,
     TYPE_GO_AWAY, TYPE_PING, TYPE_WINDOW_UPDATE,
 };
-use super::recv::{Lent, RecvBuf};
+use super::recv::{Lent, Pool, RecvBuf};
 
 /// The window every stream starts with, in both directions (fixed by the spec).
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
@@ -320,6 +321,8 @@ pub struct Connection {
     outstanding_ping: Option<(u32, Instant)>,
     rtt: Option<Duration>,
     counters: Counters,
+    /// Free receive-buffer chunks, shared by the streams.
+    pool: Pool,
     to_wake: Vec<Waker>,
     accept_wakers: Vec<Waker>,
     open_wakers: Vec<Waker>,
@@ -373,6 +376,7 @@ impl Connection {
             outstanding_ping: None,
             rtt: None,
             counters: Counters::default(),
+            pool: Pool::default(),
             to_wake: Vec::new(),
             accept_wakers: Vec::new(),
             open_wakers: Vec::new(),
@@ -402,11 +406,17 @@ impl Connection {
     }
 
     /// Bytes buffered in receive buffers and their allocated capacity, summed over
-    /// streams.
+    /// streams (free chunks kept for reuse: [`Connection::pooled`]).
     pub fn buffered(&self) -> (usize, usize) {
         self.streams.values().fold((0, 0), |(l, c), s| {
             (l + s.recv.len(), c + s.recv.capacity())
         })
+    }
+
+    /// Bytes of free receive-buffer chunks the connection keeps for reuse: at most 4 MiB,
+    /// and none after [`Connection::trim_buffers`].
+    pub fn pooled(&self) -> usize {
+        self.pool.capacity()
     }
 
     /// The last measured round-trip time.
@@ -538,7 +548,7 @@ impl Connection {
         if s.reset.is_some() {
             return None;
         }
-        Some(s.recv.lend(want.min(remaining as usize)))
+        Some(s.recv.lend(want.min(remaining as usize), &mut self.pool))
     }
 
     /// Takes back the buffer [`Connection::lend_body_buffer`] lent, with the bytes of
@@ -565,8 +575,11 @@ impl Connection {
             self.counters.bytes_in += added as u64;
         }
         if let Some(s) = self.streams.get_mut(&id) {
-            // A stream reset or a session ended meanwhile discards what it held anyway.
-            s.recv.restore(buf);
+            s.recv.restore(buf, &mut self.pool);
+            // A stream reset meanwhile keeps nothing.
+            if s.reset.is_some() && !s.fin_received {
+                s.recv.clear(&mut self.pool);
+            }
             if added > 0
                 && let Some(w) = s.read_waker.take()
             {
@@ -587,9 +600,7 @@ impl Connection {
     /// Gives back the allocations of the streams' emptied receive buffers (the driver
     /// calls it when the connection has gone quiet).
     pub fn trim_buffers(&mut self) {
-        for s in self.streams.values_mut() {
-            s.recv.trim();
-        }
+        self.pool.trim();
     }
 
     fn deliver(&mut self, id: u32, bytes: &[u8]) {
@@ -597,7 +608,7 @@ impl Connection {
         if let Some(s) = self.streams.get_mut(&id)
             && s.reset.is_none()
         {
-            s.recv.push_slice(bytes);
+            s.recv.push_slice(bytes, &mut self.pool);
             if let Some(w) = s.read_waker.take() {
                 self.to_wake.push(w);
             }
@@ -750,7 +761,7 @@ impl Connection {
                 // data before its FIN is complete, and stays readable up to EOF; only
                 // our writes fail.
                 if !s.fin_received {
-                    s.recv = RecvBuf::default();
+                    s.recv.clear(&mut self.pool);
                 }
                 self.to_wake.extend(s.read_waker.take());
                 self.to_wake.extend(s.write_waker.take());
@@ -947,7 +958,7 @@ impl Connection {
             if dst.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            let n = s.recv.read(dst);
+            let n = s.recv.read(dst, &mut self.pool);
             self.grant(id, now);
             return Poll::Ready(Ok(n));
         }
@@ -993,9 +1004,12 @@ impl Connection {
         if credit < u64::from(s.window / 2) {
             return;
         }
-        // The reader took half a window within two round trips: the window, not the
-        // reader, limits the rate. Double it, within the per-stream cap and the budget.
+        // The reader took half a window within two round trips and left little behind:
+        // the window, not the reader, limits the rate. Double it, within the per-stream
+        // cap and the budget. A reader that falls behind leaves the window as it is:
+        // more would only be buffered here.
         if let (Some(last), Some(rtt)) = (s.last_grant, rtt)
+            && s.recv.len() as u64 <= u64::from(s.window / 4)
             && now.saturating_duration_since(last) < 2 * rtt.max(Duration::from_micros(50))
             && s.window < max_window
         {
@@ -1070,7 +1084,7 @@ impl Connection {
             return;
         }
         s.reset = Some(ResetBy::Local);
-        s.recv = RecvBuf::default();
+        s.recv.clear(&mut self.pool);
         self.to_wake.extend(s.read_waker.take());
         self.to_wake.extend(s.write_waker.take());
         if !ended {
@@ -1082,9 +1096,10 @@ impl Connection {
     /// and forget it.
     pub fn release(&mut self, id: u32) {
         self.reset(id);
-        let Some(s) = self.streams.remove(&id) else {
+        let Some(mut s) = self.streams.remove(&id) else {
             return;
         };
+        s.recv.clear(&mut self.pool);
         self.granted -= u64::from(s.window);
         if s.outbound && !s.acked {
             self.unacked -= 1;

@@ -1,44 +1,106 @@
 //! A stream's receive buffer: what the peer sent and the application has not read yet.
 //!
-//! One contiguous buffer per stream. Large DATA bodies are read by the driver straight
-//! from TLS into it: the engine lends the buffer out ([`RecvBuf::lend`]) with room for the
-//! next part of the body, the driver reads into that room without holding the engine,
-//! and hands it back ([`RecvBuf::restore`]). The bytes are copied once, from rustls's
-//! plaintext to here. Small bodies (and parts of large ones that came in the same read
-//! as a header) are copied in ([`RecvBuf::push_slice`]), so a peer sending one-byte
-//! frames makes the buffer grow by one byte per frame, with no allocation per frame.
+//! The bytes sit in fixed-size chunks ([`CHUNK`]) that come from, and go back to, one
+//! pool per connection ([`Pool`]). Large DATA bodies are read by the driver straight from
+//! TLS into a chunk: the engine lends it out ([`RecvBuf::lend`]) with room for the next
+//! part of the body, the driver reads into that room without holding the engine, and
+//! hands it back ([`RecvBuf::restore`]). The bytes are copied once, from rustls's
+//! plaintext to the chunk. Small bodies (and parts of large ones that came in the same
+//! read as a header) are copied in ([`RecvBuf::push_slice`]) after what the last chunk
+//! holds, so a peer sending one-byte frames fills chunks one byte per frame, with no
+//! allocation per frame.
 //!
-//! The space the application has read is reused in place, so a stream carrying a bulk
-//! transfer keeps one allocation instead of making one per frame (which, measured, cost
-//! a third of the rate in page faults).
+//! Why chunks and a pool, not one buffer per stream: a chunk the reader has emptied goes
+//! back to the pool and is the next one lent out, so a bulk transfer cycles through a
+//! few chunks that stay in the CPU's cache, and streams share them. One contiguous buffer
+//! per stream grew to the stream's window whenever the reader fell behind (up to 16 MiB,
+//! zeroed and faulted in page by page) and then wandered through all of it; measured on
+//! a bulk transfer, that doubled the page faults and made the copy into the buffer the
+//! largest cost after the cipher.
 //!
-//! Memory: the capacity is at most twice what the buffer held at its fullest plus what
-//! was asked to be lent (at most one read's worth, and never more than the body has
-//! left), or [`TAIL_MIN`]; an emptied buffer keeps its allocation until the connection
-//! goes quiet ([`RecvBuf::trim`]). What it holds is paid for by the window the peer was
+//! Memory: a chunk is filled to its end, except that the driver starts a fresh one when
+//! the last has less than [`LEND_MIN`] of room left for a large body; with the chunk
+//! partly read at the front and the one being filled, a stream holds
+//! `capacity <= len + len / 3 + 2 * CHUNK`. An emptied stream holds no chunk.
+//! The pool keeps at most [`POOL_MAX`] chunks, and none once the connection has gone
+//! quiet ([`Pool::trim`]). What the streams hold is paid for by the windows the peer was
 //! granted.
 
-/// The smallest allocation of the buffer.
-const TAIL_MIN: usize = 4 * 1024;
+use std::collections::VecDeque;
 
-/// Received bytes in order: `data[head..tail]`. The whole of `data` is initialized (it
-/// is zeroed once when allocated), so the driver can read TLS straight into its room
-/// without zeroing it first on every read.
+/// The size of every chunk.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// Free chunks a connection's pool keeps at most (4 MiB).
+pub(crate) const POOL_MAX: usize = 64;
+
+/// A lent chunk whose room is at least this big is lent again rather than a fresh one,
+/// when the body needs more than its room.
+const LEND_MIN: usize = 16 * 1024;
+
+/// Free chunks, the most recently used on top. Every chunk is `CHUNK` bytes, zeroed once
+/// when allocated, so the driver reads TLS straight into one without zeroing it again.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    free: Vec<Box<[u8]>>,
+}
+
+impl Pool {
+    fn get(&mut self) -> Box<[u8]> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice())
+    }
+
+    fn put(&mut self, chunk: Box<[u8]>) {
+        if self.free.len() < POOL_MAX {
+            self.free.push(chunk);
+        }
+    }
+
+    /// Frees every chunk the pool keeps.
+    pub(crate) fn trim(&mut self) {
+        self.free = Vec::new();
+    }
+
+    /// Bytes the pool keeps allocated.
+    pub(crate) fn capacity(&self) -> usize {
+        self.free.len() * CHUNK
+    }
+}
+
+/// Bytes `data[start..end]` of one chunk.
+#[derive(Debug)]
+struct Chunk {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn room(&self) -> usize {
+        self.data.len() - self.end
+    }
+}
+
+/// Received bytes in order, in chunks.
 #[derive(Debug, Default)]
 pub(crate) struct RecvBuf {
-    data: Vec<u8>,
-    head: usize,
-    tail: usize,
-    /// Bytes held while the buffer is lent to the driver.
+    chunks: VecDeque<Chunk>,
+    /// Bytes in `chunks`.
+    readable: usize,
+    /// Bytes held by the chunk lent to the driver, if one is.
     lent: Option<usize>,
 }
 
-/// A stream's receive buffer lent to the driver, with room after what it holds.
+/// A chunk lent to the driver, with room after what it holds.
 #[derive(Debug)]
 pub struct Lent {
-    data: Vec<u8>,
-    head: usize,
-    tail: usize,
+    chunk: Chunk,
     room: usize,
     added: usize,
 }
@@ -46,7 +108,8 @@ pub struct Lent {
 impl Lent {
     /// The room to read into.
     pub fn room(&mut self) -> &mut [u8] {
-        &mut self.data[self.tail..self.tail + self.room]
+        let end = self.chunk.end;
+        &mut self.chunk.data[end..end + self.room]
     }
 
     /// Records that the first `n` bytes of [`room`](Self::room) were filled.
@@ -61,101 +124,116 @@ impl Lent {
 }
 
 impl RecvBuf {
-    /// Bytes held (including those in a lent buffer).
+    /// Bytes held (including those in a lent chunk).
     pub(crate) fn len(&self) -> usize {
-        self.lent.unwrap_or(self.tail - self.head)
+        self.readable + self.lent.unwrap_or(0)
     }
 
-    /// Bytes the application can read now (none while the buffer is lent).
+    /// Bytes the application can read now: all but those of a lent chunk (which come
+    /// after the others).
     pub(crate) fn readable(&self) -> usize {
-        match self.lent {
-            Some(_) => 0,
-            None => self.tail - self.head,
-        }
+        self.readable
     }
 
-    /// Bytes allocated for what is held (a lent buffer counts as what it holds).
+    /// Bytes allocated for what is held (a lent chunk counts).
     pub(crate) fn capacity(&self) -> usize {
-        match self.lent {
-            Some(held) => held,
-            None => self.data.len(),
+        (self.chunks.len() + usize::from(self.lent.is_some())) * CHUNK
+    }
+
+    /// Appends a copy of `bytes`, after what the last chunk holds.
+    pub(crate) fn push_slice(&mut self, mut bytes: &[u8], pool: &mut Pool) {
+        debug_assert!(self.lent.is_none(), "bytes pushed past a lent chunk");
+        while !bytes.is_empty() {
+            if self.chunks.back().is_none_or(|c| c.room() == 0) {
+                self.chunks.push_back(Chunk {
+                    data: pool.get(),
+                    start: 0,
+                    end: 0,
+                });
+            }
+            let last = self
+                .chunks
+                .back_mut()
+                .expect("a chunk with room: pushed above");
+            let k = last.room().min(bytes.len());
+            last.data[last.end..last.end + k].copy_from_slice(&bytes[..k]);
+            last.end += k;
+            self.readable += k;
+            bytes = &bytes[k..];
         }
     }
 
-    /// Makes room for `more` bytes after `tail`: moves what is held to the front when
-    /// that makes enough room, else grows by at least doubling (so appending one byte at
-    /// a time stays linear).
-    fn make_room(&mut self, more: usize) {
-        if self.data.len() - self.tail >= more {
-            return;
-        }
-        let held = self.tail - self.head;
-        if self.data.len() - held >= more && self.head >= held {
-            self.data.copy_within(self.head..self.tail, 0);
-        } else {
-            let size = (held + more).max(2 * held).max(TAIL_MIN);
-            let mut grown = vec![0u8; size];
-            grown[..held].copy_from_slice(&self.data[self.head..self.tail]);
-            self.data = grown;
-        }
-        self.head = 0;
-        self.tail = held;
-    }
-
-    /// Appends a copy of `bytes`.
-    pub(crate) fn push_slice(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        debug_assert!(self.lent.is_none(), "bytes pushed into a lent buffer");
-        self.make_room(bytes.len());
-        self.data[self.tail..self.tail + bytes.len()].copy_from_slice(bytes);
-        self.tail += bytes.len();
-    }
-
-    /// Lends the buffer out with room for `more` bytes after what it holds; the
-    /// application reads nothing from it until [`restore`](Self::restore).
-    pub(crate) fn lend(&mut self, more: usize) -> Lent {
+    /// Lends a chunk out with room for up to `more` bytes (at least one) after what the
+    /// buffer holds: the last chunk if it has room for all of them or [`LEND_MIN`], else a
+    /// fresh one from `pool`. The application reads nothing from that chunk until
+    /// [`restore`](Self::restore).
+    pub(crate) fn lend(&mut self, more: usize, pool: &mut Pool) -> Lent {
         debug_assert!(self.lent.is_none(), "a buffer lent twice");
-        self.make_room(more);
-        self.lent = Some(self.tail - self.head);
+        let reuse = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.room() >= more.clamp(1, LEND_MIN));
+        let chunk = if reuse {
+            let c = self.chunks.pop_back().expect("checked above");
+            self.readable -= c.len();
+            c
+        } else {
+            Chunk {
+                data: pool.get(),
+                start: 0,
+                end: 0,
+            }
+        };
+        self.lent = Some(chunk.len());
+        let room = more.min(chunk.room());
         Lent {
-            data: std::mem::take(&mut self.data),
-            head: self.head,
-            tail: self.tail,
-            room: more,
+            chunk,
+            room,
             added: 0,
         }
     }
 
-    /// Takes back a lent buffer, with what was read into it.
-    pub(crate) fn restore(&mut self, lent: Lent) {
+    /// Takes back a lent chunk, with what was read into it.
+    pub(crate) fn restore(&mut self, mut lent: Lent, pool: &mut Pool) {
         debug_assert!(self.lent.is_some(), "a buffer restored that was not lent");
-        self.data = lent.data;
-        self.head = lent.head;
-        self.tail = lent.tail + lent.added;
         self.lent = None;
+        lent.chunk.end += lent.added;
+        if lent.chunk.len() == 0 {
+            pool.put(lent.chunk.data);
+            return;
+        }
+        self.readable += lent.chunk.len();
+        self.chunks.push_back(lent.chunk);
     }
 
-    /// Moves up to `dst.len()` bytes into `dst`, oldest first; returns how many.
-    pub(crate) fn read(&mut self, dst: &mut [u8]) -> usize {
-        let k = self.readable().min(dst.len());
-        dst[..k].copy_from_slice(&self.data[self.head..self.head + k]);
-        self.head += k;
-        if self.head == self.tail {
-            self.head = 0;
-            self.tail = 0;
+    /// Moves up to `dst.len()` bytes into `dst`, oldest first; returns how many. Emptied
+    /// chunks go back to `pool`.
+    pub(crate) fn read(&mut self, dst: &mut [u8], pool: &mut Pool) -> usize {
+        let mut n = 0;
+        while n < dst.len() {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let k = front.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&front.data[front.start..front.start + k]);
+            front.start += k;
+            n += k;
+            if front.len() == 0 {
+                let chunk = self.chunks.pop_front().expect("the front chunk");
+                pool.put(chunk.data);
+            }
         }
-        k
+        self.readable -= n;
+        n
     }
 
-    /// Gives back the allocation of an emptied buffer. Not done on every read that
-    /// empties it: while data flows that would free and fault in the same pages again
-    /// and again; the driver calls this once the connection is quiet.
-    pub(crate) fn trim(&mut self) {
-        if self.tail == self.head && self.lent.is_none() {
-            *self = RecvBuf::default();
+    /// Drops what is held (a reset stream), giving the chunks back to `pool`. A lent
+    /// chunk is given back when it is restored.
+    pub(crate) fn clear(&mut self, pool: &mut Pool) {
+        for chunk in self.chunks.drain(..) {
+            pool.put(chunk.data);
         }
+        self.readable = 0;
     }
 }
 
@@ -163,11 +241,11 @@ impl RecvBuf {
 mod tests {
     use super::*;
 
-    fn drain(buf: &mut RecvBuf, step: usize) -> Vec<u8> {
+    fn drain(buf: &mut RecvBuf, pool: &mut Pool, step: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut dst = vec![0u8; step];
         loop {
-            let n = buf.read(&mut dst);
+            let n = buf.read(&mut dst, pool);
             if n == 0 {
                 return out;
             }
@@ -175,89 +253,126 @@ mod tests {
         }
     }
 
-    /// What the driver does with a large body: borrow the buffer, read into its room.
-    fn push_lent(buf: &mut RecvBuf, bytes: &[u8]) {
-        let held = buf.len();
-        let mut lent = buf.lend(bytes.len());
-        assert_eq!(lent.room().len(), bytes.len());
-        assert_eq!(buf.len(), held, "a lent buffer's bytes still count");
-        assert_eq!(
-            buf.readable(),
-            0,
-            "nothing is readable while the buffer is lent"
-        );
-        lent.room().copy_from_slice(bytes);
-        lent.filled(bytes.len());
-        buf.restore(lent);
+    /// What the driver does with a large body: borrow a chunk, read into its room (as
+    /// often as the body needs).
+    fn push_lent(buf: &mut RecvBuf, pool: &mut Pool, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let held = buf.len();
+            let readable = buf.readable();
+            let mut lent = buf.lend(bytes.len(), pool);
+            let room = lent.room();
+            assert!(!room.is_empty() && room.len() <= bytes.len());
+            let k = room.len();
+            assert_eq!(buf.len(), held, "a lent chunk's bytes still count");
+            assert!(
+                buf.readable() <= readable,
+                "a lent chunk's bytes are not readable"
+            );
+            lent.room().copy_from_slice(&bytes[..k]);
+            lent.filled(k);
+            buf.restore(lent, pool);
+            bytes = &bytes[k..];
+        }
     }
 
     #[test]
     fn lent_and_copied_bytes_come_out_in_order() {
         let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
         let mut want = Vec::new();
-        for i in 0..50u8 {
-            let piece: Vec<u8> = (0..(i as usize * 37 % 300)).map(|k| k as u8 ^ i).collect();
+        for i in 0..200u32 {
+            let piece: Vec<u8> = (0..(i as usize * 3701 % 150_000))
+                .map(|k| k as u8 ^ i as u8)
+                .collect();
             if i % 3 == 0 {
-                push_lent(&mut buf, &piece);
+                push_lent(&mut buf, &mut pool, &piece);
             } else {
-                buf.push_slice(&piece);
+                buf.push_slice(&piece, &mut pool);
             }
             want.extend_from_slice(&piece);
             assert_eq!(buf.len(), want.len());
+            assert!(buf.capacity() <= buf.len() + buf.len() / 3 + 2 * CHUNK);
         }
-        assert_eq!(drain(&mut buf, 7), want);
+        assert_eq!(drain(&mut buf, &mut pool, 7777), want);
         assert_eq!(buf.len(), 0);
-        buf.trim();
-        assert_eq!(buf.capacity(), 0, "a trimmed empty buffer holds nothing");
+        assert_eq!(buf.capacity(), 0, "an emptied buffer holds no chunk");
+        assert!(pool.capacity() <= POOL_MAX * CHUNK);
+        pool.trim();
+        assert_eq!(pool.capacity(), 0);
     }
 
     #[test]
     fn one_byte_appends_allocate_in_proportion() {
         let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
         for i in 0..100_000u32 {
-            buf.push_slice(&[i as u8]);
+            buf.push_slice(&[i as u8], &mut pool);
         }
         assert_eq!(buf.len(), 100_000);
-        assert!(
-            buf.capacity() <= 2 * 100_000 + TAIL_MIN,
-            "{}",
-            buf.capacity()
-        );
-        let out = drain(&mut buf, 4096);
+        assert!(buf.capacity() <= 100_000 + CHUNK, "{}", buf.capacity());
+        let out = drain(&mut buf, &mut pool, 4096);
         assert!(out.iter().enumerate().all(|(i, &b)| b == i as u8));
     }
 
     #[test]
-    fn a_bulk_transfer_reuses_one_allocation() {
+    fn a_bulk_transfer_cycles_through_a_few_chunks() {
         let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
         let piece = vec![7u8; 64 * 1024];
         let mut dst = vec![0u8; 48 * 1024];
-        let mut first = None;
-        for round in 0..1000 {
-            push_lent(&mut buf, &piece);
+        for _ in 0..1000 {
+            push_lent(&mut buf, &mut pool, &piece);
             // The reader keeps up, though not in step with the writer.
             while buf.readable() > 16 * 1024 {
-                buf.read(&mut dst);
+                buf.read(&mut dst, &mut pool);
             }
-            assert!(buf.capacity() <= 2 * (buf.len() + piece.len()) + TAIL_MIN);
-            if round == 10 {
-                first = Some(buf.capacity());
-            }
+            assert!(
+                buf.capacity() + pool.capacity() <= 3 * CHUNK,
+                "{} held in chunks, {} pooled",
+                buf.capacity(),
+                pool.capacity()
+            );
         }
-        assert_eq!(
-            Some(buf.capacity()),
-            first,
-            "the buffer settled on one size and kept it"
-        );
+    }
+
+    #[test]
+    fn a_lent_chunk_holds_back_only_its_own_bytes() {
+        let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
+        buf.push_slice(&[1u8; CHUNK], &mut pool);
+        buf.push_slice(&[2u8; 10], &mut pool);
+        // The last chunk has room: it is lent, and the first stays readable.
+        let mut lent = buf.lend(100, &mut pool);
+        assert_eq!(buf.readable(), CHUNK);
+        assert_eq!(buf.len(), CHUNK + 10);
+        lent.room()[..5].copy_from_slice(&[3u8; 5]);
+        lent.filled(5);
+        let mut dst = vec![0u8; CHUNK + 100];
+        assert_eq!(buf.read(&mut dst, &mut pool), CHUNK);
+        buf.restore(lent, &mut pool);
+        assert_eq!(buf.read(&mut dst, &mut pool), 15);
+        assert_eq!(&dst[..15], &[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn clear_gives_the_chunks_back() {
+        let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
+        buf.push_slice(&vec![9u8; 3 * CHUNK + 1], &mut pool);
+        assert_eq!(buf.capacity(), 4 * CHUNK);
+        buf.clear(&mut pool);
+        assert_eq!((buf.len(), buf.capacity()), (0, 0));
+        assert_eq!(pool.capacity(), 4 * CHUNK);
     }
 
     #[test]
     fn interleaved_reads_and_writes_keep_order() {
         let mut buf = RecvBuf::default();
+        let mut pool = Pool::default();
         let mut next_in = 0u32;
         let mut next_out = 0u32;
         let mut dst = [0u8; 13];
-        for round in 0..2000u32 {
+        for round in 0..20_000u32 {
             let n = (round * 7919 % 97) as usize;
             let piece: Vec<u8> = (0..n)
                 .map(|_| {
@@ -266,11 +381,11 @@ mod tests {
                 })
                 .collect();
             if round % 5 == 0 {
-                push_lent(&mut buf, &piece);
+                push_lent(&mut buf, &mut pool, &piece);
             } else {
-                buf.push_slice(&piece);
+                buf.push_slice(&piece, &mut pool);
             }
-            let got = buf.read(&mut dst);
+            let got = buf.read(&mut dst, &mut pool);
             for &b in &dst[..got] {
                 next_out += 1;
                 assert_eq!(b, next_out as u8);
