@@ -210,6 +210,17 @@ impl Shared {
     /// and flushes TLS. `Pending` registers `waiter` (and always the driver) for the
     /// socket's write readiness.
     fn poll_drain(&self, w: &mut Writer, waiter: Option<&Waker>) -> Poll<io::Result<()>> {
+        self.poll_drain_with(w, waiter, true)
+    }
+
+    /// [`poll_drain`](Self::poll_drain), leaving the engine's control frames queued
+    /// unless `control`.
+    fn poll_drain_with(
+        &self,
+        w: &mut Writer,
+        waiter: Option<&Waker>,
+        control: bool,
+    ) -> Poll<io::Result<()>> {
         if w.failed.is_some() || w.failed_seen {
             // Writes after a failure are discarded: the driver still reads what the peer
             // sent before it hung up, then ends the session.
@@ -247,6 +258,9 @@ impl Shared {
             }
             w.pending.clear();
             w.pos = 0;
+            if !control {
+                break;
+            }
             {
                 let mut conn = lock(&self.conn);
                 if conn.control_len() == 0 {
@@ -300,7 +314,9 @@ impl Shared {
     ) -> Poll<Result<usize>> {
         let mut guard = lock(&self.writer);
         let w: &mut Writer = &mut guard;
-        if ready!(self.poll_drain(w, Some(cx.waker()))).is_err() {
+        // What came before goes out first; queued control frames go with this frame, in
+        // one vectored write (one TLS record for a small frame).
+        if ready!(self.poll_drain_with(w, Some(cx.waker()), false)).is_err() {
             // The session is failing; report why once the driver has decided.
             drop(guard);
             return self.poll_failure(cx);
@@ -507,6 +523,7 @@ impl Session {
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
             write_error: None,
+            acks_deferred: false,
         };
         tokio::spawn(driver.run().instrument(span));
         Session {
@@ -528,8 +545,10 @@ impl Session {
         .await
     }
 
-    /// Opens a stream; see [`qymux_transport::Session::open`]. The SYN is sent before
-    /// this returns (unless the socket is full, then right after). Waits at most
+    /// Opens a stream; see [`qymux_transport::Session::open`]. The peer sees the stream
+    /// at once, without data: the SYN goes out with the stream's first write if that
+    /// comes before this task yields, else the session's driver sends it when the task
+    /// yields. Waits at most
     /// [`Options::open_timeout`] while the peer has 256 of our streams unacknowledged,
     /// then fails with [`Limit::PeerStreams`]. Cancel-safe: a dropped `open` holds nothing.
     pub async fn open(&self) -> Result<Stream> {
@@ -742,6 +761,8 @@ struct Driver {
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
     write_error: Option<io::Error>,
+    /// The last turn left the ACKs it queued for the application's first reply.
+    acks_deferred: bool,
 }
 
 /// Ends the session if the driver stops without having ended it (a panic, or its
@@ -941,8 +962,16 @@ impl Driver {
                 break;
             }
         }
-        // Send what the input and the timers queued.
-        {
+        // Send what the input and the timers queued. ACKs of streams the peer just opened,
+        // alone, wait one turn: the driver yields, so the tasks it woke (the acceptor, the
+        // stream's handler) run first, and a reply they write takes the ACKs with it in
+        // one TLS record. The next turn sends whatever is left.
+        let acks_only = shared.with_conn(|c| c.control_len() > 0 && !c.control_urgent());
+        if acks_only && !self.acks_deferred {
+            self.acks_deferred = true;
+            cx.waker().wake_by_ref();
+        } else {
+            self.acks_deferred = false;
             let mut w = lock(&shared.writer);
             let _ = shared.poll_drain(&mut w, None);
         }

@@ -309,6 +309,8 @@ pub struct Connection {
     /// Sum of the windows of all streams (what the peer may make us buffer).
     granted: u64,
     control: Vec<u8>,
+    /// `control` holds a frame other than the ACKs of accepted streams.
+    control_urgent: bool,
     parse: Parse,
     go_away_sent: bool,
     go_away_received: bool,
@@ -364,6 +366,7 @@ impl Connection {
             unacked: 0,
             granted: 0,
             control: Vec::new(),
+            control_urgent: false,
             parse: NEW_HEADER,
             go_away_sent: false,
             go_away_received: false,
@@ -439,8 +442,17 @@ impl Connection {
         self.control.len()
     }
 
+    /// Whether the queued control frames hold anything but the ACKs of streams the peer
+    /// opened. Those alone may wait a moment to go out with the application's first
+    /// reply (one TLS record and one write fewer per stream); the peer waits for nothing
+    /// on them but its count of unacknowledged streams.
+    pub fn control_urgent(&self) -> bool {
+        self.control_urgent
+    }
+
     /// Moves the queued control frames to the end of `out`.
     pub fn take_control(&mut self, out: &mut Vec<u8>) {
+        self.control_urgent = false;
         if out.is_empty() {
             std::mem::swap(out, &mut self.control);
         } else {
@@ -727,7 +739,8 @@ impl Connection {
             self.counters.streams_in += 1;
             // Acknowledge as the stream enters the accept queue: a hashicorp peer stops
             // opening after 256 unacknowledged streams.
-            self.queue(Header::new(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0));
+            self.control
+                .extend_from_slice(&Header::new(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0).encode());
             self.accept_queue.push_back(id);
             self.to_wake.append(&mut self.accept_wakers);
         } else {
@@ -1192,6 +1205,7 @@ impl Connection {
     }
 
     fn queue(&mut self, header: Header) {
+        self.control_urgent = true;
         self.control.extend_from_slice(&header.encode());
     }
 

@@ -27,7 +27,10 @@ impl Session {
         };
         // From here on the stream's Drop releases it.
         let stream = Stream::new(id, self.handle.clone());
-        shared.flush_control();
+        // The SYN goes with the stream's first write when the opener writes before it
+        // yields (one TLS record and one socket write fewer, and the peer reads both in
+        // one go); otherwise the driver, woken here, sends it as soon as this task yields.
+        shared.wake_driver();
         Poll::Ready(Ok(stream))
     }
 
