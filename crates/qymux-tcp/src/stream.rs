@@ -77,8 +77,12 @@ impl AsyncRead for Stream {
             (r, c.control_len() > before)
         });
         if control {
-            // A window update: send it now, from this task.
-            shared.flush_control();
+            // A window update: the driver sends it at the end of its turn, with those of
+            // other streams read meanwhile, in one TLS record. Sent from here, each was a
+            // record and a socket write of its own: with 100 streams sinking at once,
+            // strace counted 38,000 writev and 152,000 futex calls per run against
+            // 31,000 and 73,000 this way, and the rate rose.
+            shared.wake_driver();
         }
         match read {
             Poll::Ready(Ok(n)) => {
