@@ -68,7 +68,7 @@ const PENDING_KEEP: usize = 64 * 1024;
 /// control frames queued with it: with the default, a frame written while the socket was
 /// full was mostly refused by rustls and copied into the writer's pending buffer, then
 /// written from there.
-pub(crate) const TLS_SEND_BUFFER: usize = 2 * crate::engine::core::MAX_WRITE_FRAME;
+pub(crate) const TLS_SEND_BUFFER: usize = crate::engine::core::MAX_WRITE_FRAME + 64 * 1024;
 
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
