@@ -422,6 +422,111 @@ fn windows_grow_when_the_reader_keeps_up_within_the_budget() {
 }
 
 #[test]
+fn a_reader_that_lags_keeps_its_window() {
+    let (mut client, mut server, mut now) = pair();
+    let id = open(&mut client);
+    pump(&mut client, &mut server, now);
+    let _ = accept(&mut server);
+    server.rtt = Some(Duration::from_millis(10));
+    let chunk = vec![1u8; 4 * 1024 * 1024];
+    let mut half = vec![0u8; INITIAL_WINDOW as usize / 2];
+    for _ in 0..40 {
+        send(&mut client, &mut server, id, &chunk, now);
+        // Half a window within a round trip, as fast as before, but half a window stays
+        // unread each time: the reader, not the window, limits the rate.
+        match server.poll_read(id, noop(), &mut half, now) {
+            Poll::Ready(Ok(n)) => assert_eq!(n, half.len()),
+            other => panic!("read: {other:?}"),
+        }
+        pump(&mut client, &mut server, now);
+        now += Duration::from_millis(1);
+    }
+    assert_eq!(
+        server.granted(),
+        u64::from(INITIAL_WINDOW),
+        "the window grew"
+    );
+    let (held, _) = server.buffered();
+    assert!(held as u64 <= u64::from(INITIAL_WINDOW));
+}
+
+#[test]
+fn acks_alone_may_wait_other_control_frames_may_not() {
+    let (mut client, mut server, now) = pair();
+    let id = open(&mut client);
+    pump(&mut client, &mut server, now);
+    // pump delivered the SYN and took the ACK; open another to look at the queue.
+    let _ = accept(&mut server);
+    let id2 = open(&mut client);
+    let mut syn = Vec::new();
+    client.take_control(&mut syn);
+    server.handle_input(&syn, now);
+    assert!(server.control_len() > 0);
+    assert!(!server.control_urgent(), "only an ACK is queued");
+    // A window update joins it: now the queue must go out.
+    let sent = send(
+        &mut client,
+        &mut server,
+        id,
+        &vec![0u8; INITIAL_WINDOW as usize],
+        now,
+    );
+    assert_eq!(sent, INITIAL_WINDOW as usize);
+    assert_eq!(read_all_available(&mut server, id, now), sent);
+    assert!(server.control_urgent(), "a window update is queued");
+    let frames = control_frames(&mut server);
+    assert!(frames.iter().any(|h| h.stream_id == id2 && h.has(FLAG_ACK)));
+    assert!(
+        frames
+            .iter()
+            .any(|h| h.stream_id == id && h.kind == TYPE_WINDOW_UPDATE && h.length > 0)
+    );
+    assert!(!server.control_urgent(), "the queue was taken");
+}
+
+/// Reads what stream `id` holds now (not waiting for EOF).
+fn read_all_available(c: &mut Connection, id: u32, now: Instant) -> usize {
+    let mut buf = vec![0u8; 100_000];
+    let mut total = 0;
+    while let Poll::Ready(Ok(n)) = c.poll_read(id, noop(), &mut buf, now) {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
+}
+
+#[test]
+fn read_chunks_are_reused_and_freed_when_quiet() {
+    let (mut client, mut server, now) = pair();
+    let id = open(&mut client);
+    pump(&mut client, &mut server, now);
+    let _ = accept(&mut server);
+    let data = vec![5u8; INITIAL_WINDOW as usize];
+    assert_eq!(send(&mut client, &mut server, id, &data, now), data.len());
+    let (held, capacity) = server.buffered();
+    assert_eq!(held, data.len());
+    assert!(capacity >= held && capacity <= held + held / 3 + 128 * 1024);
+    assert_eq!(read_all_available(&mut server, id, now), data.len());
+    assert_eq!(
+        server.buffered(),
+        (0, 0),
+        "an emptied stream holds no chunk"
+    );
+    assert!(server.pooled() > 0, "its chunks wait in the pool for reuse");
+    // The next window's worth reuses them: the pool does not grow.
+    pump(&mut client, &mut server, now);
+    let pooled = server.pooled();
+    let again = send(&mut client, &mut server, id, &data, now);
+    assert!(again > 0);
+    assert_eq!(read_all_available(&mut server, id, now), again);
+    assert_eq!(server.pooled(), pooled);
+    server.trim_buffers();
+    assert_eq!(server.pooled(), 0);
+}
+
+#[test]
 fn a_reset_after_the_peers_fin_keeps_its_data_readable() {
     let (mut client, mut server, now) = pair();
     let id = open(&mut client);
