@@ -838,14 +838,35 @@ impl Driver {
                 let mut io_cx = Context::from_waker(&shared.fanout);
                 Pin::new(&mut w.io).poll_shutdown(&mut io_cx).map(|_| ())
             });
-            if tokio::time::timeout(self.shared.close_timeout, closing)
-                .await
-                .is_err()
-            {
+            let deadline = tokio::time::Instant::now() + self.shared.close_timeout;
+            if tokio::time::timeout_at(deadline, closing).await.is_err() {
                 debug!("graceful close timed out; dropping the connection");
+            } else {
+                // Read (and drop) what the peer still sends until it closes too: a socket
+                // closed with unread input makes the kernel send RST, and the peer then
+                // loses what it had received but not read yet (the window updates it
+                // sends while it reads our last stream's data were enough for that).
+                let lingering = poll_fn(|cx| self.poll_discard(cx));
+                if tokio::time::timeout_at(deadline, lingering).await.is_err() {
+                    debug!("the peer did not close within the close timeout");
+                }
             }
         }
         drop(guard);
+    }
+
+    /// Reads and drops input until the peer's end of stream or an error.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.buf.len() != READ_BUF {
+            self.buf.resize(READ_BUF, 0);
+        }
+        loop {
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match ready!(Pin::new(&mut self.reader).poll_read(cx, &mut rb)) {
+                Ok(()) if !rb.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
     }
 
     /// The error of a failed write, once (later writes are discarded).

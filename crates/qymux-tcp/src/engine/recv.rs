@@ -21,15 +21,22 @@
 //! Memory: a chunk is filled to its end, except that the driver starts a fresh one when
 //! the last has less than [`LEND_MIN`] of room left for a large body; with the chunk
 //! partly read at the front and the one being filled, a stream holds
-//! `capacity <= len + len / 3 + 2 * CHUNK`. An emptied stream holds no chunk.
+//! `capacity <= len + len / 3 + 2 * CHUNK`. An emptied stream holds no chunk, and a stream
+//! that receives a small body while the pool is empty starts with a 4 KiB chunk
+//! ([`SMALL_CHUNK`]): one byte on each of many streams costs 4 KiB per stream.
 //! The pool keeps at most [`POOL_MAX`] chunks, and none once the connection has gone
 //! quiet ([`Pool::trim`]). What the streams hold is paid for by the windows the peer was
 //! granted.
 
 use std::collections::VecDeque;
 
-/// The size of every chunk.
+/// The size of the pool's chunks.
 pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// A stream that holds nothing and receives a small body gets a chunk this small when the
+/// pool has none to spare, so a peer that sends a byte on each of many streams makes each
+/// hold 4 KiB, not 64.
+const SMALL_CHUNK: usize = 4 * 1024;
 
 /// Free chunks a connection's pool keeps at most (4 MiB).
 pub(crate) const POOL_MAX: usize = 64;
@@ -52,8 +59,18 @@ impl Pool {
             .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice())
     }
 
+    /// A chunk for `len` bytes going to a stream that holds none: a pooled one if there
+    /// is one, else a small one when `len` is small.
+    fn get_first(&mut self, len: usize) -> Box<[u8]> {
+        match self.free.pop() {
+            Some(chunk) => chunk,
+            None if len < SMALL_CHUNK => vec![0u8; SMALL_CHUNK].into_boxed_slice(),
+            None => vec![0u8; CHUNK].into_boxed_slice(),
+        }
+    }
+
     fn put(&mut self, chunk: Box<[u8]>) {
-        if self.free.len() < POOL_MAX {
+        if chunk.len() == CHUNK && self.free.len() < POOL_MAX {
             self.free.push(chunk);
         }
     }
@@ -95,6 +112,8 @@ pub(crate) struct RecvBuf {
     readable: usize,
     /// Bytes held by the chunk lent to the driver, if one is.
     lent: Option<usize>,
+    /// The size of the lent chunk (0 when none is lent).
+    lent_capacity: usize,
 }
 
 /// A chunk lent to the driver, with room after what it holds.
@@ -137,7 +156,7 @@ impl RecvBuf {
 
     /// Bytes allocated for what is held (a lent chunk counts).
     pub(crate) fn capacity(&self) -> usize {
-        (self.chunks.len() + usize::from(self.lent.is_some())) * CHUNK
+        self.chunks.iter().map(|c| c.data.len()).sum::<usize>() + self.lent_capacity
     }
 
     /// Appends a copy of `bytes`, after what the last chunk holds.
@@ -145,8 +164,13 @@ impl RecvBuf {
         debug_assert!(self.lent.is_none(), "bytes pushed past a lent chunk");
         while !bytes.is_empty() {
             if self.chunks.back().is_none_or(|c| c.room() == 0) {
+                let data = if self.chunks.is_empty() {
+                    pool.get_first(bytes.len())
+                } else {
+                    pool.get()
+                };
                 self.chunks.push_back(Chunk {
-                    data: pool.get(),
+                    data,
                     start: 0,
                     end: 0,
                 });
@@ -185,6 +209,7 @@ impl RecvBuf {
             }
         };
         self.lent = Some(chunk.len());
+        self.lent_capacity = chunk.data.len();
         let room = more.min(chunk.room());
         Lent {
             chunk,
@@ -197,6 +222,7 @@ impl RecvBuf {
     pub(crate) fn restore(&mut self, mut lent: Lent, pool: &mut Pool) {
         debug_assert!(self.lent.is_some(), "a buffer restored that was not lent");
         self.lent = None;
+        self.lent_capacity = 0;
         lent.chunk.end += lent.added;
         if lent.chunk.len() == 0 {
             pool.put(lent.chunk.data);
@@ -352,6 +378,27 @@ mod tests {
         buf.restore(lent, &mut pool);
         assert_eq!(buf.read(&mut dst, &mut pool), 15);
         assert_eq!(&dst[..15], &[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn a_byte_on_a_fresh_stream_takes_a_small_chunk() {
+        let mut pool = Pool::default();
+        let mut bufs: Vec<RecvBuf> = (0..100).map(|_| RecvBuf::default()).collect();
+        for buf in &mut bufs {
+            buf.push_slice(&[1], &mut pool);
+        }
+        let held: usize = bufs.iter().map(RecvBuf::capacity).sum();
+        assert_eq!(held, 100 * SMALL_CHUNK);
+        // More than the small chunk holds continues in pool-sized chunks, in order.
+        let mut buf = RecvBuf::default();
+        let data: Vec<u8> = (0..3 * SMALL_CHUNK).map(|i| i as u8).collect();
+        for b in &data {
+            buf.push_slice(std::slice::from_ref(b), &mut pool);
+        }
+        assert_eq!(buf.capacity(), SMALL_CHUNK + CHUNK);
+        assert_eq!(drain(&mut buf, &mut pool, 1000), data);
+        // Small chunks are not pooled.
+        assert_eq!(pool.capacity(), CHUNK);
     }
 
     #[test]
