@@ -111,6 +111,15 @@ impl ForwardHandle {
         self.shared.counters.snapshot()
     }
 
+    /// For diagnosing a stalled transfer (tests print it when one hangs): the last step
+    /// of each copy direction of the connection polled last (which read or write
+    /// returned `Pending`, with how many bytes) and how often each was polled. Not a
+    /// stable format.
+    #[doc(hidden)]
+    pub fn pump_trace(&self) -> String {
+        self.shared.counters.trace()
+    }
+
     /// Stops accepting new connections; the ones in progress run to their end, then the
     /// forwarder resolves with [`StopReason::Shutdown`].
     pub fn shutdown(&self) {

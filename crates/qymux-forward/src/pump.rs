@@ -13,7 +13,7 @@ use qymux_transport::{CloseReason, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::stats::Counters;
+use crate::stats::{Counters, DirectionTrace, Step};
 
 /// Which end of a forwarded connection an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +96,22 @@ impl<T: Stream> Conn<T> {
         let mut down = Pipe::new(buffer, End::Stream, End::Tcp); // stream -> TCP
         poll_fn(|cx| {
             let up_done = up
-                .poll_copy(cx, &mut self.tcp, &mut self.stream, &counters.tcp_to_stream)?
+                .poll_copy(
+                    cx,
+                    &mut self.tcp,
+                    &mut self.stream,
+                    &counters.tcp_to_stream,
+                    &counters.trace[0],
+                )?
                 .is_ready();
             let down_done = down
-                .poll_copy(cx, &mut self.stream, &mut self.tcp, &counters.stream_to_tcp)?
+                .poll_copy(
+                    cx,
+                    &mut self.stream,
+                    &mut self.tcp,
+                    &counters.stream_to_tcp,
+                    &counters.trace[1],
+                )?
                 .is_ready();
             if up_done && down_done {
                 Poll::Ready(Ok(()))
@@ -174,33 +186,45 @@ impl Pipe {
         reader: &mut R,
         writer: &mut W,
         counter: &AtomicU64,
+        trace: &DirectionTrace,
     ) -> Poll<Result<(), PumpError>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        trace.polled();
         loop {
             if self.done {
+                trace.step(Step::Finished, 0);
                 return Poll::Ready(Ok(()));
             }
             if self.pos == self.cap && !self.eof {
                 let mut buf = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
                     Poll::Pending => {
+                        trace.step(Step::ReadPending, 0);
                         // Nothing more to read for now: push out what was written.
                         if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))
-                                .map_err(|e| self.write_error("flushing", e))?;
+                            let flushed = Pin::new(&mut *writer).poll_flush(cx);
+                            if flushed.is_pending() {
+                                trace.step(Step::FlushPending, 0);
+                            }
+                            ready!(flushed).map_err(|e| self.write_error("flushing", e))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_error(e))),
+                    Poll::Ready(Err(e)) => {
+                        trace.step(Step::ReadError, 0);
+                        return Poll::Ready(Err(self.read_error(e)));
+                    }
                     Poll::Ready(Ok(())) => {
                         let n = buf.filled().len();
                         if n == 0 {
+                            trace.step(Step::ReadEof, 0);
                             self.eof = true;
                         } else {
+                            trace.step(Step::ReadData, n);
                             self.pos = 0;
                             self.cap = n;
                         }
@@ -208,9 +232,17 @@ impl Pipe {
                 }
             }
             while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
-                        .map_err(|e| self.write_error("writing to", e))?;
+                let in_hand = self.cap - self.pos;
+                let written = Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]);
+                trace.step(
+                    match written {
+                        Poll::Pending => Step::WritePending,
+                        Poll::Ready(Ok(_)) => Step::Wrote,
+                        Poll::Ready(Err(_)) => Step::WriteError,
+                    },
+                    in_hand,
+                );
+                let n = ready!(written).map_err(|e| self.write_error("writing to", e))?;
                 if n == 0 {
                     return Poll::Ready(Err(self.write_error(
                         "writing to",
@@ -224,10 +256,16 @@ impl Pipe {
             if self.eof {
                 // The reader finished its side: finish the writer's, passing the
                 // half-close on; the other direction keeps going.
-                ready!(Pin::new(&mut *writer).poll_flush(cx))
-                    .map_err(|e| self.write_error("flushing", e))?;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))
-                    .map_err(|e| self.write_error("finishing", e))?;
+                let flushed = Pin::new(&mut *writer).poll_flush(cx);
+                if flushed.is_pending() {
+                    trace.step(Step::FlushPending, 0);
+                }
+                ready!(flushed).map_err(|e| self.write_error("flushing", e))?;
+                let finished = Pin::new(&mut *writer).poll_shutdown(cx);
+                if finished.is_pending() {
+                    trace.step(Step::ShutdownPending, 0);
+                }
+                ready!(finished).map_err(|e| self.write_error("finishing", e))?;
                 self.done = true;
             }
         }

@@ -39,6 +39,75 @@ pub(crate) struct Counters {
     refused: AtomicU64,
     pub(crate) tcp_to_stream: AtomicU64,
     pub(crate) stream_to_tcp: AtomicU64,
+    /// The last step of each direction: TCP to stream, stream to TCP.
+    pub(crate) trace: [DirectionTrace; 2],
+}
+
+/// A step of one copy direction, as [`DirectionTrace`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Step {
+    ReadPending = 1,
+    ReadData = 2,
+    ReadEof = 3,
+    ReadError = 4,
+    WritePending = 5,
+    Wrote = 6,
+    WriteError = 7,
+    FlushPending = 8,
+    ShutdownPending = 9,
+    Finished = 10,
+}
+
+impl Step {
+    fn name(code: u64) -> &'static str {
+        match code {
+            0 => "not polled yet",
+            1 => "read: Pending",
+            2 => "read: data",
+            3 => "read: EOF",
+            4 => "read: error",
+            5 => "write: Pending",
+            6 => "write: accepted",
+            7 => "write: error",
+            8 => "flush: Pending",
+            9 => "shutdown: Pending",
+            10 => "finished",
+            _ => "?",
+        }
+    }
+}
+
+/// The last step of one copy direction and how many times it was polled: a few relaxed
+/// atomic stores per poll, read when a transfer stalls (which call returned `Pending`,
+/// and so which waker should have woken the connection). With several connections in
+/// progress it shows whichever was polled last.
+#[derive(Debug, Default)]
+pub(crate) struct DirectionTrace {
+    /// Step code in bits 0..8, bytes read or still to write in bits 8..64.
+    last: AtomicU64,
+    polls: AtomicU64,
+}
+
+impl DirectionTrace {
+    pub(crate) fn polled(&self) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn step(&self, step: Step, bytes: usize) {
+        self.last
+            .store(step as u64 | ((bytes as u64) << 8), Ordering::Relaxed);
+    }
+
+    fn describe(&self) -> String {
+        let last = self.last.load(Ordering::Relaxed);
+        format!(
+            "{} ({} bytes) after {} polls",
+            Step::name(last & 0xff),
+            last >> 8,
+            self.polls.load(Ordering::Relaxed)
+        )
+    }
 }
 
 impl Counters {
@@ -53,6 +122,15 @@ impl Counters {
             tcp_to_stream_bytes: get(&self.tcp_to_stream),
             stream_to_tcp_bytes: get(&self.stream_to_tcp),
         }
+    }
+
+    /// Both directions' last steps, for a stall report.
+    pub(crate) fn trace(&self) -> String {
+        format!(
+            "TCP to stream: {}; stream to TCP: {}",
+            self.trace[0].describe(),
+            self.trace[1].describe()
+        )
     }
 
     /// Counts a connection that was refused before it was forwarded.

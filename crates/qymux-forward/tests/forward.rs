@@ -35,13 +35,15 @@ async fn transfer_256_mib_both_ways<B: Backend>() {
     use std::sync::atomic::{AtomicU64, Ordering};
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: u64 = (256 * MIB / CHUNK) as u64;
-    let rig = Rig::<B>::new(echo_target().await).await;
+    let target = echo_target().await;
+    let rig = Rig::<B>::new(target).await;
     let tcp = rig.connect().await;
     let started = Instant::now();
+    let client = tcp.local_addr().expect("client address");
     let (mut r, mut w) = tcp.into_split();
     // Bytes written and read so far: a hang reports where the bytes stopped.
     let (written, read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let writer = tokio::spawn({
+    let mut writer = tokio::spawn({
         let written = written.clone();
         async move {
             let mut hash = Hasher::new();
@@ -75,18 +77,39 @@ async fn transfer_256_mib_both_ways<B: Backend>() {
     });
     let hung = |what: &str| {
         format!(
-            "{what}: still waiting after {HANG_GUARD:?}; written {}, read back {}; \
-             listener side {:?}; accepted side {:?}",
+            "{what}: still waiting after {HANG_GUARD:?} (client {client}, local {}, echo \
+             target {target}); written {}, read back {}; \
+             listener side {:?}; accepted side {:?}\n  listener side's copy: {}\n  \
+             accepted side's copy: {}\n  QUIC, listener's end: {}\n  QUIC, dialer's end: {}",
+            rig.local,
             written.load(Ordering::Relaxed),
             read.load(Ordering::Relaxed),
             rig.listener_side.stats(),
             rig.accepted_side.stats(),
+            rig.listener_side.pump_trace(),
+            rig.accepted_side.pump_trace(),
+            quic_stats(&rig.pair.server),
+            quic_stats(&rig.pair.client),
         )
     };
-    let sent = tokio::time::timeout(HANG_GUARD, writer)
-        .await
-        .unwrap_or_else(|_| panic!("{}", hung("sending 256 MiB")))
-        .expect("writer");
+    let sent = match tokio::time::timeout(HANG_GUARD, &mut writer).await {
+        Ok(sent) => sent.expect("writer"),
+        Err(_) => {
+            let first = hung("sending 256 MiB");
+            thread_dump();
+            // Does it resume on its own (a stall: the kernel's backed-off TCP timers),
+            // or never (a deadlock)?
+            let stalled = Instant::now();
+            let resumed = tokio::time::timeout(3 * HANG_GUARD, &mut writer)
+                .await
+                .is_ok();
+            panic!(
+                "{first}\nresumed on its own: {resumed}, after a further {:.1?}; then: {}",
+                stalled.elapsed(),
+                hung("sending 256 MiB")
+            );
+        }
+    };
     let (total, received) = tokio::time::timeout(HANG_GUARD, reader)
         .await
         .unwrap_or_else(|_| panic!("{}", hung("receiving 256 MiB")))
@@ -110,6 +133,43 @@ async fn transfer_256_mib_both_ways<B: Backend>() {
     assert_eq!(s.tcp_to_stream_bytes, (256 * MIB) as u64);
     assert_eq!(s.stream_to_tcp_bytes, (256 * MIB) as u64);
     assert_eq!((s.accepted, s.failed, s.refused), (1, 0, 0));
+}
+
+/// quinn's counters (packets lost, frames sent and received: `MAX_STREAM_DATA`,
+/// `STREAM_DATA_BLOCKED`...) for a QUIC session; "-" for the TCP backend.
+fn quic_stats<S: 'static>(session: &S) -> String {
+    match (session as &dyn std::any::Any).downcast_ref::<qymux_quic::Session>() {
+        Some(quic) => format!("{:?}", quic.connection().stats()),
+        None => "-".into(),
+    }
+}
+
+/// With `QYMUX_HANG_GDB=<dir>` set, a hang writes every thread's stack (gdb attached to
+/// this process) to `<dir>/hang-<pid>.txt`: a worker thread that is stuck, rather than
+/// idle, shows there.
+fn thread_dump() {
+    let Some(dir) = std::env::var_os("QYMUX_HANG_GDB") else {
+        return;
+    };
+    let pid = std::process::id().to_string();
+    let run = |program: &str, args: &[&str], name: &str| match std::process::Command::new(program)
+        .args(args)
+        .output()
+    {
+        Ok(out) => {
+            let path = std::path::Path::new(&dir).join(format!("hang-{pid}.{name}"));
+            let written = std::fs::write(&path, [out.stdout, out.stderr].concat());
+            eprintln!("{program}: {} ({written:?})", path.display());
+        }
+        Err(e) => eprintln!("{program}: {e}"),
+    };
+    // The kernel's view of every loopback TCP connection: queues, windows, timers.
+    run("ss", &["-tinmpoe"], "ss");
+    run(
+        "gdb",
+        &["-p", &pid, "-batch", "-ex", "thread apply all bt"],
+        "gdb",
+    );
 }
 
 /// 100 connections at once, each with its own payload, echoed and SHA-256 checked.

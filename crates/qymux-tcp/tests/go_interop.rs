@@ -4,7 +4,8 @@
 //! keep-alive pings. Then hashicorp's semantics at the edges: a Go server's GoAway(0)
 //! while streams are in flight (they finish, new ones are refused), single 16 MiB writes
 //! both ways with 32 MiB Go windows, and a double `shutdown` that must reach Go as one
-//! FIN.
+//! FIN. And a session closed as superseded (the loser of an Auto race): the Go server
+//! ends it on the unknown GoAway code, cleanly.
 //!
 //! Skips when Go or the yamux package is missing; fails instead with
 //! `QYMUX_REQUIRE_PEERS=1`.
@@ -210,6 +211,78 @@ async fn qymux_dials_go() {
         server.stderr()
     );
     server.stop().await.unwrap();
+}
+
+/// An Auto dial's TCP attempt that lost the race to QUIC is closed with
+/// `close_superseded`: GoAway with the Qymux code `0x71790001` instead of GoAway(normal).
+/// hashicorp yamux knows only codes 0 to 2, so a Go server logs
+/// `[ERR] yamux: received unexpected go away` and ends that session with the error
+/// `unexpected go away received`: at once, without a hang or a panic. It keeps serving:
+/// a second session from the same process, closed normally, still ends as `EOF`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_server_ends_a_superseded_session_cleanly() {
+    let Some(bin) = go_peer() else { return };
+    let pki = Pki::new();
+    let f = write_pem(&pki);
+    let (mut server, addr) = GoPeer::server(
+        &bin,
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &f.server_pem,
+            "--key",
+            &f.server_key,
+        ],
+    )
+    .await
+    .unwrap();
+    let addr = addr.to_string();
+
+    // The losing attempt completed its handshake and carried a stream before it lost.
+    let superseded = dial(&addr, "localhost", pki.client_tls(), options())
+        .await
+        .unwrap();
+    verify_echo(&superseded, 21, 64 * 1024).await;
+    within("close_superseded", superseded.close_superseded()).await;
+    let reason = superseded.closed().await;
+    assert!(matches!(reason, CloseReason::Local), "{reason:?}");
+    let end = server
+        .line_starting_with("SESSION-END", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        end,
+        "SESSION-END unexpected go away received",
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("[ERR] yamux: received unexpected go away"),
+        "{}",
+        server.stderr()
+    );
+
+    // The same Go process serves the next session; a normal close is a plain EOF there.
+    let next = dial(&addr, "localhost", pki.client_tls(), options())
+        .await
+        .unwrap();
+    verify_echo(&next, 22, 64 * 1024).await;
+    next.close().await;
+    let end = server
+        .line_starting_with("SESSION-END", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(end, "SESSION-END EOF", "{}", server.stderr());
+    let stderr = server.stderr();
+    assert!(
+        !stderr.contains("panic") && !stderr.contains("STREAM-ERROR"),
+        "{stderr}"
+    );
+    let status = server.stop().await.unwrap();
+    assert!(status.success(), "go-peer exited with {status}: {stderr}");
 }
 
 /// Our keep-alive pings are answered by hashicorp yamux, and its answers never reach the

@@ -10,7 +10,7 @@ use std::time::Duration;
 use qymux_conformance::Backend;
 use qymux_forward::{ForwardConfig, ForwardHandle, Stats, Stopped};
 use qymux_transport::Listener;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -108,11 +108,38 @@ pub async fn stats_reach(handle: &ForwardHandle, what: &str, check: impl Fn(&Sta
 }
 
 /// A TCP server on loopback that echoes every connection until EOF, then finishes.
+///
+/// It never stops reading while a write waits: what it cannot send yet is queued in
+/// memory. An echo that reads only once its last write went out ties both directions of
+/// its connection together inside the kernel, and under a saturated transfer both ways
+/// Linux's TCP could then sit in backed-off zero-window and retransmission timers for
+/// longer than [`HANG_GUARD`] (docs/testing.md, `quic::transfer_256_mib_both_ways`).
 pub async fn echo_target() -> SocketAddr {
     serve_target(|conn| async move {
-        let (r, mut w) = conn.into_split();
-        let mut r = BufReader::with_capacity(64 * 1024, r);
-        if tokio::io::copy_buf(&mut r, &mut w).await.is_ok() {
+        let (mut r, mut w) = conn.into_split();
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        // Returning drops `queue`, which ends the writer once it sent the rest.
+        let reading = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => return true,
+                    Ok(n) => {
+                        if queue.send(buf[..n].to_vec()).is_err() {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+        };
+        let writing = async move {
+            while let Some(chunk) = queued.recv().await {
+                w.write_all(&chunk).await?;
+            }
+            Ok::<_, io::Error>(w)
+        };
+        if let (true, Ok(mut w)) = tokio::join!(reading, writing) {
             let _ = w.shutdown().await;
         }
     })
