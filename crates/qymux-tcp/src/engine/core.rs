@@ -416,7 +416,7 @@ impl Connection {
         })
     }
 
-    /// Bytes of free receive-buffer chunks the connection keeps for reuse: at most 4 MiB,
+    /// Bytes of free receive-buffer chunks the connection keeps for reuse: at most 4.25 MiB,
     /// and none after [`Connection::trim_buffers`].
     pub fn pooled(&self) -> usize {
         self.pool.capacity()

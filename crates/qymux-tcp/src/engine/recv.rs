@@ -24,7 +24,7 @@
 //! `capacity <= len + len / 3 + 2 * CHUNK`. An emptied stream holds no chunk, and a stream
 //! that receives a small body while the pool is empty starts with a 4 KiB chunk
 //! ([`SMALL_CHUNK`]): one byte on each of many streams costs 4 KiB per stream.
-//! The pool keeps at most [`POOL_MAX`] chunks, and none once the connection has gone
+//! The pool keeps at most [`POOL_MAX`] chunks of each size, and none once the connection has gone
 //! quiet ([`Pool::trim`]). What the streams hold is paid for by the windows the peer was
 //! granted.
 
@@ -50,6 +50,9 @@ const LEND_MIN: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     free: Vec<Box<[u8]>>,
+    /// Free small chunks, kept so that a stream carrying small messages does not
+    /// allocate one per message.
+    small: Vec<Box<[u8]>>,
 }
 
 impl Pool {
@@ -62,27 +65,35 @@ impl Pool {
     /// A chunk for `len` bytes going to a stream that holds none: a pooled one if there
     /// is one, else a small one when `len` is small.
     fn get_first(&mut self, len: usize) -> Box<[u8]> {
-        match self.free.pop() {
-            Some(chunk) => chunk,
-            None if len < SMALL_CHUNK => vec![0u8; SMALL_CHUNK].into_boxed_slice(),
-            None => vec![0u8; CHUNK].into_boxed_slice(),
+        if let Some(chunk) = self.free.pop() {
+            return chunk;
         }
+        if len < SMALL_CHUNK {
+            return self
+                .small
+                .pop()
+                .unwrap_or_else(|| vec![0u8; SMALL_CHUNK].into_boxed_slice());
+        }
+        vec![0u8; CHUNK].into_boxed_slice()
     }
 
     fn put(&mut self, chunk: Box<[u8]>) {
         if chunk.len() == CHUNK && self.free.len() < POOL_MAX {
             self.free.push(chunk);
+        } else if chunk.len() == SMALL_CHUNK && self.small.len() < POOL_MAX {
+            self.small.push(chunk);
         }
     }
 
     /// Frees every chunk the pool keeps.
     pub(crate) fn trim(&mut self) {
         self.free = Vec::new();
+        self.small = Vec::new();
     }
 
     /// Bytes the pool keeps allocated.
     pub(crate) fn capacity(&self) -> usize {
-        self.free.len() * CHUNK
+        self.free.len() * CHUNK + self.small.len() * SMALL_CHUNK
     }
 }
 
@@ -322,7 +333,7 @@ mod tests {
         assert_eq!(drain(&mut buf, &mut pool, 7777), want);
         assert_eq!(buf.len(), 0);
         assert_eq!(buf.capacity(), 0, "an emptied buffer holds no chunk");
-        assert!(pool.capacity() <= POOL_MAX * CHUNK);
+        assert!(pool.capacity() <= POOL_MAX * (CHUNK + SMALL_CHUNK));
         pool.trim();
         assert_eq!(pool.capacity(), 0);
     }
@@ -397,8 +408,8 @@ mod tests {
         }
         assert_eq!(buf.capacity(), SMALL_CHUNK + CHUNK);
         assert_eq!(drain(&mut buf, &mut pool, 1000), data);
-        // Small chunks are not pooled.
-        assert_eq!(pool.capacity(), CHUNK);
+        // Both kinds go back to the pool.
+        assert_eq!(pool.capacity(), CHUNK + SMALL_CHUNK);
     }
 
     #[test]
