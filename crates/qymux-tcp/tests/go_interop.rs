@@ -15,6 +15,8 @@ mod common;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Pki, options, payload, sha256};
@@ -39,6 +41,24 @@ struct PemFiles {
     server_key: String,
     client_pem: String,
     client_key: String,
+}
+
+impl PemFiles {
+    /// Starts the Go peer as a server on a free loopback port with this server
+    /// certificate, and `extra` arguments.
+    async fn go_server(&self, bin: &Path, extra: &[&str]) -> (GoPeer, SocketAddr) {
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &self.server_pem,
+            "--key",
+            &self.server_key,
+        ];
+        GoPeer::server(bin, args.iter().chain(extra))
+            .await
+            .expect("the Go peer starts")
+    }
 }
 
 /// Writes the PKI as PEM files for the Go peer.
@@ -164,23 +184,9 @@ async fn qymux_dials_go() {
     let Some(bin) = go_peer() else { return };
     let pki = Pki::new();
     let f = write_pem(&pki);
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-            "--open",
-            "3",
-            "--bytes",
-            MB16_ARG,
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f
+        .go_server(&bin, &["--open", "3", "--bytes", MB16_ARG])
+        .await;
 
     let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
@@ -224,19 +230,7 @@ async fn go_server_ends_a_superseded_session_cleanly() {
     let Some(bin) = go_peer() else { return };
     let pki = Pki::new();
     let f = write_pem(&pki);
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f.go_server(&bin, &[]).await;
     let addr = addr.to_string();
 
     // The losing attempt completed its handshake and carried a stream before it lost.
@@ -293,19 +287,7 @@ async fn go_answers_our_keep_alives() {
     let Some(bin) = go_peer() else { return };
     let pki = Pki::new();
     let f = write_pem(&pki);
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f.go_server(&bin, &[]).await;
     let mut short = options();
     short
         .idle_timeout(Duration::from_secs(2))
@@ -388,21 +370,7 @@ async fn mtls_with_go_in_both_roles() {
     assert!(out.result().is_none_or(|r| r.ok == 0), "{out}");
 
     // Qymux dialer without a certificate → Go server that requires one: a typed error.
-    let (go, go_addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-            "--ca",
-            &f.ca,
-        ],
-    )
-    .await
-    .unwrap();
+    let (go, go_addr) = f.go_server(&bin, &["--ca", &f.ca]).await;
     match dial(
         &go_addr.to_string(),
         "localhost",
@@ -571,22 +539,9 @@ async fn go_goaway_lets_streams_in_flight_finish() {
     let f = write_pem(&pki);
     // GoAway once the first phase of every stream is echoed (and nothing more was sent).
     let goaway_after = (STREAMS as usize * CUTS[0]).to_string();
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-            "--report",
-            "--goaway-after",
-            &goaway_after,
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f
+        .go_server(&bin, &["--report", "--goaway-after", &goaway_after])
+        .await;
     let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
@@ -761,26 +716,20 @@ async fn single_16_mib_writes_with_large_windows_go_server() {
     let Some(bin) = go_peer() else { return };
     let pki = Pki::new();
     let f = write_pem(&pki);
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-            "--max-window",
-            WINDOW_32M_ARG,
-            "--report",
-            "--open",
-            "1",
-            "--bytes",
-            MB16_ARG,
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f
+        .go_server(
+            &bin,
+            &[
+                "--max-window",
+                WINDOW_32M_ARG,
+                "--report",
+                "--open",
+                "1",
+                "--bytes",
+                MB16_ARG,
+            ],
+        )
+        .await;
     let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
@@ -983,22 +932,7 @@ async fn double_shutdown_is_one_fin_go_server() {
     let Some(bin) = go_peer() else { return };
     let pki = Pki::new();
     let f = write_pem(&pki);
-    let (mut server, addr) = GoPeer::server(
-        &bin,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &f.server_pem,
-            "--key",
-            &f.server_key,
-            "--report",
-            "--hold-fin",
-            "1",
-        ],
-    )
-    .await
-    .unwrap();
+    let (mut server, addr) = f.go_server(&bin, &["--report", "--hold-fin", "1"]).await;
     let session = dial(&addr.to_string(), "localhost", pki.client_tls(), options())
         .await
         .unwrap();
