@@ -765,6 +765,15 @@ struct Driver {
     acks_deferred: bool,
 }
 
+/// The driver's read buffer, allocated again if it was freed while the connection was
+/// quiet.
+fn read_buf(buf: &mut Vec<u8>) -> &mut [u8] {
+    if buf.len() != READ_BUF {
+        buf.resize(READ_BUF, 0);
+    }
+    buf
+}
+
 /// Ends the session if the driver stops without having ended it (a panic, or its
 /// runtime shutting down), and tells `close` that the driver is done.
 struct DriverGuard(Arc<Shared>);
@@ -857,11 +866,8 @@ impl Driver {
 
     /// Reads and drops input until the peer's end of stream or an error.
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.buf.len() != READ_BUF {
-            self.buf.resize(READ_BUF, 0);
-        }
         loop {
-            let mut rb = ReadBuf::new(&mut self.buf);
+            let mut rb = ReadBuf::new(read_buf(&mut self.buf));
             match ready!(Pin::new(&mut self.reader).poll_read(cx, &mut rb)) {
                 Ok(()) if !rb.filled().is_empty() => {}
                 _ => return Poll::Ready(()),
@@ -910,10 +916,7 @@ impl Driver {
                     } else {
                         READ_BUF
                     };
-                    if self.buf.len() != READ_BUF {
-                        self.buf.resize(READ_BUF, 0);
-                    }
-                    let mut rb = ReadBuf::new(&mut self.buf[..size]);
+                    let mut rb = ReadBuf::new(&mut read_buf(&mut self.buf)[..size]);
                     Pin::new(&mut self.reader)
                         .poll_read(cx, &mut rb)
                         .map_ok(|()| (rb.filled().len(), false))
@@ -987,7 +990,10 @@ impl Driver {
         // alone, wait one turn: the driver yields, so the tasks it woke (the acceptor, the
         // stream's handler) run first, and a reply they write takes the ACKs with it in
         // one TLS record. The next turn sends whatever is left.
-        let acks_only = shared.with_conn(|c| c.control_len() > 0 && !c.control_urgent());
+        let acks_only = {
+            let c = lock(&shared.conn);
+            c.control_len() > 0 && !c.control_urgent()
+        };
         if acks_only && !self.acks_deferred {
             self.acks_deferred = true;
             cx.waker().wake_by_ref();

@@ -739,8 +739,7 @@ impl Connection {
             self.counters.streams_in += 1;
             // Acknowledge as the stream enters the accept queue: a hashicorp peer stops
             // opening after 256 unacknowledged streams.
-            self.control
-                .extend_from_slice(&Header::new(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0).encode());
+            self.queue_ack(id);
             self.accept_queue.push_back(id);
             self.to_wake.append(&mut self.accept_wakers);
         } else {
@@ -1207,6 +1206,13 @@ impl Connection {
     fn queue(&mut self, header: Header) {
         self.control_urgent = true;
         self.control.extend_from_slice(&header.encode());
+    }
+
+    /// Queues the ACK of a stream the peer opened: the one control frame that may wait
+    /// for the application's first reply ([`Connection::control_urgent`]).
+    fn queue_ack(&mut self, id: u32) {
+        let ack = Header::new(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0);
+        self.control.extend_from_slice(&ack.encode());
     }
 
     fn violation(&mut self, msg: String) {

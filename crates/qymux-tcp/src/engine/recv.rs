@@ -65,16 +65,13 @@ impl Pool {
     /// A chunk for `len` bytes going to a stream that holds none: a pooled one if there
     /// is one, else a small one when `len` is small.
     fn get_first(&mut self, len: usize) -> Box<[u8]> {
-        if let Some(chunk) = self.free.pop() {
-            return chunk;
-        }
-        if len < SMALL_CHUNK {
+        if len < SMALL_CHUNK && self.free.is_empty() {
             return self
                 .small
                 .pop()
                 .unwrap_or_else(|| vec![0u8; SMALL_CHUNK].into_boxed_slice());
         }
-        vec![0u8; CHUNK].into_boxed_slice()
+        self.get()
     }
 
     fn put(&mut self, chunk: Box<[u8]>) {
