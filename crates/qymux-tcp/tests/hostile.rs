@@ -160,3 +160,62 @@ async fn garbage_senders_are_disconnected_and_good_clients_keep_working() {
     good_traffic(&fresh, 5).await;
     assert!(good.close_reason().is_none());
 }
+
+/// A session that has ended reads what the peer still sends, so that closing the socket
+/// does not reset a peer still reading; but only until `close_timeout`: a peer that keeps
+/// sending after our GoAway and close_notify, and never closes, cannot hold the
+/// connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_sending_after_the_end_is_cut_off() {
+    let pki = Pki::new();
+    let mut options = hostile_options();
+    options.close_timeout(Duration::from_millis(500));
+    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), options)
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_tls())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let session = listener.accept().await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    // Bytes that are no yamux frame: the session ends with a protocol error at the first
+    // of them, and the flood goes on while the server closes.
+    let flood = tokio::spawn(async move {
+        let junk = vec![0xffu8; 64 * 1024];
+        while w.write_all(&junk).await.is_ok() {}
+    });
+    let reason = tokio::time::timeout(HANG, session.closed())
+        .await
+        .expect("the session ended");
+    assert!(
+        matches!(
+            reason,
+            qymux_transport::CloseReason::Failed(qymux_transport::Error::Protocol(_))
+        ),
+        "{reason:?}"
+    );
+    // The application lets go of the ended session. The server's GoAway and close_notify
+    // arrive (read here, so that the flood's writes are not held up by our own receive
+    // buffer); then the server's driver stops reading and the connection closes, and the
+    // flood's writes fail.
+    drop(session);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                // close_notify: TLS is done; the socket may still be open.
+                break;
+            }
+        }
+        // Keep the read half alive until the test ends.
+        std::future::pending::<()>().await;
+    });
+    let flood_stopped = tokio::time::timeout(HANG, flood).await;
+    assert!(
+        flood_stopped.is_ok(),
+        "the server kept reading a peer that never closes"
+    );
+}
