@@ -135,7 +135,9 @@ impl WriteWake {
 
 /// The write half of the connection and what is committed to it but not yet taken.
 struct Writer {
-    io: WriteHalf<BoxIo>,
+    /// `None` once the driver has stopped: the connection is closed then, even while the
+    /// application still holds the session or its streams.
+    io: Option<WriteHalf<BoxIo>>,
     pending: Vec<u8>,
     pos: usize,
     /// TLS may hold records the socket did not take yet.
@@ -221,9 +223,10 @@ impl Shared {
         waiter: Option<&Waker>,
         control: bool,
     ) -> Poll<io::Result<()>> {
-        if w.failed.is_some() || w.failed_seen {
+        if w.failed.is_some() || w.failed_seen || w.io.is_none() {
             // Writes after a failure are discarded: the driver still reads what the peer
-            // sent before it hung up, then ends the session.
+            // sent before it hung up, then ends the session. Once the driver has stopped,
+            // the connection is gone.
             w.pending.clear();
             w.pos = 0;
             lock(&self.conn).take_control(&mut w.pending);
@@ -233,8 +236,11 @@ impl Shared {
         let mut cx = Context::from_waker(&self.fanout);
         let mut registered = false;
         loop {
+            let Some(io) = w.io.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            };
             if w.pos < w.pending.len() {
-                match Pin::new(&mut w.io).poll_write(&mut cx, &w.pending[w.pos..]) {
+                match Pin::new(io).poll_write(&mut cx, &w.pending[w.pos..]) {
                     Poll::Ready(Ok(0)) => {
                         return self.write_failed(w, io::ErrorKind::WriteZero.into());
                     }
@@ -272,9 +278,9 @@ impl Shared {
         if w.pending.capacity() > PENDING_KEEP {
             w.pending = Vec::new();
         }
-        if w.unflushed {
+        if let (true, Some(io)) = (w.unflushed, w.io.as_mut()) {
             loop {
-                match Pin::new(&mut w.io).poll_flush(&mut cx) {
+                match Pin::new(&mut *io).poll_flush(&mut cx) {
                     Poll::Ready(Ok(())) => {
                         w.unflushed = false;
                         break;
@@ -347,7 +353,11 @@ impl Shared {
                 io::IoSlice::new(parts[1]),
                 io::IoSlice::new(parts[2]),
             ];
-            match Pin::new(&mut w.io).poll_write_vectored(&mut cx_io, &slices) {
+            let Some(io) = w.io.as_mut() else {
+                drop(guard);
+                return self.poll_failure(cx);
+            };
+            match Pin::new(io).poll_write_vectored(&mut cx_io, &slices) {
                 Poll::Ready(Ok(0)) => {
                     let _ = self.write_failed(w, io::ErrorKind::WriteZero.into());
                     drop(guard);
@@ -488,7 +498,7 @@ impl Session {
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             writer: Mutex::new(Writer {
-                io: writer,
+                io: Some(writer),
                 pending: Vec::new(),
                 pos: 0,
                 unflushed: false,
@@ -775,11 +785,15 @@ fn read_buf(buf: &mut Vec<u8>) -> &mut [u8] {
 }
 
 /// Ends the session if the driver stops without having ended it (a panic, or its
-/// runtime shutting down), and tells `close` that the driver is done.
+/// runtime shutting down), closes the connection (the driver's read half goes with the
+/// driver, the write half is dropped here), and tells `close` that the driver is done.
 struct DriverGuard(Arc<Shared>);
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
+        // An application that holds an ended session does not hold its socket.
+        let write_half = lock(&self.0.writer).io.take();
+        drop(write_half);
         self.0.with_conn(|c| {
             if c.ended().is_none() {
                 c.fail(CloseReason::Failed(Error::io(io::Error::other(
@@ -845,7 +859,10 @@ impl Driver {
                     return Poll::Ready(());
                 }
                 let mut io_cx = Context::from_waker(&shared.fanout);
-                Pin::new(&mut w.io).poll_shutdown(&mut io_cx).map(|_| ())
+                match w.io.as_mut() {
+                    Some(io) => Pin::new(io).poll_shutdown(&mut io_cx).map(|_| ()),
+                    None => Poll::Ready(()),
+                }
             });
             let deadline = tokio::time::Instant::now() + self.shared.close_timeout;
             if tokio::time::timeout_at(deadline, closing).await.is_err() {

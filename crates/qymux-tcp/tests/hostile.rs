@@ -167,6 +167,17 @@ async fn garbage_senders_are_disconnected_and_good_clients_keep_working() {
 /// connection open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_keeps_sending_after_the_end_is_cut_off() {
+    peer_keeps_sending_after_the_end(false).await;
+}
+
+/// As above, with an application that keeps the ended session (a registry, a handle in a
+/// struct): the connection closes all the same, so ended sessions hold no sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_that_is_still_held_holds_no_socket() {
+    peer_keeps_sending_after_the_end(true).await;
+}
+
+async fn peer_keeps_sending_after_the_end(keep_session: bool) {
     let pki = Pki::new();
     let mut options = hostile_options();
     options.close_timeout(Duration::from_millis(500));
@@ -197,11 +208,10 @@ async fn a_peer_that_keeps_sending_after_the_end_is_cut_off() {
         ),
         "{reason:?}"
     );
-    // The application lets go of the ended session. The server's GoAway and close_notify
-    // arrive (read here, so that the flood's writes are not held up by our own receive
-    // buffer); then the server's driver stops reading and the connection closes, and the
-    // flood's writes fail.
-    drop(session);
+    // The server's GoAway and close_notify arrive (read here, so that the flood's writes
+    // are not held up by our own receive buffer); then the server's driver stops reading
+    // and the connection closes, and the flood's writes fail.
+    let held = keep_session.then_some(session);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = r.read(&mut buf).await {
@@ -218,4 +228,10 @@ async fn a_peer_that_keeps_sending_after_the_end_is_cut_off() {
         flood_stopped.is_ok(),
         "the server kept reading a peer that never closes"
     );
+    if let Some(session) = held {
+        // The ended session still answers, with its close reason.
+        assert!(session.close_reason().is_some());
+        let opened = session.open().await;
+        assert!(opened.is_err(), "an ended session opened a stream");
+    }
 }
