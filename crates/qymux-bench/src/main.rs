@@ -47,9 +47,15 @@ const MEASURES: &[&str] = &[
 #[command(
     name = "qymux-bench",
     args_conflicts_with_subcommands = true,
-    after_help = "environment: QYMUX_BENCH_RUNTIME=current runs clients and Rust servers on \
-                  single-threaded tokio runtimes (default: multi-threaded), to see what \
-                  cross-thread wake-ups cost"
+    after_help = "environment:\n  \
+                  QYMUX_BENCH_RUNTIME=current  clients and Rust servers on single-threaded \
+                  tokio runtimes (default: multi-threaded), to see what cross-thread \
+                  wake-ups cost\n  \
+                  QYMUX_BENCH_CLIENT=main      the clients on the main thread in block_on \
+                  (default: a task on the runtime's workers)\n  \
+                  QYMUX_BENCH_TCP_WINDOW=N     caps Qymux TCP's per-stream receive window \
+                  at N bytes\n  \
+                  QYMUX_BENCH_QUINN_STREAMS=N  raw quinn's stream limit"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -143,7 +149,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // The clients run as a task on the runtime's workers, as an application's code does
+    // (and the Go client's goroutines do). `QYMUX_BENCH_CLIENT=main` runs them on the main
+    // thread in `block_on` instead, the bench's setup before 2026-12-07: every wake-up of
+    // the client is then a hand-off from a worker thread, which added 20–30 µs to a
+    // Rust stack's open + round trip on a 2-core VM (see docs/bench/README.md).
+    let res = if std::env::var("QYMUX_BENCH_CLIENT").as_deref() == Ok("main") {
+        runtime.block_on(run(args))
+    } else {
+        runtime.block_on(async {
+            tokio::spawn(run(args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the bench task failed: {e}")))
+        })
+    };
+    match res {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("error: some measures failed (see FAILED above)");
