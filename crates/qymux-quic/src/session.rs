@@ -452,7 +452,8 @@ impl Drop for Reserved<'_> {
 /// Every Qymux stream is one bidirectional QUIC stream. When every clone of the session
 /// and every stream is dropped, the streams that were shut down deliver what was written
 /// (bounded by [`Options::close_timeout`]), then the connection is closed (QUIC
-/// `CONNECTION_CLOSE`, code 0).
+/// `CONNECTION_CLOSE`, code 0). A dialed session's UDP socket and endpoint stay open
+/// until then, also after the session has ended: drop ended sessions and their streams.
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
