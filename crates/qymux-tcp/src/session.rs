@@ -801,6 +801,10 @@ impl Drop for DriverGuard {
                 ))));
             }
         });
+        // Tasks waiting for the socket to take their writes are registered only with the
+        // write fan-out, and a dropped socket wakes nobody: wake them, so that they see
+        // the session's close reason instead of waiting for good.
+        self.0.fanout.wake_by_ref();
         let waiters = {
             let mut done = lock(&self.0.done);
             done.0 = true;

@@ -235,3 +235,68 @@ async fn peer_keeps_sending_after_the_end(keep_session: bool) {
         assert!(opened.is_err(), "an ended session opened a stream");
     }
 }
+
+/// A peer that stops reading fills the socket, and writers wait for it to drain. When the
+/// session then ends (here a local `close`, whose graceful part times out on the full
+/// socket) and the connection is dropped, every such writer fails with the close reason:
+/// none waits for a socket that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_waiting_on_a_full_socket_fail_when_the_session_ends() {
+    let pki = Pki::new();
+    let mut options = hostile_options();
+    options.close_timeout(Duration::from_millis(200));
+    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), options)
+        .await
+        .unwrap();
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+    // The peer completes TLS, then reads nothing: no window updates, no draining.
+    let _silent = tokio_rustls::TlsConnector::from(pki.client_tls())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let session = listener.accept().await.unwrap();
+    // 64 streams × their 256 KiB windows is more than the socket buffers of both ends
+    // hold, so some writers end up waiting for the socket, the others for window.
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let mut stream = session.open().await.unwrap();
+        let written = written.clone();
+        writers.spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            loop {
+                match stream.write(&chunk).await {
+                    Ok(n) => written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => return e,
+                };
+            }
+        });
+    }
+    // Wait until the writes stop making progress: everything is queued or waiting.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last > 1 << 20,
+        "only {last} bytes were written before the writers waited"
+    );
+    tokio::time::timeout(HANG, session.close())
+        .await
+        .expect("close returns");
+    let all_failed = tokio::time::timeout(HANG, async {
+        while let Some(done) = writers.join_next().await {
+            done.expect("a writer panicked");
+        }
+    })
+    .await;
+    assert!(
+        all_failed.is_ok(),
+        "a writer still waits for the dropped socket"
+    );
+}
