@@ -177,20 +177,33 @@ async fn an_ended_session_that_is_still_held_holds_no_socket() {
     peer_keeps_sending_after_the_end(true).await;
 }
 
-async fn peer_keeps_sending_after_the_end(keep_session: bool) {
+/// A listener with the hostile options and `close_timeout`, a peer that completed TLS
+/// and speaks no yamux (the test writes what it likes, or nothing), and the server's
+/// session for it.
+async fn raw_tls_peer(
+    close_timeout: Duration,
+) -> (
+    Listener,
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Session,
+) {
     let pki = Pki::new();
     let mut options = hostile_options();
-    options.close_timeout(Duration::from_millis(500));
+    options.close_timeout(close_timeout);
     let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), options)
         .await
         .unwrap();
-    let addr = listener.local_addr();
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_tls())
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
     let session = listener.accept().await.unwrap();
+    (listener, tls, session)
+}
+
+async fn peer_keeps_sending_after_the_end(keep_session: bool) {
+    let (_listener, tls, session) = raw_tls_peer(Duration::from_millis(500)).await;
     let (mut r, mut w) = tokio::io::split(tls);
     // Bytes that are no yamux frame: the session ends with a protocol error at the first
     // of them, and the flood goes on while the server closes.
@@ -242,19 +255,8 @@ async fn peer_keeps_sending_after_the_end(keep_session: bool) {
 /// none waits for a socket that no longer exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_waiting_on_a_full_socket_fail_when_the_session_ends() {
-    let pki = Pki::new();
-    let mut options = hostile_options();
-    options.close_timeout(Duration::from_millis(200));
-    let listener = Listener::bind("127.0.0.1:0", pki.server_tls(), options)
-        .await
-        .unwrap();
-    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
     // The peer completes TLS, then reads nothing: no window updates, no draining.
-    let _silent = tokio_rustls::TlsConnector::from(pki.client_tls())
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let session = listener.accept().await.unwrap();
+    let (_listener, _silent, session) = raw_tls_peer(Duration::from_millis(200)).await;
     // 64 streams × their 256 KiB windows is more than the socket buffers of both ends
     // hold, so some writers end up waiting for the socket, the others for window.
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
