@@ -30,10 +30,12 @@ enum Task {
     /// Run the cargo-fuzz targets in fuzz/ for a while each.
     ///
     /// Installs cargo-fuzz if missing, seeds the corpora (a real certificate and key for
-    /// `pem`, programs of frames and operations for yamux_engine), and runs each target
-    /// (all of them if none is named: yamux_engine, pem, options, proxy_url) for the
-    /// given time with the nightly toolchain. Corpora stay in fuzz/corpus/TARGET; a
-    /// crash stops the task, leaving its input in fuzz/artifacts/TARGET.
+    /// `pem`, programs of frames and operations for yamux_engine), builds the targets,
+    /// and runs each (all of them if none is named: yamux_engine, pem, options,
+    /// proxy_url) for the given time with the nightly toolchain. Corpora stay in
+    /// fuzz/corpus/TARGET; a crash stops the task, leaving its input in
+    /// fuzz/artifacts/TARGET. A failed build is reported as such, with the disk space
+    /// left.
     Fuzz(FuzzCli),
     /// Run many sessions x streams against one listener and check resources.
     ///

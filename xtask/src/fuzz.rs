@@ -23,6 +23,22 @@ pub(crate) fn run(args: &FuzzArgs, root: &Path) -> Result<()> {
     let fuzz_dir = root.join("fuzz");
     seed_corpora(&fuzz_dir).context("writing the seed corpora")?;
 
+    // Build first, so that a failed build (a compiler error, a full disk) is reported as
+    // what it is and not as a crash with an input in fuzz/artifacts.
+    for target in &targets {
+        let mut build = Command::new("cargo");
+        build
+            .current_dir(root)
+            .args(["+nightly", "fuzz", "build", target]);
+        run_checked(build).with_context(|| {
+            format!(
+                "building fuzz target {target} failed (no input was run); see the build \
+                 output above{}",
+                free_space_hint(&fuzz_dir)
+            )
+        })?;
+    }
+
     let mut summary = Vec::new();
     for target in &targets {
         eprintln!("== fuzzing {target} for {} s", args.seconds);
@@ -55,6 +71,21 @@ pub(crate) fn run(args: &FuzzArgs, root: &Path) -> Result<()> {
     }
     println!("Fuzzing summary:\n{}", summary.join("\n"));
     Ok(())
+}
+
+/// ", with N MiB free on its disk" where `df` can tell: a build that dies of a signal in
+/// `ar` or the linker has more than once been a full disk.
+fn free_space_hint(dir: &Path) -> String {
+    let output = Command::new("df").args(["-Pm"]).arg(dir).output();
+    let Ok(output) = output else {
+        return String::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .map(|mib| format!(", with {mib} MiB free on its disk"))
+        .unwrap_or_default()
 }
 
 /// The named targets, checked; all of them if none is named.
