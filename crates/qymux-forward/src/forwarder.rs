@@ -376,8 +376,10 @@ pub(crate) async fn run_accepted<S: Session>(
         let permit = match permit(&limit) {
             Ok(permit) => permit,
             Err(max) => {
-                stream.abort();
+                // Counted before the peer can see it, so that stats agree with what
+                // the client saw.
                 shared.counters.refused();
+                stream.abort();
                 warn!(
                     stream = stream.id(),
                     "stream refused (aborted): {max} connections already forwarded (max_connections)"
@@ -403,8 +405,8 @@ pub(crate) async fn run_accepted<S: Session>(
     // Streams the peer opens from now on are refused rather than left waiting.
     let refuse_new = async {
         while let Ok(mut stream) = session.accept().await {
-            stream.abort();
             shared.counters.refused();
+            stream.abort();
             debug!(
                 stream = stream.id(),
                 "stream refused (aborted): the forwarder is stopping"
@@ -575,8 +577,8 @@ pub(crate) async fn run_listener<O: Opener>(
         let permit = match permit(&limit) {
             Ok(permit) => permit,
             Err(max) => {
+                shared.counters.refused(); // before the client can see the reset
                 drop(tcp); // reset
-                shared.counters.refused();
                 warn!(%peer, "connection refused (reset): {max} connections already forwarded (max_connections)");
                 continue;
             }
