@@ -80,12 +80,14 @@ fn free_space_hint(dir: &Path) -> String {
     let Ok(output) = output else {
         return String::new();
     };
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|line| line.split_whitespace().nth(3))
+    available_mib(&String::from_utf8_lossy(&output.stdout))
         .map(|mib| format!(", with {mib} MiB free on its disk"))
         .unwrap_or_default()
+}
+
+/// The "Available" column of `df -Pm`'s one filesystem line.
+pub(crate) fn available_mib(df: &str) -> Option<u64> {
+    df.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The named targets, checked; all of them if none is named.
@@ -285,6 +287,15 @@ mod tests {
         assert_eq!(parse_done("Done 1 runs in 0 second(s)\n"), Some((1, 0)));
         assert_eq!(parse_done("#2 INITED cov: 3"), None);
         assert_eq!(parse_done("Done many runs in 20 second(s)"), None);
+    }
+
+    #[test]
+    fn free_space_from_df() {
+        let df = "Filesystem     1048576-blocks  Used Available Capacity Mounted on\n\
+                  /dev/vda               257827 65536     27648      71% /\n";
+        assert_eq!(available_mib(df), Some(27648));
+        assert_eq!(available_mib("Filesystem 1048576-blocks\n"), None);
+        assert_eq!(available_mib(""), None);
     }
 
     #[test]
