@@ -7,11 +7,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How long a go-peer server may take to print `LISTENING`.
@@ -36,7 +36,8 @@ pub struct GoPeer {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Arc<Mutex<String>>,
+    /// Everything read from stderr so far; the collecting task holds the sender.
+    stderr: watch::Receiver<String>,
     stderr_task: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
@@ -99,13 +100,13 @@ impl GoPeer {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let mut stderr_pipe = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let collected = Arc::clone(&stderr);
+        let (collected, stderr) = watch::channel(String::new());
         let stderr_task = tokio::spawn(async move {
             while let Ok(Some(line)) = stderr_pipe.next_line().await {
-                let mut all = collected.lock().unwrap_or_else(|e| e.into_inner());
-                all.push_str(&line);
-                all.push('\n');
+                collected.send_modify(|all| {
+                    all.push_str(&line);
+                    all.push('\n');
+                });
             }
         });
         let mut peer = GoPeer {
@@ -215,25 +216,61 @@ impl GoPeer {
     }
 
     /// What the server printed on stderr so far (yamux logs, `STREAM-ERROR <id> <err>`,
-    /// `HANDSHAKE-ERROR <err>`).
+    /// `HANDSHAKE-ERROR <err>`), as far as the background reader has got.
+    ///
+    /// stdout and stderr are separate pipes: a line on stdout (`SESSION-END …`) can
+    /// arrive before a line the server wrote to stderr earlier. To check for a line,
+    /// wait for it with [`stderr_containing`](GoPeer::stderr_containing); after
+    /// [`stop`](GoPeer::stop) the whole of stderr has been read.
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stderr.borrow().clone()
+    }
+
+    /// Waits until the server's stderr contains `needle` and returns all of it so far.
+    /// Fails with what it printed if that does not happen within `timeout`, or if its
+    /// stderr closed (it exited) without it.
+    pub async fn stderr_containing(&self, needle: &str, timeout: Duration) -> io::Result<String> {
+        let mut stderr = self.stderr.clone();
+        let found = tokio::time::timeout(timeout, stderr.wait_for(|all| all.contains(needle)))
+            .await
+            .map(|seen| seen.map(|all| all.clone()));
+        match found {
+            Ok(Ok(all)) => Ok(all),
+            Ok(Err(_closed)) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} closed its stderr without {needle:?}; its stderr:\n{}",
+                    self.label,
+                    self.stderr()
+                ),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no {needle:?} on {}'s stderr within {timeout:?}; its stderr:\n{}",
+                    self.label,
+                    self.stderr()
+                ),
+            )),
+        }
     }
 
     /// Closes the server's stdin, which makes it exit, and waits for that (killing it after
-    /// 5 seconds).
+    /// 5 seconds), then for the rest of its stderr.
     pub async fn stop(mut self) -> io::Result<ExitStatus> {
         drop(self.stdin.take());
-        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 self.child.kill().await?;
                 self.child.wait().await
             }
+        };
+        if let Some(task) = self.stderr_task.take() {
+            // A child of its own could hold the pipe open: bounded.
+            let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
         }
+        status
     }
 
     /// Runs `go-peer client <args>` to completion (`args` are the flags, without the
