@@ -632,8 +632,11 @@ async fn go_goaway_lets_streams_in_flight_finish() {
         sums.insert(s.id, hex(&sha256(&s.data)));
     }
 
-    // Go saw every byte, drained, and closed: a clean close by the peer here.
-    let lines = lines_until(&mut server, &["DRAINED"]).await;
+    // Go saw every byte, drained, and closed: a clean close by the peer here. The two
+    // lines come in either order: our side ends the session once the peer's GoAway is in
+    // and our last stream is released, which can reach Go (SESSION-END) before its drain
+    // poll notices its last echo is over (DRAINED).
+    let lines = lines_until(&mut server, &["DRAINED", "SESSION-END"]).await;
     let go_got = echoed(&lines);
     for (id, sum) in &sums {
         assert_eq!(
@@ -648,12 +651,11 @@ async fn go_goaway_lets_streams_in_flight_finish() {
         matches!(reason, CloseReason::Peer(_)),
         "expected a clean close by the peer, got {reason:?}"
     );
-    within(
-        "SESSION-END from go-peer",
-        server.line_starting_with("SESSION-END", STEP),
-    )
-    .await
-    .unwrap();
+    // Go's reason: its own Close after the drain, or our close reaching it first.
+    assert!(
+        lines.contains("SESSION-END session shutdown\n") || lines.contains("SESSION-END EOF\n"),
+        "{lines}"
+    );
     assert!(
         !server.stderr().contains("STREAM-ERROR"),
         "{}",
