@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Pki, payload, sha256};
@@ -259,7 +260,7 @@ async fn writers_waiting_on_a_full_socket_fail_when_the_session_ends() {
     let (_listener, _silent, session) = raw_tls_peer(Duration::from_millis(200)).await;
     // 64 streams × their 256 KiB windows is more than the socket buffers of both ends
     // hold, so some writers end up waiting for the socket, the others for window.
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let mut stream = session.open().await.unwrap();
@@ -268,7 +269,7 @@ async fn writers_waiting_on_a_full_socket_fail_when_the_session_ends() {
             let chunk = vec![7u8; 64 * 1024];
             loop {
                 match stream.write(&chunk).await {
-                    Ok(n) => written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed),
+                    Ok(n) => written.fetch_add(n as u64, Ordering::Relaxed),
                     Err(e) => return e,
                 };
             }
@@ -281,7 +282,7 @@ async fn writers_waiting_on_a_full_socket_fail_when_the_session_ends() {
         let mut last = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            let now = written.load(Ordering::Relaxed);
             if now > 0 && now == last {
                 return;
             }
